@@ -1,0 +1,89 @@
+"""`finetune-opt` command line: list-optimizers, inspect, compare.
+
+Bad input raises ConfigError anywhere below; main() prints it as one line and exits 2, the same
+code argparse uses for usage errors.
+"""
+
+import argparse
+import json
+import sys
+
+from finetune_opt.errors import ConfigError
+from finetune_opt.optim import IMPLEMENTATIONS, REGISTRY, create_optimizer, get_factory, list_optimizers
+from finetune_opt.optim.registry import resolve_implementation
+
+
+def cmd_list_optimizers(args):
+    rows = list_optimizers()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        print(f"{row['name']:<12} {row['description']}")
+        print(f"{'':<12} class {row['torch_class']}, default implementation {row['default_implementation']}")
+        for impl, devices in row["implementations"].items():
+            print(f"{'':<12}   {impl:<9} devices: {', '.join(devices)}")
+
+
+def cmd_inspect(args):
+    """Build the optimizer for a model and show its groups: what will and will not be decayed."""
+    from finetune_opt.models import load_model  # transformers import only when needed
+
+    resolve_implementation(get_factory(args.optimizer), args.implementation)  # before the slow load
+    model = load_model(args.model, task=args.task)
+    optimizer = create_optimizer(args.optimizer, model, implementation=args.implementation,
+                                 lr=args.lr, weight_decay=args.weight_decay)
+    names = {id(p): n for n, p in model.named_parameters()}
+    print(f"optimizer {type(optimizer).__name__} {json.dumps(optimizer.finetune_opt_spec)}")
+    for group in optimizer.param_groups:
+        count = sum(p.numel() for p in group["params"])
+        print(f"group {group['group_name']}: weight_decay={group['weight_decay']} "
+              f"tensors={len(group['params'])} params={count:,}")
+        if args.verbose:
+            for p in group["params"]:
+                print(f"  {names[id(p)]} {tuple(p.shape)}")
+
+
+def cmd_compare(args):
+    from finetune_opt.report import write_comparison
+
+    print(write_comparison(args.runs, args.out))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="finetune-opt", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list-optimizers", help="show the registered optimizer factories")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list_optimizers)
+
+    p = sub.add_parser("inspect", help="show the parameter groups an optimizer builds for a model")
+    p.add_argument("--optimizer", required=True, help=f"one of: {', '.join(REGISTRY)}")
+    p.add_argument("--implementation", help=f"one of: {', '.join(IMPLEMENTATIONS)}")
+    p.add_argument("--model", required=True, help="HF Hub name or local directory")
+    p.add_argument("--task", default="base", help="model head: base, classification, causal-lm")
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("-v", "--verbose", action="store_true", help="list every parameter")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("compare", help="Markdown table and PNG plots across run directories")
+    p.add_argument("runs", nargs="+", help="run directories holding results.json")
+    p.add_argument("--out", required=True, help="report directory to write")
+    p.set_defaults(func=cmd_compare)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ConfigError as e:
+        print(f"finetune-opt: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

