@@ -1,0 +1,97 @@
+"""Cheap, honest measurement of a training run.
+
+Times are wall-clock around synchronised points: on CUDA the host waits for the device before
+reading the clock, otherwise we would time kernel launches, not work. The first
+`warmup_steps` steps (allocator growth, kernel selection, torch.compile) are excluded.
+"""
+
+import resource
+import time
+
+import numpy as np
+import psutil
+import torch
+
+
+def _synchronize(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "xpu":
+        torch.xpu.synchronize(device)
+
+
+def percentiles(values) -> dict:
+    if not len(values):
+        return {"median": None, "p10": None, "p90": None, "mean": None}
+    a = np.asarray(values, dtype=float)
+    return {"median": float(np.median(a)), "p10": float(np.percentile(a, 10)),
+            "p90": float(np.percentile(a, 90)), "mean": float(a.mean())}
+
+
+class StepTimer:
+    """begin_step / begin_optimizer / end_optimizer / end_step around each optimizer update."""
+
+    def __init__(self, device: torch.device, warmup_steps: int):
+        self.device, self.warmup_steps = device, warmup_steps
+        self.steps_seen = 0
+        self.step_s, self.optimizer_s = [], []
+        self.samples = self.tokens = 0
+
+    def _now(self) -> float:
+        _synchronize(self.device)
+        return time.perf_counter()
+
+    def begin_step(self):
+        self._t0 = self._now()
+        self._opt = 0.0
+
+    def begin_optimizer(self):
+        self._t_opt = self._now()
+
+    def end_optimizer(self):
+        self._opt += self._now() - self._t_opt
+
+    def end_step(self, samples: int, tokens: int):
+        elapsed = self._now() - self._t0
+        self.steps_seen += 1
+        if self.steps_seen > self.warmup_steps:
+            self.step_s.append(elapsed)
+            self.optimizer_s.append(self._opt)
+            self.samples += samples
+            self.tokens += tokens
+
+    def summary(self) -> dict:
+        total = sum(self.step_s)
+        return {
+            "timed_steps": len(self.step_s),
+            "warmup_steps_excluded": min(self.warmup_steps, self.steps_seen),
+            "step_ms": {k: v and v * 1e3 for k, v in percentiles(self.step_s).items()},
+            "optimizer_step_ms": {k: v and v * 1e3 for k, v in percentiles(self.optimizer_s).items()},
+            "optimizer_fraction_of_step": sum(self.optimizer_s) / total if total else None,
+            "samples_per_s": self.samples / total if total else None,
+            "tokens_per_s": self.tokens / total if total else None,
+        }
+
+
+def reset_peak_memory(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def current_rss_bytes() -> int:
+    return psutil.Process().memory_info().rss
+
+
+def peak_memory(device: torch.device) -> dict:
+    """GPU: the caching allocator's peaks since reset. CPU: the process's peak RSS (a lifetime
+    high-water mark, so it includes loading the model and data)."""
+    if device.type == "cuda":
+        return {"kind": "cuda", "peak_allocated_bytes": torch.cuda.max_memory_allocated(device),
+                "peak_reserved_bytes": torch.cuda.max_memory_reserved(device)}
+    return {"kind": "cpu_rss", "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes held in optimizer state (exp_avg, exp_avg_sq, max_exp_avg_sq, step tensors)."""
+    return sum(t.numel() * t.element_size() for state in optimizer.state.values()
+               for t in state.values() if torch.is_tensor(t))

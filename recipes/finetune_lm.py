@@ -1,0 +1,72 @@
+"""Train a causal LM on WikiText-2 with a registered optimizer; report validation loss and
+perplexity (before and after), step time, optimizer-step time, tokens/s and peak memory.
+
+    accelerate launch recipes/finetune_lm.py --config recipes/configs/wikitext2.yaml data_dir=../shared/data/wikitext2
+    python recipes/finetune_lm.py --config recipes/configs/wikitext2.yaml model=gpt2 model_config=null
+
+Data: `data_dir=<dir with train.txt, valid.txt>`, else $FINETUNE_OPT_DATA/wikitext2, else the Hub
+(Salesforce/wikitext, wikitext-2-v1). The text is tokenized with the model's tokenizer, joined, and cut
+into blocks of `max_length` tokens (the run_clm recipe).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from transformers import default_data_collator
+
+from finetune_opt.config import recipe_main
+from finetune_opt.data import load_task
+from finetune_opt.engine import fit, make_accelerator
+from finetune_opt.errors import one_of
+from finetune_opt.models import load_model, load_tokenizer
+from finetune_opt.results import save_results
+
+
+def run(cfg):
+    if cfg.task != "wikitext2":
+        raise one_of("task for this recipe", cfg.task, ["wikitext2"])
+    accelerator = make_accelerator(cfg)
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
+    tokenizer.model_max_length = 10**9  # we cut blocks ourselves; silence the length warning
+    data = load_task(cfg.task, cfg.data_dir, cfg.train_examples, cfg.eval_examples, seed=cfg.seed)
+
+    def to_blocks(batch):
+        ids = [t for line in tokenizer(batch["text"], add_special_tokens=False)["input_ids"] for t in line]
+        n = len(ids) // cfg.max_length * cfg.max_length  # drop the ragged tail
+        blocks = [ids[i:i + cfg.max_length] for i in range(0, n, cfg.max_length)]
+        return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
+
+    with accelerator.main_process_first():
+        data = data.map(to_blocks, batched=True, batch_size=2000, remove_columns=["text"])
+    train_loader = DataLoader(data["train"], batch_size=cfg.batch_size, shuffle=True, collate_fn=default_data_collator)
+    eval_loader = accelerator.prepare(
+        DataLoader(data["eval"], batch_size=cfg.eval_batch_size, collate_fn=default_data_collator))
+
+    # A model built from a config gets the tokenizer's vocabulary and special tokens.
+    special = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
+               "bos_token_id": tokenizer.bos_token_id or tokenizer.cls_token_id,
+               "eos_token_id": tokenizer.eos_token_id or tokenizer.sep_token_id}
+    model_config = cfg.model_config and {**special, **cfg.model_config}
+    model = load_model(cfg.model, task="causal-lm", model_config=model_config)
+
+    def evaluate(model):
+        model.eval()
+        losses = []
+        with torch.no_grad():
+            for batch in eval_loader:
+                logits = model(input_ids=batch["input_ids"]).logits[:, :-1].float()
+                # Per-block mean loss; all blocks are the same length, so their mean is the token mean.
+                per_block = F.cross_entropy(logits.transpose(1, 2), batch["labels"][:, 1:], reduction="none").mean(1)
+                losses.append(accelerator.gather_for_metrics(per_block).cpu())
+        model.train()
+        loss = torch.cat(losses).mean().item()
+        return {"eval_loss": loss, "perplexity": math.exp(loss), "eval_blocks": sum(len(x) for x in losses)}
+
+    measured = fit(cfg, accelerator, model, train_loader, evaluate)
+    save_results(cfg, accelerator, measured)
+
+
+if __name__ == "__main__":
+    recipe_main(run, __doc__.splitlines()[0])
