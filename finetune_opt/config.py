@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from finetune_opt.errors import ConfigError, one_of
+from finetune_opt.errors import ConfigError, TrainingStopped, one_of
 from finetune_opt.optim import AdamHyperparams, get_factory
 from finetune_opt.optim.registry import resolve_implementation
 
@@ -50,6 +50,11 @@ class RunConfig:
     eval_examples: int | None = None
     eval_batch_size: int = 128
     eval_before_training: bool = False
+    # checkpoints and faults
+    save_every: int | None = None    # checkpoint every N steps into <output_dir>/checkpoints
+    resume: str | None = None        # a checkpoint dir, or a run dir (its newest checkpoint)
+    save_final_model: bool = False   # <output_dir>/model, loadable with from_pretrained
+    max_nonfinite_steps: int = 10    # skip steps with NaN/inf loss or gradients, stop after this many
     # measurement and output
     timing_warmup_steps: int = 5     # excluded from step-time statistics
     log_every: int = 10
@@ -64,12 +69,18 @@ class RunConfig:
         for name in ("max_steps", "batch_size", "grad_accum", "max_length", "eval_batch_size", "log_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
-        for name in ("train_examples", "eval_examples"):
+        for name in ("train_examples", "eval_examples", "save_every"):
             if getattr(self, name) is not None and (not isinstance(getattr(self, name), int) or getattr(self, name) < 1):
                 raise ConfigError(f"{name} must be an integer >= 1 or null, got {getattr(self, name)!r}")
         if not isinstance(self.timing_warmup_steps, int) or not 0 <= self.timing_warmup_steps < self.max_steps:
             raise ConfigError(f"timing_warmup_steps must be in [0, max_steps={self.max_steps}), "
                               f"got {self.timing_warmup_steps!r}")
+        if not isinstance(self.max_nonfinite_steps, int) or self.max_nonfinite_steps < 0:
+            raise ConfigError(f"max_nonfinite_steps must be an integer >= 0, got {self.max_nonfinite_steps!r}")
+        if self.model_config is not None and not (isinstance(self.model_config, dict)
+                                                  and all(v is not None for v in self.model_config.values())):
+            raise ConfigError(f"model_config must be a mapping like {{model_type: bert, hidden_size: 32}}, "
+                              f"got {self.model_config!r}")
         if self.scheduler not in SCHEDULERS:
             raise one_of("scheduler", self.scheduler, SCHEDULERS)
         if not 0 <= self.warmup_ratio < 1:
@@ -134,3 +145,6 @@ def recipe_main(run, description: str, argv=None):
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except TrainingStopped as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -1,18 +1,23 @@
-"""The training loop every recipe shares: Accelerate set-up, optimizer from the registry,
-LR schedule, gradient accumulation and clipping, and measurement around each update."""
+"""The training loop every recipe shares: Accelerate set-up, optimizer from the registry, LR
+schedule, gradient accumulation and clipping, checkpoint/resume, fault handling, and measurement
+around each update."""
 
 import itertools
 import math
+import os
+import signal
 import time
+from contextlib import contextmanager
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import GradientAccumulationPlugin, set_seed
+from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from finetune_opt.checkpoint import find_checkpoint, load_checkpoint, read_loop_state, save_checkpoint
 from finetune_opt.config import RunConfig
-from finetune_opt.errors import ConfigError
+from finetune_opt.errors import ConfigError, TrainingStopped
 from finetune_opt.measure import (StepTimer, current_rss_bytes, optimizer_state_bytes, peak_memory,
                                   reset_peak_memory)
 from finetune_opt.optim import create_optimizer
@@ -21,22 +26,28 @@ from finetune_opt.optim import create_optimizer
 def make_accelerator(cfg: RunConfig) -> Accelerator:
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("mixed_precision fp16 needs a CUDA GPU; use bf16 or no on CPU")
+    if cfg.resume:
+        find_checkpoint(cfg.resume)  # a wrong path fails before any work
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # also what makes torchrun on a CPU box use gloo
         mixed_precision=cfg.mixed_precision,
         # Count micro-batches ourselves: the loader is cycled, and an epoch end must not force a sync.
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=cfg.grad_accum,
                                                                 sync_with_dataloader=False),
+        # Shuffle order = f(seed, epoch): the same on every rank, and reproducible on resume.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     set_seed(cfg.seed)
     return accelerator
 
 
-def _forever(loader):
-    for epoch in itertools.count():
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
-        yield from loader
+def _batches(loader, accelerator, consumed: int):
+    """Micro-batches forever, starting after `consumed` of them (resume lands mid-epoch)."""
+    epoch, offset = divmod(consumed, len(loader))
+    while True:
+        loader.set_epoch(epoch)
+        yield from (accelerator.skip_first_batches(loader, offset) if offset else loader)
+        epoch, offset = epoch + 1, 0
 
 
 def _batch_size_and_tokens(batch) -> tuple[int, int]:
@@ -45,52 +56,112 @@ def _batch_size_and_tokens(batch) -> tuple[int, int]:
     return ids.shape[0], int(mask.sum()) if mask is not None else ids.numel()
 
 
-def fit(cfg: RunConfig, accelerator: Accelerator, model, train_loader, evaluate) -> dict:
-    """Train for cfg.max_steps optimizer updates, then `evaluate(model) -> {metric: value}`.
-    Returns the measurement part of results.json."""
+@contextmanager
+def _sigterm_requested():
+    """Yields a callable: has SIGTERM arrived? (The loop then checkpoints and exits cleanly.)"""
+    received = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        yield lambda: bool(received)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def step_optimizer(optimizer, scheduler, scaler) -> bool:
+    """One optimizer step; the LR schedule advances only if the parameters were updated.
+    Under fp16, GradScaler skips overflowed steps. Accelerate's optimizer_step_was_skipped misses
+    the skip when the optimizer handles AMP scaling itself, as fused AdamW does (accelerate#4242),
+    so the backed-off scale is the signal we trust."""
+    scale = scaler.get_scale() if scaler is not None else None
+    optimizer.step()
+    skipped = optimizer.step_was_skipped or (scaler is not None and scaler.get_scale() < scale)
+    if not skipped:
+        scheduler.step()
+    return not skipped
+
+
+def fit(cfg: RunConfig, accelerator: Accelerator, model, train_loader, evaluate) -> dict | None:
+    """Train to cfg.max_steps optimizer updates, then `evaluate(model) -> {metric: value}`.
+    Returns the measurement part of results.json, or None if SIGTERM stopped the run."""
     model = accelerator.prepare(model)  # on its device first: fused kernels check where params live
     optimizer = create_optimizer(cfg.optimizer, model, implementation=cfg.implementation, **cfg.hyperparams)
     spec = optimizer.finetune_opt_spec
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * cfg.max_steps),
                               num_training_steps=cfg.max_steps)
     optimizer, train_loader = accelerator.prepare(optimizer, train_loader)
+    accelerator.register_for_checkpointing(scheduler)  # stepped by us, once per real update
 
-    before = evaluate(model) if cfg.eval_before_training else None
+    checkpoint = find_checkpoint(cfg.resume) if cfg.resume else None
+    start = read_loop_state(checkpoint)["step"] if checkpoint else 0
+    consumed = start * cfg.grad_accum
+    batches = _batches(train_loader, accelerator, consumed)
+    if consumed % len(train_loader):
+        # Starting a DataLoader iterator draws from the global RNG. Mid-epoch, the uninterrupted
+        # run started this epoch's iterator before the checkpoint, so start it before the RNG
+        # states are restored; then dropout masks match. (At an epoch boundary it starts after.)
+        batches = itertools.chain([next(batches)], batches)
+    loop = {"history": [], "nonfinite_skipped": 0, "overflow_skipped": 0}
+    if checkpoint:  # optimizer.load_state_dict inside re-asserts the factory's fused/foreach flags
+        loop = load_checkpoint(accelerator, checkpoint)
+        del loop["step"]
+    before = evaluate(model) if cfg.eval_before_training and not checkpoint else None
+
     reset_peak_memory(accelerator.device)
     rss_before = current_rss_bytes()
     timer = StepTimer(accelerator.device, cfg.timing_warmup_steps)
-    history, window = [], []
-    batches = _forever(train_loader)
-    progress = tqdm(total=cfg.max_steps, disable=not accelerator.is_local_main_process, desc="train")
+    window = []
+    progress = tqdm(total=cfg.max_steps, initial=start, disable=not accelerator.is_local_main_process, desc="train")
     train_start = time.perf_counter()
     model.train()
-    for step in range(1, cfg.max_steps + 1):
-        timer.begin_step()
-        samples = tokens = 0
-        for _ in range(cfg.grad_accum):
-            batch = next(batches)
-            n, t = _batch_size_and_tokens(batch)
-            samples, tokens = samples + n, tokens + t
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                accelerator.backward(loss)
-                window.append(loss.detach())
-                if accelerator.sync_gradients:
-                    if cfg.max_grad_norm:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                    timer.begin_optimizer()
-                    optimizer.step()
-                    timer.end_optimizer()
-                    if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: keep the schedule
-                        scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-        timer.end_step(samples, tokens)
-        if step % cfg.log_every == 0 or step == cfg.max_steps:
-            mean_loss = accelerator.reduce(torch.stack(window).mean(), reduction="mean").item()
-            history.append({"step": step, "loss": mean_loss, "lr": float(scheduler.get_last_lr()[0])})
-            progress.set_postfix(loss=f"{mean_loss:.4f}")
-            window = []
-        progress.update(1)
+    with _sigterm_requested() as sigterm:
+        for step in range(start + 1, cfg.max_steps + 1):
+            timer.begin_step()
+            samples = tokens = 0
+            losses = []
+            for _ in range(cfg.grad_accum):
+                batch = next(batches)
+                n, t = _batch_size_and_tokens(batch)
+                samples, tokens = samples + n, tokens + t
+                with accelerator.accumulate(model):
+                    loss = model(**batch).loss
+                    accelerator.backward(loss)
+                    losses.append(loss.detach())
+            # The norm is of the synchronised (all-reduced, unscaled) gradients; inf disables clipping.
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf)
+            flags = torch.stack([~torch.isfinite(torch.stack(losses)).all() | ~torch.isfinite(grad_norm),
+                                 torch.tensor(sigterm(), device=grad_norm.device)]).float()
+            if accelerator.num_processes > 1:  # every rank must take the same branch
+                flags = accelerator.reduce(flags, reduction="sum")
+            nonfinite, stop = (bool(f) for f in flags.tolist())
+            if nonfinite and accelerator.scaler is None:  # (fp16: GradScaler's overflow handling below)
+                optimizer.zero_grad(set_to_none=True)
+                loop["nonfinite_skipped"] += 1
+                if loop["nonfinite_skipped"] > cfg.max_nonfinite_steps:
+                    path = save_checkpoint(accelerator, cfg.output_dir, step - 1, loop)
+                    raise TrainingStopped(f"{loop['nonfinite_skipped']} steps had non-finite loss or gradients "
+                                          f"(max_nonfinite_steps={cfg.max_nonfinite_steps}); stopped at step {step}, "
+                                          f"state of step {step - 1} saved in {path}")
+            else:
+                timer.begin_optimizer()
+                if not step_optimizer(optimizer, scheduler, accelerator.scaler):
+                    loop["overflow_skipped"] += 1
+                timer.end_optimizer()
+                optimizer.zero_grad(set_to_none=True)
+                window.append(torch.stack(losses).mean())
+            timer.end_step(samples, tokens)
+
+            if (step % cfg.log_every == 0 or step == cfg.max_steps) and window:
+                mean_loss = accelerator.reduce(torch.stack(window).mean(), reduction="mean").item()
+                loop["history"].append({"step": step, "loss": mean_loss, "lr": float(scheduler.get_last_lr()[0])})
+                progress.set_postfix(loss=f"{mean_loss:.4f}")
+                window = []
+            progress.update(1)
+            if stop or (cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps):
+                path = save_checkpoint(accelerator, cfg.output_dir, step, loop)
+            if stop:
+                accelerator.print(f"SIGTERM: stopped after step {step}; checkpoint {path}; "
+                                  f"continue with resume={cfg.output_dir}")
+                return None
     progress.close()
     train_seconds = time.perf_counter() - train_start
 
@@ -100,17 +171,28 @@ def fit(cfg: RunConfig, accelerator: Accelerator, model, train_loader, evaluate)
     timing.update(train_seconds=train_seconds, eval_seconds=time.perf_counter() - eval_start)
     memory = peak_memory(accelerator.device)
     memory.update(rss_before_training_bytes=rss_before, optimizer_state_bytes=optimizer_state_bytes(optimizer))
+    if cfg.save_final_model:
+        _save_model(accelerator, model, os.path.join(cfg.output_dir, "model"))
     return {
         "optimizer": {**spec, "class": type(optimizer.optimizer).__name__},
         "metrics": metrics,
         "metrics_before_training": before,
-        "final_train_loss": history[-1]["loss"],
+        "final_train_loss": loop["history"][-1]["loss"] if loop["history"] else None,
+        "resumed_from_step": start or None,
+        "skipped_steps": {"nonfinite": loop["nonfinite_skipped"], "fp16_overflow": loop["overflow_skipped"]},
         "timing": timing,
         "throughput": _global_throughput(accelerator, timer),
         "memory": memory,
         "per_rank": _per_rank(accelerator, timing, memory),
-        "history": history,
+        "history": loop["history"],
     }
+
+
+def _save_model(accelerator, model, path):
+    accelerator.wait_for_everyone()
+    accelerator.unwrap_model(model).save_pretrained(path, is_main_process=accelerator.is_main_process,
+                                                    save_function=accelerator.save,
+                                                    state_dict=accelerator.get_state_dict(model))
 
 
 def _global_throughput(accelerator, timer) -> dict:

@@ -13,3 +13,7 @@ class ConfigError(ValueError):
 def one_of(kind: str, value, choices) -> ConfigError:
     """`unknown optimizer 'x'; choose one of: a, b, c`."""
     return ConfigError(f"unknown {kind} {value!r}; choose one of: {', '.join(map(str, choices))}")
+
+
+class TrainingStopped(RuntimeError):
+    """A run that cannot go on (e.g. too many non-finite steps); its state has been saved."""

