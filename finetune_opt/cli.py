@@ -1,4 +1,4 @@
-"""`finetune-opt` command line: list-optimizers, inspect, compare.
+"""`finetune-opt` command line: list-optimizers, inspect, compare, study.
 
 Bad input raises ConfigError anywhere below; main() prints it as one line and exits 2, the same
 code argparse uses for usage errors.
@@ -50,6 +50,12 @@ def cmd_compare(args):
     print(write_comparison(args.runs, args.out))
 
 
+def cmd_study(args):
+    from finetune_opt.study import run_study
+
+    print(run_study(args.config))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="finetune-opt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run directories holding results.json")
     p.add_argument("--out", required=True, help="report directory to write")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("study", help="optimizers x seeds (x hyperparameters) with a report; resumable")
+    p.add_argument("--config", required=True, help="study YAML (see examples/study_sst2_minilm.yaml)")
+    p.set_defaults(func=cmd_study)
     return parser
 
 

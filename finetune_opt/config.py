@@ -48,6 +48,7 @@ class RunConfig:
     seed: int = 42
     train_examples: int | None = None  # a seeded subset of the train split
     eval_examples: int | None = None
+    train_eval_examples: int | None = None  # also evaluate on this many training examples (train-vs-dev gap)
     eval_batch_size: int = 128
     eval_before_training: bool = False
     # checkpoints and faults
@@ -69,7 +70,7 @@ class RunConfig:
         for name in ("max_steps", "batch_size", "grad_accum", "max_length", "eval_batch_size", "log_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
-        for name in ("train_examples", "eval_examples", "save_every"):
+        for name in ("train_examples", "eval_examples", "train_eval_examples", "save_every"):
             if getattr(self, name) is not None and (not isinstance(getattr(self, name), int) or getattr(self, name) < 1):
                 raise ConfigError(f"{name} must be an integer >= 1 or null, got {getattr(self, name)!r}")
         if not isinstance(self.timing_warmup_steps, int) or not 0 <= self.timing_warmup_steps < self.max_steps:

@@ -20,7 +20,8 @@ from finetune_opt.config import RunConfig
 from finetune_opt.errors import ConfigError, TrainingStopped
 from finetune_opt.measure import (StepTimer, current_rss_bytes, optimizer_state_bytes, peak_memory,
                                   reset_peak_memory)
-from finetune_opt.optim import create_optimizer
+from finetune_opt.optim import create_optimizer, get_factory
+from finetune_opt.optim.registry import implementation_devices, resolve_implementation
 
 
 def make_accelerator(cfg: RunConfig) -> Accelerator:
@@ -80,15 +81,21 @@ def step_optimizer(optimizer, scheduler, scaler) -> bool:
     return not skipped
 
 
-def fit(cfg: RunConfig, accelerator: Accelerator, model, train_loader, evaluate) -> dict | None:
-    """Train to cfg.max_steps optimizer updates, then `evaluate(model) -> {metric: value}`.
-    Returns the measurement part of results.json, or None if SIGTERM stopped the run."""
-    model = accelerator.prepare(model)  # on its device first: fused kernels check where params live
-    optimizer = create_optimizer(cfg.optimizer, model, implementation=cfg.implementation, **cfg.hyperparams)
+def fit(cfg: RunConfig, accelerator: Accelerator, model, train_loader, evaluate, on_step=None) -> dict | None:
+    """Train to cfg.max_steps optimizer updates, then `evaluate(model) -> {metric: value}`;
+    `on_step()` is called after each update (benchmarks time with it). Returns the measurement
+    part of results.json, or None if SIGTERM stopped the run."""
+    implementation = resolve_implementation(get_factory(cfg.optimizer), cfg.implementation)
+    if implementation == "fused" and accelerator.device.type not in implementation_devices("fused"):
+        raise ConfigError(f"the fused implementation does not run on {accelerator.device.type}; "
+                          f"choose implementation foreach or for-loop")
+    # Optimizer on the model, then both prepared in one call: FSDP2 and DeepSpeed need that, as
+    # they replace the optimizer's parameters with the sharded ones.
+    optimizer = create_optimizer(cfg.optimizer, model, implementation=implementation, **cfg.hyperparams)
     spec = optimizer.finetune_opt_spec
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * cfg.max_steps),
                               num_training_steps=cfg.max_steps)
-    optimizer, train_loader = accelerator.prepare(optimizer, train_loader)
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     accelerator.register_for_checkpointing(scheduler)  # stepped by us, once per real update
 
     checkpoint = find_checkpoint(cfg.resume) if cfg.resume else None
@@ -149,6 +156,8 @@ def fit(cfg: RunConfig, accelerator: Accelerator, model, train_loader, evaluate)
                 optimizer.zero_grad(set_to_none=True)
                 window.append(torch.stack(losses).mean())
             timer.end_step(samples, tokens)
+            if on_step:
+                on_step()
 
             if (step % cfg.log_every == 0 or step == cfg.max_steps) and window:
                 mean_loss = accelerator.reduce(torch.stack(window).mean(), reduction="mean").item()

@@ -40,9 +40,13 @@ def run(cfg):
 
     with accelerator.main_process_first():
         data = data.map(to_blocks, batched=True, batch_size=2000, remove_columns=["text"])
+    if cfg.train_eval_examples:  # training blocks scored like validation ones: the train-vs-dev gap
+        n = min(cfg.train_eval_examples, len(data["train"]))
+        data["train_eval"] = data["train"].shuffle(seed=cfg.seed + 1).select(range(n))
     train_loader = DataLoader(data["train"], batch_size=cfg.batch_size, shuffle=True, collate_fn=default_data_collator)
-    eval_loader = accelerator.prepare(
-        DataLoader(data["eval"], batch_size=cfg.eval_batch_size, collate_fn=default_data_collator))
+    eval_loaders = {split: accelerator.prepare(DataLoader(data[split], batch_size=cfg.eval_batch_size,
+                                                          collate_fn=default_data_collator))
+                    for split in ("eval", "train_eval") if split in data}
 
     # A model built from a config gets the tokenizer's vocabulary and special tokens.
     special = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
@@ -53,16 +57,21 @@ def run(cfg):
 
     def evaluate(model):
         model.eval()
-        losses = []
+        metrics = {}
         with torch.no_grad():
-            for batch in eval_loader:
-                logits = model(input_ids=batch["input_ids"]).logits[:, :-1].float()
-                # Per-block mean loss; all blocks are the same length, so their mean is the token mean.
-                per_block = F.cross_entropy(logits.transpose(1, 2), batch["labels"][:, 1:], reduction="none").mean(1)
-                losses.append(accelerator.gather_for_metrics(per_block).cpu())
+            for split, loader in eval_loaders.items():
+                losses = []
+                for batch in loader:
+                    logits = model(input_ids=batch["input_ids"]).logits[:, :-1].float()
+                    # Per-block mean loss; all blocks are the same length, so their mean is the token mean.
+                    per_block = F.cross_entropy(logits.transpose(1, 2), batch["labels"][:, 1:], reduction="none").mean(1)
+                    losses.append(accelerator.gather_for_metrics(per_block).cpu())
+                loss = torch.cat(losses).mean().item()
+                prefix = "" if split == "eval" else "train_"
+                metrics.update({f"{prefix}eval_loss": loss, f"{prefix}perplexity": math.exp(loss),
+                                f"{prefix}eval_blocks": sum(len(x) for x in losses)})
         model.train()
-        loss = torch.cat(losses).mean().item()
-        return {"eval_loss": loss, "perplexity": math.exp(loss), "eval_blocks": sum(len(x) for x in losses)}
+        return metrics
 
     measured = fit(cfg, accelerator, model, train_loader, evaluate)
     if measured is not None:  # None: stopped by SIGTERM after saving a checkpoint

@@ -1,0 +1,26 @@
+# finetune_opt on CUDA, single or multi GPU through Accelerate.
+#   docker build -t finetune-opt .
+#   docker run --gpus all --rm -v "$PWD/data:/data" -v hf-cache:/cache -v "$PWD/runs:/runs" finetune-opt \
+#     --config_file accelerate_configs/multi_gpu.yaml --num_processes 4 \
+#     recipes/finetune_glue.py --config recipes/configs/sst2.yaml data_dir=/data/sst2 output_dir=/runs/sst2-adamw
+FROM pytorch/pytorch:2.9.0-cuda12.8-cudnn9-runtime
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    HF_HOME=/cache/huggingface \
+    FINETUNE_OPT_DATA=/data
+
+WORKDIR /opt/finetune_opt
+# Dependencies first (changes rarely), then the code: rebuilds after a code edit reuse the layer.
+COPY pyproject.toml README.md ./
+COPY finetune_opt/__init__.py finetune_opt/__init__.py
+RUN pip install --no-cache-dir . && pip uninstall -y finetune_opt
+COPY finetune_opt finetune_opt
+COPY recipes recipes
+COPY accelerate_configs accelerate_configs
+RUN pip install --no-cache-dir --no-deps .
+
+# Data (GLUE TSV / WikiText dirs), the HF cache (models, datasets), and run outputs.
+VOLUME ["/data", "/cache", "/runs"]
+ENTRYPOINT ["accelerate", "launch"]
+CMD ["--config_file", "accelerate_configs/single_gpu.yaml", "recipes/finetune_glue.py", "--config", "recipes/configs/sst2.yaml", "output_dir=/runs/sst2-adamw"]
