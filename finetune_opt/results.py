@@ -47,9 +47,10 @@ def write_json_atomic(path: str, payload: dict):
         raise
 
 
-def save_results(cfg, accelerator, measured: dict) -> dict | None:
-    """Main process writes <output_dir>/results.json and prints the table; returns the payload."""
-    if not accelerator.is_main_process:
+def save_results(cfg, accelerator, measured: dict | None) -> dict | None:
+    """Main process writes <output_dir>/results.json and prints the table; returns the payload.
+    `measured` is None when SIGTERM stopped the run (a checkpoint, not a result): nothing is written."""
+    if measured is None or not accelerator.is_main_process:
         return None
     payload = {"schema_version": SCHEMA_VERSION, "task": cfg.task, "config": dataclasses.asdict(cfg),
                **environment(accelerator), **measured}

@@ -47,9 +47,7 @@ def run(cfg):
         model.train()
         return metrics
 
-    measured = fit(cfg, accelerator, model, train_loader, evaluate)
-    if measured is not None:  # None: stopped by SIGTERM after saving a checkpoint
-        save_results(cfg, accelerator, measured)
+    save_results(cfg, accelerator, fit(cfg, accelerator, model, train_loader, evaluate))
 
 
 if __name__ == "__main__":

