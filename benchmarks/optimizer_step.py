@@ -45,13 +45,23 @@ def timed(fn, device, repeats) -> list[float]:
     return out
 
 
-def bandwidth(numel, dtype, device, repeats) -> dict:
-    """In-place add (read a, b; write a) and a device-to-device copy over `numel` elements."""
-    a, b = torch.ones(numel, dtype=dtype, device=device), torch.ones(numel, dtype=dtype, device=device)
-    es = a.element_size()
-    add = np.median(timed(lambda: a.add_(b), device, repeats + 2)[2:])
-    copy = np.median(timed(lambda: a.copy_(b), device, repeats + 2)[2:])
-    return {"inplace_add_GBps": 3 * numel * es / add / 1e9, "copy_GBps": 2 * numel * es / copy / 1e9}
+class Bandwidth:
+    """In-place add (read a, b; write a) and a device-to-device copy over `numel` elements, timed
+    once per round between the optimizer variants, so all see the same machine conditions."""
+
+    def __init__(self, numel, dtype, device):
+        self.a, self.b = torch.ones(numel, dtype=dtype, device=device), torch.ones(numel, dtype=dtype, device=device)
+        self.device, self.add_s, self.copy_s = device, [], []
+        timed(lambda: self.a.add_(self.b), device, 2)  # warm
+
+    def measure(self, repeats):
+        self.add_s += timed(lambda: self.a.add_(self.b), self.device, repeats)
+        self.copy_s += timed(lambda: self.a.copy_(self.b), self.device, repeats)
+
+    def result(self) -> dict:
+        nbytes = self.a.numel() * self.a.element_size()
+        return {"inplace_add_GBps": 3 * nbytes / float(np.median(self.add_s)) / 1e9,
+                "copy_GBps": 2 * nbytes / float(np.median(self.copy_s)) / 1e9}
 
 
 def variants(names, implementations):
@@ -81,7 +91,7 @@ def run_set(args, set_name, dtype_name, device) -> list[dict]:
     dtype = getattr(torch, dtype_name)
     params = make_params(param_shapes(set_name), dtype, device)
     numel = sum(p.numel() for p in params)
-    bw = bandwidth(numel, dtype, device, args.repeats)
+    reference = Bandwidth(numel, dtype, device)
     rows, optimizers = [], {}
     for name, impl in variants(args.optimizers, args.implementations):
         try:
@@ -95,8 +105,11 @@ def run_set(args, set_name, dtype_name, device) -> list[dict]:
         optimizers[(name, impl)] = (opt, {"first_step_s": first, "compile_s": first - min(warm) if impl == "compiled" else None})
     times = {key: [] for key in optimizers}
     for _ in range(args.rounds):  # interleaved: each round times every variant once
+        reference.measure(args.repeats)
         for key, (opt, _) in optimizers.items():
             times[key] += timed(opt.step, device, args.repeats)
+    bw = reference.result()
+    del reference
     for (name, impl), (opt, extra) in optimizers.items():
         t = np.array(times[(name, impl)])
         moved = 7 * numel * params[0].element_size() + (2 * numel * params[0].element_size() if opt.defaults["amsgrad"] else 0)
@@ -120,6 +133,10 @@ def run_set(args, set_name, dtype_name, device) -> list[dict]:
     return rows
 
 
+def _fmt(x, spec):
+    return "-" if x is None else format(x, spec)
+
+
 def markdown(rows, env) -> str:
     lines = [f"Device: {env['device']}; torch {env['torch']}; {env['date']}; threads {env['threads']}.", "",
              "| set | dtype | optimizer | impl | median ms | p10 | p90 | GB/s | of in-place add | add GB/s | step adds MiB | compile s |",
@@ -131,8 +148,7 @@ def markdown(rows, env) -> str:
         mem = r.get("step_peak_added_bytes")
         lines.append(f"| {r['set']} | {r['dtype']} | {r['optimizer']} | {r['implementation']} | {r['median_ms']:.1f} | "
                      f"{r['p10_ms']:.1f} | {r['p90_ms']:.1f} | {r['GBps']:.1f} | {r['fraction_of_inplace_add']:.0%} | "
-                     f"{r['inplace_add_GBps']:.1f} | {'-' if mem is None else f'{mem / 2**20:.0f}'} | "
-                     f"{'-' if r['compile_s'] is None else f'{r['compile_s']:.1f}'} |")
+                     f"{r['inplace_add_GBps']:.1f} | {_fmt(mem and mem / 2**20, '.0f')} | {_fmt(r['compile_s'], '.1f')} |")
     return "\n".join(lines)
 
 

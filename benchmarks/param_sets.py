@@ -4,6 +4,8 @@ import torch
 import transformers
 
 CONFIGS = {
+    "tiny-bert": lambda: transformers.BertConfig(vocab_size=512, hidden_size=32, num_hidden_layers=2,
+                                                 num_attention_heads=2, intermediate_size=64),  # for tests
     "minilm-22.7M": lambda: transformers.BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
                                                     intermediate_size=1536),
     "bert-base-110M": lambda: transformers.BertConfig(),
