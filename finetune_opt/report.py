@@ -48,8 +48,9 @@ def plot_runs(runs: list[dict], out_dir: str) -> list[str]:
     files = []
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for r in runs:
-        ax.plot([h["step"] for h in r["history"]], [h["loss"] for h in r["history"]], label=_label(r))
+    for i, r in enumerate(runs):  # line styles cycle so that identical curves stay visible
+        ax.plot([h["step"] for h in r["history"]], [h["loss"] for h in r["history"]], label=_label(r),
+                linestyle=["-", "--", ":", "-."][i % 4], linewidth=1.6)
     ax.set(xlabel="optimizer step", ylabel="train loss", title="Training loss")
     ax.legend()
     files.append(_save(fig, out_dir, "loss_curves.png"))
