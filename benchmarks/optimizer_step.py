@@ -14,7 +14,6 @@ process so that machine noise hits all of them alike.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -74,17 +73,27 @@ def step_memory(args, set_name, dtype, name, impl) -> int | None:
     if args.device == "cuda":
         return None  # measured in-process, see run_set
     cmd = [sys.executable, __file__, "--memory-child", set_name, dtype, name, impl]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    # A fixed mmap threshold makes glibc hand large freed blocks back to the OS, so RSS follows
+    # live memory (by default it keeps them, and a step's temporaries would hide in reused heap).
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=env)
     return int(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else None
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
 def memory_child(set_name, dtype, name, impl):
     params = make_params(param_shapes(set_name), getattr(torch, dtype), "cpu")
     opt = create_optimizer(name, [{"params": params}], implementation=impl, lr=1e-4, weight_decay=0.01)
     opt.step()  # state now allocated; the next step's own transient memory is what we want
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak-RSS mark (VmHWM) to the current RSS
+    before = _status_kib("VmRSS")
     opt.step()
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+    print((_status_kib("VmHWM") - before) * 1024)
 
 
 def run_set(args, set_name, dtype_name, device) -> list[dict]:

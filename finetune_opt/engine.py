@@ -135,6 +135,10 @@ def fit(cfg: RunConfig, accelerator: Accelerator, model, train_loader, evaluate,
                     losses.append(loss.detach())
             # The norm is of the synchronised (all-reduced, unscaled) gradients; inf disables clipping.
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf)
+            if grad_norm is None:  # DeepSpeed clips inside its engine and returns no norm
+                grad_norm = torch.zeros((), device=accelerator.device)
+            elif hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+                grad_norm = grad_norm.full_tensor()
             flags = torch.stack([~torch.isfinite(torch.stack(losses)).all() | ~torch.isfinite(grad_norm),
                                  torch.tensor(sigterm(), device=grad_norm.device)]).float()
             if accelerator.num_processes > 1:  # every rank must take the same branch
