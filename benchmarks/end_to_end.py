@@ -11,6 +11,7 @@ taken per round, then the median reported.
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -73,7 +74,7 @@ def run_trainer(a, data, stamps):
     torch.manual_seed(a.seed)
     model = load_model(a.model, task="classification", num_labels=2)
     args = TrainingArguments(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=a.batch_size, max_steps=a.steps,
-                             learning_rate=a.lr, weight_decay=0.01, warmup_ratio=0.1, lr_scheduler_type="linear",
+                             learning_rate=a.lr, weight_decay=0.01, warmup_steps=math.ceil(0.1 * a.steps), lr_scheduler_type="linear",
                              max_grad_norm=1.0, logging_steps=a.steps, save_strategy="no", report_to=[],
                              use_cpu=not torch.cuda.is_available(), bf16=a.precision == "bf16", seed=a.seed,
                              disable_tqdm=True)
@@ -87,7 +88,7 @@ def run_bare(a, data, stamps):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(a.model, task="classification", num_labels=2).to(device).train()
     opt = create_optimizer(a.optimizer, model, implementation=a.implementation, lr=a.lr, weight_decay=0.01)
-    sched = get_scheduler("linear", opt, num_warmup_steps=int(0.1 * a.steps), num_training_steps=a.steps)
+    sched = get_scheduler("linear", opt, num_warmup_steps=math.ceil(0.1 * a.steps), num_training_steps=a.steps)
     loader = DataLoader(data, batch_size=a.batch_size, shuffle=True, collate_fn=default_data_collator)
     batches = iter(loader)
     for _ in range(a.steps):

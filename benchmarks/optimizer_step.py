@@ -168,11 +168,12 @@ def plot(rows, path):
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ok = [r for r in rows if "error" not in r and r["optimizer"] == "adamw"]
-    for dtype in sorted({r["dtype"] for r in ok}):
-        for impl in sorted({r["implementation"] for r in ok}):
+    colors = {"for-loop": "tab:brown", "foreach": "tab:red", "fused": "tab:green", "compiled": "tab:blue"}
+    for dtype, style in zip(sorted({r["dtype"] for r in ok}, reverse=True), ["-", "--"]):  # float32 solid
+        for impl, color in colors.items():
             pts = sorted((r["params"], r["median_ms"]) for r in ok if r["implementation"] == impl and r["dtype"] == dtype)
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=f"{impl} ({dtype})")
+                ax.plot(*zip(*pts), marker="o", color=color, linestyle=style, label=f"{impl} ({dtype})")
     ax.set(xscale="log", yscale="log", xlabel="parameters", ylabel="AdamW step, median ms",
            title="Optimizer step time vs parameter count")
     ax.legend(fontsize=8)
