@@ -18,7 +18,7 @@ from transformers import get_scheduler
 from finetune_opt.checkpoint import find_checkpoint, load_checkpoint, read_loop_state, save_checkpoint
 from finetune_opt.config import RunConfig
 from finetune_opt.errors import ConfigError, TrainingStopped
-from finetune_opt.measure import (StepTimer, current_rss_bytes, optimizer_state_bytes, peak_memory,
+from finetune_opt.measure import (StepTimer, current_rss_bytes, optimizer_state_bytes, peak_bytes, peak_memory,
                                   reset_peak_memory)
 from finetune_opt.optim import create_optimizer, get_factory
 from finetune_opt.optim.registry import implementation_devices, resolve_implementation
@@ -220,9 +220,8 @@ def _global_throughput(accelerator, timer) -> dict:
 
 
 def _per_rank(accelerator, timing, memory) -> list[dict]:
-    peak = memory.get("peak_allocated_bytes", memory.get("peak_rss_bytes"))
     local = torch.tensor([timing["step_ms"]["median"] or 0.0, timing["optimizer_step_ms"]["median"] or 0.0,
-                          float(peak)], dtype=torch.float64, device=accelerator.device)
+                          float(peak_bytes(memory))], dtype=torch.float64, device=accelerator.device)
     every = accelerator.gather(local[None]).view(-1, 3).tolist()
     return [{"rank": r, "step_ms_median": s, "optimizer_step_ms_median": o, "peak_memory_bytes": int(m)}
             for r, (s, o, m) in enumerate(every)]

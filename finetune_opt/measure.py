@@ -91,6 +91,11 @@ def peak_memory(device: torch.device) -> dict:
     return {"kind": "cpu_rss", "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
+def peak_bytes(memory: dict) -> int:
+    """The one peak figure of a `peak_memory` dict: GPU allocated, else CPU RSS."""
+    return memory.get("peak_allocated_bytes", memory.get("peak_rss_bytes"))
+
+
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes held in optimizer state (exp_avg, exp_avg_sq, max_exp_avg_sq, step tensors)."""
     return sum(t.numel() * t.element_size() for state in optimizer.state.values()

@@ -9,6 +9,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from finetune_opt.errors import ConfigError  # noqa: E402
+from finetune_opt.measure import peak_bytes  # noqa: E402
 from finetune_opt.results import format_table  # noqa: E402
 
 # The metric each task is judged by, and whether higher is better.
@@ -63,8 +64,7 @@ def plot_runs(runs: list[dict], out_dir: str) -> list[str]:
     _bar(axes[1], runs, [r["timing"]["optimizer_step_ms"]["median"] for r in runs],
          "Step time (median, p10-p90); optimizer step in orange", "ms", color="tab:orange")
     mem = [r["memory"] for r in runs]
-    peak_key = "peak_allocated_bytes" if mem[0]["kind"] == "cuda" else "peak_rss_bytes"
-    _bar(axes[2], runs, [m[peak_key] / 2**20 for m in mem],
+    _bar(axes[2], runs, [peak_bytes(m) / 2**20 for m in mem],
          "Peak GPU memory" if mem[0]["kind"] == "cuda" else "Peak RSS (process)", "MiB")
     fig.tight_layout()
     files.append(_save(fig, out_dir, "metric_time_memory.png"))

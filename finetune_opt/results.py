@@ -9,6 +9,8 @@ from datetime import datetime, timezone
 
 import torch
 
+from finetune_opt.measure import peak_bytes
+
 SCHEMA_VERSION = 1
 
 
@@ -70,7 +72,7 @@ def _num(x, fmt):
 def summary_row(r: dict) -> dict:
     """The figures one compares across runs, as display strings."""
     mem = r["memory"]
-    peak = mem.get("peak_allocated_bytes", mem.get("peak_rss_bytes"))
+    peak = peak_bytes(mem)
     return {
         "run": os.path.basename(os.path.normpath(r["config"]["output_dir"])),
         "optimizer": f"{r['optimizer']['name']} ({r['optimizer']['implementation']})",

@@ -14,16 +14,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from finetune_opt.measure import peak_bytes  # noqa: E402
 from finetune_opt.report import PRIMARY_METRIC  # noqa: E402
 from finetune_opt.results import write_json_atomic  # noqa: E402
 from finetune_opt.stats import format_mean_std, mean_std_ci  # noqa: E402
 
 
 PRIMARY_METRIC_HIGHER = {m: higher for m, higher in PRIMARY_METRIC.values()}
-
-
-def _peak(r):
-    return r["memory"].get("peak_allocated_bytes", r["memory"].get("peak_rss_bytes"))
 
 
 def _label(row):
@@ -44,7 +41,7 @@ def aggregate_main(cells, results, metric):
                "step_ms": mean_std_ci([r["timing"]["step_ms"]["median"] for r in runs]),
                "optimizer_step_ms": mean_std_ci([r["timing"]["optimizer_step_ms"]["median"] for r in runs]),
                "samples_per_s": mean_std_ci([r["throughput"]["samples_per_s"] for r in runs]),
-               "peak_memory_bytes": mean_std_ci([_peak(r) for r in runs]),
+               "peak_memory_bytes": mean_std_ci([peak_bytes(r["memory"]) for r in runs]),
                "memory_kind": runs[0]["memory"]["kind"],
                "optimizer_state_bytes": runs[0]["memory"]["optimizer_state_bytes"]}
         train_key = f"train_{metric}"

@@ -15,7 +15,8 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from finetune_opt.config import recipe_main
 from finetune_opt.errors import ConfigError
 from finetune_opt.glue import check_glue_task, glue_collator, glue_metrics, load_glue
-from finetune_opt.measure import StepTimer, current_rss_bytes, optimizer_state_bytes, peak_memory, reset_peak_memory
+from finetune_opt.measure import (StepTimer, current_rss_bytes, optimizer_state_bytes, peak_bytes, peak_memory,
+                                  reset_peak_memory)
 from finetune_opt.models import load_model, load_tokenizer
 from finetune_opt.optim import trainer_optimizer_cls_and_kwargs
 from finetune_opt.results import save_results
@@ -86,7 +87,6 @@ def run(cfg):
     memory.update(rss_before_training_bytes=rss_before, optimizer_state_bytes=optimizer_state_bytes(optimizer))
     history = [{"step": h["step"], "loss": h["loss"], "lr": h["learning_rate"]}
                for h in trainer.state.log_history if "loss" in h]
-    peak = memory.get("peak_allocated_bytes", memory.get("peak_rss_bytes"))
     measured = {
         "optimizer": {**optimizer.finetune_opt_spec, "class": type(optimizer).__name__, "engine": "trainer"},
         "metrics": metrics, "metrics_before_training": None, "final_train_loss": history[-1]["loss"],
@@ -95,7 +95,7 @@ def run(cfg):
                        "tokens_per_s": timing["tokens_per_s"]},
         "memory": memory,
         "per_rank": [{"rank": 0, "step_ms_median": timing["step_ms"]["median"],
-                      "optimizer_step_ms_median": timing["optimizer_step_ms"]["median"], "peak_memory_bytes": peak}],
+                      "optimizer_step_ms_median": timing["optimizer_step_ms"]["median"], "peak_memory_bytes": peak_bytes(memory)}],
         "history": history,
     }
     save_results(cfg, trainer.accelerator, measured)
