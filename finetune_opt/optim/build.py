@@ -56,8 +56,9 @@ def _param_groups(spec: OptimizerSpec, model_or_params, hp: dict) -> list[dict]:
 def _guard_loading(optimizer: torch.optim.Optimizer, spec: OptimizerSpec):
     """Before loading: hyperparameters that shape the state (AMSGrad's v_max, SGD's momentum
     buffer, a block size) must match, checked before any state is taken. After loading: the
-    spec's own flags are re-asserted, and lr is a plain float again (a checkpoint of the
-    compiled implementation may hold a tensor lr, which foreach kernels refuse)."""
+    spec's own flags are re-asserted, and lr takes the type this class needs: a float (an old
+    checkpoint of the compiled implementation holds a tensor lr, which foreach kernels refuse), or
+    a tensor for classes that require one (torchao)."""
     built = [{k: g[k] for k in _FLAG_KEYS if k in g} for g in optimizer.param_groups]
     structural = [{k: g[k] for k in spec.structural if k in g} for g in optimizer.param_groups]
 
@@ -72,8 +73,10 @@ def _guard_loading(optimizer: torch.optim.Optimizer, spec: OptimizerSpec):
     def reassert_after(opt):
         for group, flags in zip(opt.param_groups, built):
             group.update(flags)
-            if torch.is_tensor(group["lr"]):
+            if torch.is_tensor(group["lr"]) and not spec.tensor_lr:
                 group["lr"] = float(group["lr"])
+            elif spec.tensor_lr and not torch.is_tensor(group["lr"]):
+                group["lr"] = torch.tensor(group["lr"])
 
     optimizer.register_load_state_dict_pre_hook(check_before)
     optimizer.register_load_state_dict_post_hook(reassert_after)
@@ -96,7 +99,8 @@ def describe_optimizer(optimizer) -> dict:
             value = next((g[key] for g in groups if key in g), None)
         if key == "eps" and isinstance(value, tuple):  # Adafactor keeps (eps1, eps2)
             value = value[1]
-        value = float(value) if torch.is_tensor(value) else value
+        if torch.is_tensor(value):  # float32 lr tensors: report 5e-05, not 4.999999873689376e-05
+            value = float(f"{value.item():.7g}") if value.dtype == torch.float32 else value.item()
         out[key] = list(value) if isinstance(value, tuple) else value
     return out
 

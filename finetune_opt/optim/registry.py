@@ -76,7 +76,8 @@ def _torchao_spec(bits: int, block_size: int) -> OptimizerSpec:
         f"adamw_{bits}bit",
         f"AdamW with {bits}-bit block-quantised moments (torchao; Dettmers et al. 2022, Li et al. 2023)",
         f"torchao.optim:AdamW{bits}bit",
-        ADAM_HYPERPARAMS,
+        # no amsgrad: torchao's max() on a quantised state fails to compile (torchao 0.18)
+        {k: ADAM_HYPERPARAMS[k] for k in ("betas", "eps")},
         default_lr=5e-5,
         # torchao compiles its own per-tensor step; there is no eager or fused variant to pick.
         implementations={"compiled": Implementation(devices=("cpu", "cuda"))},
@@ -84,8 +85,9 @@ def _torchao_spec(bits: int, block_size: int) -> OptimizerSpec:
         state_bytes=state, traffic_bytes=traffic,
         paper="AdamW (Loshchilov & Hutter 2019) with quantised states; parity against float64 AdamW "
               "within the quantisation error",
-        structural=("amsgrad",),
         extra="lowbit",
+        param_dtypes=(torch.float32, torch.bfloat16),  # its kernels compute in fp32 (no float64)
+        tensor_lr=True,
     )
 
 
@@ -117,7 +119,10 @@ _SPECS = (
         torch.optim.SGD,
         {"momentum": number(0, 1, high_open=True, default=0.9), "dampening": number(0, 1, default=0.0),
          "nesterov": boolean(False)},
-        default_lr=1e-2, implementations=TORCH_MULTI_TENSOR, default_implementation="foreach",
+        # (no "compiled": dynamo fails on SGD's momentum-buffer init in torch 2.13, a
+        # SpeculationLogDivergence; the fused kernel is the fast path anyway)
+        default_lr=1e-2, implementations={k: v for k, v in TORCH_MULTI_TENSOR.items() if k != "compiled"},
+        default_implementation="foreach",
         state_bytes=_sgd_state, traffic_bytes=_sgd_traffic,
         paper="Sutskever et al. 2013 (momentum as in torch.optim.SGD: first step buf = g)",
         default_weight_decay=0.0, structural=("momentum",),

@@ -30,6 +30,7 @@ class Hyperparam:
     check: Callable[[object], bool]
     rule: str
     convert: Callable[[object], object] = lambda v: v  # YAML list -> tuple, int -> float, ...
+    options: tuple = ()  # the values of a choice (tests try each)
 
 
 def _is_number(v) -> bool:
@@ -58,7 +59,7 @@ def boolean(default: bool) -> Hyperparam:
 
 
 def choice(default, *options) -> Hyperparam:
-    return Hyperparam(default, lambda v: v in options, "one of: " + ", ".join(map(str, options)))
+    return Hyperparam(default, lambda v: v in options, "one of: " + ", ".join(map(str, options)), options=options)
 
 
 def betas(default: tuple) -> Hyperparam:
@@ -140,6 +141,8 @@ class OptimizerSpec:
     owns_lr_schedule: bool = False       # the LR scheduler must be constant (warm-up is its own)
     step_flops: Callable | None = None   # (shape) -> FLOPs of one step, for compute-bound optimizers
     extra: str | None = None             # pip extra that brings optimizer_class's package
+    param_dtypes: tuple = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+    tensor_lr: bool = False              # the class keeps lr as a tensor in its groups (torchao)
 
     @property
     def all_hyperparams(self) -> dict:
@@ -212,8 +215,9 @@ class OptimizerSpec:
     def check_parameters(self, implementation: str, params: list[torch.Tensor]):
         """Device and dtype checks before construction: one line instead of a kernel error."""
         for p in params:
-            if not self.supports(implementation, p.device.type) or not torch.is_floating_point(p):
+            if not self.supports(implementation, p.device.type) or p.dtype not in self.param_dtypes:
                 devices = self.implementations[implementation].devices
+                dtypes = ", ".join(str(d).removeprefix("torch.") for d in self.param_dtypes)
                 raise ConfigError(
-                    f"{self.name} ({implementation}) needs floating-point parameters on one of: "
-                    f"{', '.join(devices)}; got {p.dtype} on {p.device.type}")
+                    f"{self.name} ({implementation}) needs parameters of dtype {dtypes} on device "
+                    f"{', '.join(devices)}; got {str(p.dtype).removeprefix('torch.')} on {p.device.type}")
