@@ -117,3 +117,19 @@ def test_results_report_the_loaded_hyperparameters(name):
     described = describe_optimizer(other)
     assert described["weight_decay"] == 0.05 and described["lr"] == pytest.approx(1e-3)
     assert described["name"] == name and set(REGISTRY[name].all_hyperparams) <= set(described)
+
+
+def test_compiled_step_refuses_to_run_eagerly_past_dynamos_limit():
+    """adam_l2 and adamw share Adam.step: the 9th compiled instance in a process would silently
+    run eagerly (the benchmark rows that did so looked compiled); here it is an error."""
+    import torch._dynamo
+
+    limit = torch._dynamo.config.recompile_limit
+    for i in range(limit + 1):
+        model, opt = built("adam_l2" if i % 2 else "adamw", "compiled")
+        model(torch.randint(0, 24, (4,))).sum().backward()
+        if i < limit:
+            opt.step()
+        else:
+            with pytest.raises(RuntimeError, match="step ran eagerly: torch._dynamo's recompile limit"):
+                opt.step()

@@ -7,6 +7,7 @@ silently change.
 
 import torch
 from torch import nn
+from torch._dynamo.utils import counters as _dynamo_counters
 
 from finetune_opt.errors import ConfigError
 from finetune_opt.optim.param_groups import build_param_groups
@@ -113,7 +114,8 @@ class _CompiledStepMixin:
     def step(self, closure=None):
         if closure is not None:
             raise ConfigError("the compiled implementation does not take a closure")
-        if not hasattr(self, "_compiled_step"):
+        first = not hasattr(self, "_compiled_step")
+        if first:
             base_step = super().step  # bound to the torch class's step
             self._lr_tensors = [torch.tensor(0.0) for _ in self.param_groups]
             self._compiled_step = torch.compile(lambda: base_step(), fullgraph=False)
@@ -122,7 +124,17 @@ class _CompiledStepMixin:
             tensor.fill_(lr)
             group["lr"] = tensor
         try:
-            return self._compiled_step()
+            graphs = _dynamo_counters["stats"]["unique_graphs"]
+            loss = self._compiled_step()
+            if first and _dynamo_counters["stats"]["unique_graphs"] == graphs:
+                # Each instance compiles its own graph (dynamo guards on `self`). None new: dynamo
+                # hit its recompile limit and ran the step eagerly, with only a one-time log line,
+                # which would turn a "compiled" timing into an eager one without a word.
+                raise RuntimeError(
+                    f"the compiled {type(self).__name__} step ran eagerly: torch._dynamo's recompile limit "
+                    f"({torch._dynamo.config.recompile_limit} graphs per step function and process; adam_l2 "
+                    f"and adamw share Adam.step) is used up; run each compiled optimizer in its own process")
+            return loss
         finally:
             for group, lr in zip(self.param_groups, floats):
                 group["lr"] = lr
