@@ -97,8 +97,7 @@ TORCH_MULTI_TENSOR = {
     "fused": Implementation({"foreach": False, "fused": True}, devices=fused_devices()),
     "compiled": Implementation({"foreach": False, "fused": False}, compile_step=True, devices=INDUCTOR_DEVICES),
 }
-FOREACH_ONLY = {k: TORCH_MULTI_TENSOR[k] for k in ("for-loop", "foreach")}
-FOREACH_FLAG_ONLY = {  # classes with a foreach flag but no fused one (Adafactor, schedule-free, ours)
+FOREACH_OR_LOOP = {  # classes with a foreach flag but no fused one (Adafactor, schedule-free, ours)
     "for-loop": Implementation({"foreach": False}),
     "foreach": Implementation({"foreach": True}),
 }
@@ -107,15 +106,12 @@ IMPLEMENTATION_NAMES = ("for-loop", "foreach", "fused", "compiled")
 
 # --- cost model: bytes of state and of memory traffic per parameter tensor ----------------------
 
-def elementwise_cost(state_tensors: float, traffic_tensors: float) -> tuple[Callable, Callable]:
-    """State and traffic that scale with the parameter: `state_tensors` full-size tensors of the
-    parameter's dtype; `traffic_tensors` parameter-sized reads + writes per step."""
-    def state(shape, dtype, group):
-        return int(state_tensors * math.prod(shape) * dtype.itemsize)
-
-    def traffic(shape, dtype, group):
-        return int(traffic_tensors * math.prod(shape) * dtype.itemsize)
-    return state, traffic
+def elementwise(tensors: float) -> Callable:
+    """A cost of `tensors` parameter-sized tensors in the parameter's dtype: for state bytes
+    (Adam: 2, m and v) or for the bytes one step streams (Adam: 7, read p g m v, write p m v)."""
+    def cost(shape, dtype, group):
+        return int(tensors * math.prod(shape) * dtype.itemsize)
+    return cost
 
 
 # --- the spec -------------------------------------------------------------------------------------
