@@ -14,7 +14,7 @@ WORKDIR /opt/finetune_opt
 # Dependencies first (changes rarely), then the code: rebuilds after a code edit reuse the layer.
 COPY pyproject.toml README.md ./
 COPY finetune_opt/__init__.py finetune_opt/__init__.py
-RUN pip install --no-cache-dir . && pip uninstall -y finetune_opt
+RUN pip install --no-cache-dir ".[optimizers]" && pip uninstall -y finetune_opt
 COPY finetune_opt finetune_opt
 COPY recipes recipes
 COPY accelerate_configs accelerate_configs

@@ -17,7 +17,7 @@ from finetune_opt.checkpoint import find_checkpoint
 from finetune_opt.config import RunConfig
 from finetune_opt.engine import fit, make_accelerator, step_optimizer
 from finetune_opt.errors import ConfigError, TrainingStopped
-from finetune_opt.optim import create_optimizer
+from finetune_opt.optim import REGISTRY, create_optimizer
 from finetune_opt.results import write_json_atomic
 from tests.conftest import DATA_DIR, REPO
 
@@ -76,6 +76,18 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted(tmp_path):
     assert [h["step"] for h in resumed["history"]] == list(range(1, 13))
     assert losses(resumed) == pytest.approx(losses(full), abs=1e-6, rel=0)
     assert resumed["history"][-1]["lr"] == full["history"][-1]["lr"]
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_every_optimizer_resumes_exactly_through_the_engine(tmp_path, name):
+    """SIGTERM after step 5, resume: the same losses as the uninterrupted run, for every entry
+    (schedule-free checkpoints its averaged weights in eval mode and resumes in train mode;
+    torchao's state and tensor lr round-trip through Accelerate's checkpoint)."""
+    full = toy_fit(tmp_path / "full", optimizer=name)
+    assert toy_fit(tmp_path / "cut", {"sigterm_at": 5}, optimizer=name) is None
+    resumed = toy_fit(tmp_path / "cut", optimizer=name, resume=str(tmp_path / "cut"))
+    assert losses(resumed) == pytest.approx(losses(full), abs=1e-6, rel=0)
+    assert resumed["optimizer"]["name"] == name and resumed["optimizer"]["lr"] == pytest.approx(1e-2)
 
 
 def test_nonfinite_steps_are_skipped_and_do_not_advance_schedule(tmp_path):
