@@ -16,10 +16,25 @@ import torch
 
 from finetune_opt.errors import one_of
 from finetune_opt.optim.lion import Lion
-from finetune_opt.optim.muon import (MuonWithAdamW, muon_param_groups, muon_state_bytes, muon_traffic_bytes,
-                                     newton_schulz_flops)
-from finetune_opt.optim.spec import (FOREACH_OR_LOOP, TORCH_MULTI_TENSOR, Implementation, OptimizerSpec, betas,
-                                     boolean, choice, elementwise, integer, number)
+from finetune_opt.optim.muon import (
+    MuonWithAdamW,
+    muon_param_groups,
+    muon_state_bytes,
+    muon_traffic_bytes,
+    newton_schulz_flops,
+)
+from finetune_opt.optim.spec import (
+    FOREACH_OR_LOOP,
+    TORCH_MULTI_TENSOR,
+    Implementation,
+    OptimizerSpec,
+    betas,
+    boolean,
+    choice,
+    elementwise,
+    integer,
+    number,
+)
 
 ADAM_HYPERPARAMS = {"betas": betas((0.9, 0.999)), "eps": number(0, low_open=True, default=1e-8),
                     "amsgrad": boolean(False)}

@@ -19,7 +19,6 @@ from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from finetune_opt.errors import ConfigError, one_of
 
-
 # --- hyperparameter schema ---------------------------------------------------------------------
 
 @dataclass(frozen=True)
