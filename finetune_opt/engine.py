@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, GradientAccumulationPlugin, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -115,6 +115,10 @@ def fit(cfg: RunConfig, accelerator: Accelerator, model, train_loader, evaluate,
         here = [i for i in spec.implementations if spec.supports(i, accelerator.device.type)]
         raise ConfigError(f"{cfg.optimizer} ({cfg.implementation}) does not run on {accelerator.device.type}; "
                           f"choose implementation one of: {', '.join(here) or 'none (another optimizer)'}")
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    if sharded and spec.needs_whole_tensors:
+        raise ConfigError(f"{cfg.optimizer} updates whole matrices and cannot step FSDP / DeepSpeed shards; "
+                          f"use DDP (accelerate_configs/multi_gpu.yaml) or an elementwise optimizer")
     # Optimizer on the model, then both prepared in one call: FSDP2 and DeepSpeed need that, as
     # they replace the optimizer's parameters with the sharded ones.
     optimizer = create_optimizer(cfg.optimizer, model, implementation=cfg.implementation, **cfg.hyperparams)
