@@ -330,6 +330,24 @@ def test_gpt2_packed_end_to_end_reports_data_and_generation(tmp_path):
     assert 50 < r["throughput"]["tokens_per_s"] / r["throughput"]["samples_per_s"] < 300
 
 
+def test_two_processes_gather_eval_and_generation_without_duplicates(tmp_path):
+    """7 eval examples and 5 generation prompts over 2 gloo ranks in batches of 2 (uneven): the
+    gathered held-out loss and counts equal the single-process ones (before training: same weights)."""
+    common = [*TINY_RUN, "max_steps=2", "eval_examples=7", "generation_examples=5", "eval_batch_size=2",
+              "eval_before_training=true"]
+    one = sft_recipe(*common, f"output_dir={tmp_path / 'one'}")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(REPO / "recipes/finetune_sft.py"),
+           "--config", str(REPO / "recipes/configs/gsm8k_sft_tiny.yaml"), f"data_dir={GSM8K}", *common,
+           f"output_dir={tmp_path / 'two'}"]
+    two = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr[-2000:], two.stderr[-2000:])
+    a, b = (json.loads((tmp_path / d / "results.json").read_text())["metrics_before_training"] for d in ("one", "two"))
+    assert a["eval_examples"] == b["eval_examples"] == 7 and a["generation_examples"] == b["generation_examples"] == 5
+    assert a["eval_response_tokens"] == b["eval_response_tokens"]
+    assert b["eval_loss"] == pytest.approx(a["eval_loss"], abs=1e-5)
+    assert b["generation_answered"] == a["generation_answered"]
+
+
 def _bad_data(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps({"instruction": "Say hi.", "output": ""}) + "\n" +
@@ -373,3 +391,17 @@ def test_tiny_llama_learns_gsm8k_and_generation_runs(tmp_path):
     before, after = r["metrics_before_training"]["eval_loss"], r["metrics"]["eval_loss"]
     assert before > 10 and after < before - 2.5, (before, after)  # ln(30,522) = 10.3 nats at random init
     assert r["metrics"]["generation_examples"] == 16 and r["metrics"]["generation_accuracy"] <= 0.1
+
+
+def test_packing_benchmark_writes_results(tmp_path):
+    p = subprocess.run([sys.executable, "benchmarks/packing.py", "--data-dir", str(GSM8K), "--steps", "3", "--warmup", "1",
+                        "--rounds", "1", "--train-examples", "24", "--out", str(tmp_path)],
+                       capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads((tmp_path / "packing.json").read_text())
+    padded, packed = out["runs"]["padded"][0], out["runs"]["packed"][0]
+    assert packed["final_train_loss"] == pytest.approx(padded["final_train_loss"], abs=2e-4)
+    assert out["padding_share"]["packed"] == 0 < out["padding_share"]["padded"] < 0.6
+    assert out["tokens_per_s_ratio_packed_over_padded"]["median"] == pytest.approx(
+        packed["tokens_per_s"] / padded["tokens_per_s"])
+    assert "packed / padded tokens/s" in (tmp_path / "packing.md").read_text()
