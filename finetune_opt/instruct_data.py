@@ -98,6 +98,7 @@ def _load_local(path: str) -> datasets.DatasetDict:
 
 
 def _load_hub(name_and_config: tuple) -> datasets.DatasetDict:
+    name_and_config = tuple(x for x in name_and_config if x)
     try:
         hub = datasets.load_dataset(*name_and_config)
     except Exception as e:  # offline, unknown name, ...
@@ -121,6 +122,9 @@ def load_instruct(cfg) -> datasets.DatasetDict:
         if missing:
             raise ConfigError(f"{split} data has no column {missing[0]!r}; found: {', '.join(d.column_names)}")
     if "eval" not in ds:  # hold out a seeded slice of train
+        if (cfg.eval_examples or 0) >= len(ds["train"]):
+            raise ConfigError(f"eval_examples={cfg.eval_examples} leaves nothing to train on: the data has "
+                              f"{len(ds['train'])} examples and no eval split")
         parts = ds["train"].train_test_split(test_size=cfg.eval_examples or HELD_OUT_FRACTION, seed=cfg.seed)
         ds = datasets.DatasetDict({"train": parts["train"], "eval": parts["test"]})
     for split, n in (("train", cfg.train_examples), ("eval", cfg.eval_examples)):
