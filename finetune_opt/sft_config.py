@@ -17,6 +17,15 @@ def check_sft_fields(cfg) -> None:
         raise ConfigError(f"max_new_tokens must be an integer >= 1, got {cfg.max_new_tokens!r}")
     if cfg.prompt_template is not None and "{prompt}" not in cfg.prompt_template:
         raise ConfigError(f"prompt_template must contain {{prompt}}, got {cfg.prompt_template!r}")
+    if cfg.generation_examples and not _has_generation_metric(cfg.task):
+        raise ConfigError(f"generation_examples: task {cfg.task} has no generation metric (gsm8k has); set it to 0")
     if cfg.merge_adapter and not cfg.peft:
         raise ConfigError("merge_adapter=true needs a peft block (there is no adapter to merge)")
     check_peft_spec(cfg.peft)
+
+
+def _has_generation_metric(task: str) -> bool:
+    from finetune_opt.instruct_data import INSTRUCT_TASKS  # lazily: it imports `datasets`
+
+    # other recipes' tasks: their recipe rejects them with its own message
+    return task not in INSTRUCT_TASKS or INSTRUCT_TASKS[task].metric is not None

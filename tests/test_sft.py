@@ -356,17 +356,19 @@ def _bad_data(tmp_path):
 
 
 @pytest.mark.parametrize("case,overrides,message", [
-    ("missing column", ["task=instruct", "data_dir={bad}", "prompt_column=question", "response_column=output"],
+    ("missing column", ["task=instruct", "generation_examples=0", "data_dir={bad}", "prompt_column=question", "response_column=output"],
      "error: train data has no column 'question'; found: instruction, output"),
-    ("all responses empty", ["task=instruct", "data_dir={bad}", "prompt_column=instruction", "response_column=output",
+    ("all responses empty", ["task=instruct", "generation_examples=0", "data_dir={bad}", "prompt_column=instruction", "response_column=output",
                              "eval_examples=1"],
      "error: no usable train example: 0 have a prompt of >= max_length=256 tokens, 1 an empty 'output'"),
     ("every prompt too long", ["max_length=8", "train_examples=4", "eval_examples=4"],
      "error: no usable train example: 4 have a prompt of >= max_length=8 tokens, 0 an empty 'answer'"),
-    ("no columns for instruct", ["task=instruct", "data_dir={bad}"],
+    ("no columns for instruct", ["task=instruct", "generation_examples=0", "data_dir={bad}"],
      "error: task instruct needs prompt_column and response_column"),
     ("unknown peft method", ["peft={{method: prefix}}"], "error: unknown peft method 'prefix'; choose one of: lora, dora"),
     ("merge without adapter", ["merge_adapter=true"], "error: merge_adapter=true needs a peft block"),
+    ("generation without metric", ["task=instruct", "data_dir={bad}", "generation_examples=4"],
+     "error: generation_examples: task instruct has no generation metric (gsm8k has); set it to 0"),
     ("task of other recipe", ["task=sst2"], "error: unknown task for this recipe 'sst2'; choose one of: gsm8k, instruct"),
 ])
 def test_bad_input_exits_2_without_output(tmp_path, case, overrides, message):
