@@ -11,7 +11,7 @@ columns come from the config: prompt_column, response_column, optionally input_c
 An example becomes  prompt_ids + response_ids  with labels  [-100] * len(prompt_ids) + response_ids.
 The prompt is the tokenizer's chat template when it has one (user turn + generation prompt; the
 response is what the template adds for the assistant turn, end-of-turn token included), else
-`prompt_template` with {prompt}, BOS before and EOS after the response.
+`prompt_template` with {prompt} (default: the task's), BOS before and EOS after the response.
 """
 
 import os
@@ -34,11 +34,12 @@ class InstructTask:
     response_column: str | None = None
     input_column: str | None = None
     metric: str | None = None        # downstream metric by generation (finetune_opt.sft_eval.GENERATION_METRICS)
+    template: str = DEFAULT_TEMPLATE  # the prompt when no chat template is used
 
 
 INSTRUCT_TASKS = {
     "gsm8k": InstructTask(("openai/gsm8k", "main"), "question", "answer", metric="gsm8k"),
-    "instruct": InstructTask(),
+    "instruct": InstructTask(template="### Instruction:\n{prompt}\n\n### Response:\n"),  # Alpaca's
 }
 
 
@@ -184,7 +185,7 @@ def make_prompt_format(tokenizer, cfg) -> PromptFormat:
     use_chat = has_chat if cfg.use_chat_template is None else cfg.use_chat_template
     if use_chat and not has_chat:
         raise ConfigError("use_chat_template=true but the tokenizer has no chat template")
-    return PromptFormat(tokenizer, cfg.prompt_template or DEFAULT_TEMPLATE, use_chat)
+    return PromptFormat(tokenizer, cfg.prompt_template or INSTRUCT_TASKS[cfg.task].template, use_chat)
 
 
 def encode_example(fmt: PromptFormat, prompt: str, response: str, max_length: int) -> dict:

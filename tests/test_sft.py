@@ -171,6 +171,8 @@ def test_alpaca_style_file_with_input_column_and_held_out_eval(tmp_path):
     columns = Columns.from_config(cfg)
     assert prompt_text(rows[2], columns) == "Add 2 and 1.\n\ncontext 2"
     assert prompt_text(rows[3], columns) == "Add 3 and 1."
+    fmt = make_prompt_format(load_tokenizer(TOKENIZER), cfg)  # the task's template: Alpaca's
+    assert fmt.template == "### Instruction:\n{prompt}\n\n### Response:\n" and not fmt.use_chat_template
     csv = tmp_path / "data.csv"
     csv.write_text("instruction,input,output\nSay hi,,hi\nSay no,,no\n")
     assert load_instruct(RunConfig(task="instruct", data_dir=str(csv), prompt_column="instruction",
