@@ -67,26 +67,26 @@ def register_adapter_checkpoints(accelerator):
     """Make accelerator.save_state / load_state keep only the trainable (adapter) weights of a
     PeftModel; the frozen base is rebuilt by the run itself, identically."""
 
-    def trainable_names(model) -> set:
-        return {name for name, p in model.named_parameters() if p.requires_grad}
+    def trainable_shapes(model) -> dict:
+        return {name: p.shape for name, p in model.named_parameters() if p.requires_grad}
 
     def save_hook(models, weights, output_dir):
         for i, model in enumerate(models):
             if is_peft(accelerator.unwrap_model(model)):
-                keep = trainable_names(model)
+                keep = trainable_shapes(model)
                 weights[i] = {k: v for k, v in weights[i].items() if k in keep}
 
     def load_hook(models, input_dir):
         for i, model in enumerate(list(models)):
             if is_peft(accelerator.unwrap_model(model)):
-                _load_adapter(model, input_dir, i, trainable_names(model))
+                _load_adapter(model, input_dir, i, trainable_shapes(model))
                 models.remove(model)  # loaded here; accelerate would load strictly, expecting a full state
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
 
 
-def _load_adapter(model, input_dir: str, index: int, expected: set):
+def _load_adapter(model, input_dir: str, index: int, expected: dict):
     from safetensors.torch import load_file
 
     name = "model" if index == 0 else f"model_{index}"  # accelerate's file names
@@ -96,9 +96,10 @@ def _load_adapter(model, input_dir: str, index: int, expected: set):
         state = torch.load(path, map_location="cpu", weights_only=True)
     else:
         state = load_file(path)
-    if set(state) != expected:
-        raise ConfigError(f"checkpoint {input_dir} does not hold this run's adapter "
-                          f"({len(set(state) ^ expected)} weights differ by name; was it made with the same peft block?)")
+    differ = set(state) ^ set(expected) or {k for k in state if state[k].shape != expected[k]}
+    if differ:
+        raise ConfigError(f"checkpoint {input_dir} does not hold this run's adapter ({len(differ)} weights differ "
+                          f"in name or shape, e.g. {sorted(differ)[0]}; was it made with the same peft block?)")
     model.load_state_dict(state, strict=False)
 
 

@@ -308,6 +308,8 @@ def test_lora_checkpoint_resume_gives_the_uninterrupted_losses(tmp_path):
     assert [h["loss"] for h in b["history"]] == pytest.approx([h["loss"] for h in a["history"]], abs=1e-6)
     assert b["metrics"]["eval_loss"] == pytest.approx(a["metrics"]["eval_loss"], abs=1e-6)
     assert a["parameters"]["trainable"] < a["parameters"]["total"] and a["memory"]["optimizer_state_bytes"] > 0
+    other = sft_recipe(*TINY_RUN, f"peft={flow({**LORA, 'r': 8})}", f"resume={checkpoint}", f"output_dir={tmp_path / 'r8'}")
+    assert other.returncode == 2 and "does not hold this run's adapter" in other.stderr.strip().splitlines()[-1]
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "full/model")  # merge_adapter: a plain model
     assert sum(p.numel() for p in merged.parameters()) == a["parameters"]["total"] - a["parameters"]["trainable"]
 
