@@ -11,15 +11,21 @@ from contextlib import contextmanager
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, GradientAccumulationPlugin, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from finetune_opt.checkpoint import find_checkpoint, load_checkpoint, read_loop_state, save_checkpoint
 from finetune_opt.config import RunConfig
 from finetune_opt.errors import ConfigError, TrainingStopped
-from finetune_opt.measure import (StepTimer, current_rss_bytes, optimizer_state_bytes, peak_bytes, peak_memory,
-                                  reset_peak_memory)
+from finetune_opt.measure import (
+    StepTimer,
+    current_rss_bytes,
+    optimizer_state_bytes,
+    peak_bytes,
+    peak_memory,
+    reset_peak_memory,
+)
 from finetune_opt.optim import create_optimizer, describe_optimizer, get_optimizer_spec
 from finetune_opt.peft_setup import model_to_save
 
@@ -109,8 +115,13 @@ def fit(cfg: RunConfig, accelerator: Accelerator, model, train_loader, evaluate,
     part of results.json, or None if SIGTERM stopped the run."""
     spec = get_optimizer_spec(cfg.optimizer)
     if not spec.supports(cfg.implementation, accelerator.device.type):
+        here = [i for i in spec.implementations if spec.supports(i, accelerator.device.type)]
         raise ConfigError(f"{cfg.optimizer} ({cfg.implementation}) does not run on {accelerator.device.type}; "
-                          f"choose one of: {', '.join(i for i in spec.implementations if spec.supports(i, accelerator.device.type))}")
+                          f"choose implementation one of: {', '.join(here) or 'none (another optimizer)'}")
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    if sharded and spec.needs_whole_tensors:
+        raise ConfigError(f"{cfg.optimizer} updates whole matrices and cannot step FSDP / DeepSpeed shards; "
+                          f"use DDP (accelerate_configs/multi_gpu.yaml) or an elementwise optimizer")
     # Optimizer on the model, then both prepared in one call: FSDP2 and DeepSpeed need that, as
     # they replace the optimizer's parameters with the sharded ones.
     optimizer = create_optimizer(cfg.optimizer, model, implementation=cfg.implementation, **cfg.hyperparams)

@@ -16,10 +16,25 @@ import torch
 
 from finetune_opt.errors import one_of
 from finetune_opt.optim.lion import Lion
-from finetune_opt.optim.muon import (MuonWithAdamW, muon_param_groups, muon_state_bytes, muon_traffic_bytes,
-                                     newton_schulz_flops)
-from finetune_opt.optim.spec import (FOREACH_FLAG_ONLY, TORCH_MULTI_TENSOR, Implementation, OptimizerSpec, betas,
-                                     boolean, choice, elementwise_cost, integer, number)
+from finetune_opt.optim.muon import (
+    MuonWithAdamW,
+    muon_param_groups,
+    muon_state_bytes,
+    muon_traffic_bytes,
+    newton_schulz_flops,
+)
+from finetune_opt.optim.spec import (
+    FOREACH_OR_LOOP,
+    TORCH_MULTI_TENSOR,
+    Implementation,
+    OptimizerSpec,
+    betas,
+    boolean,
+    choice,
+    elementwise,
+    integer,
+    number,
+)
 
 ADAM_HYPERPARAMS = {"betas": betas((0.9, 0.999)), "eps": number(0, low_open=True, default=1e-8),
                     "amsgrad": boolean(False)}
@@ -133,17 +148,17 @@ _SPECS = (
         {"beta2_decay": number(None, 0, default=-0.8), "d": number(0, low_open=True, default=1.0),
          # eps is the paper's eps2, the floor on the parameter RMS; eps1 is the dtype's epsilon
          "eps": number(0, low_open=True, default=1e-3)},
-        default_lr=1e-3, implementations=FOREACH_FLAG_ONLY, default_implementation="foreach",
+        default_lr=1e-3, implementations=FOREACH_OR_LOOP, default_implementation="foreach",
         state_bytes=_adafactor_state, traffic_bytes=_adafactor_traffic,
         paper="Shazeer & Stern 2018, Algorithms 4-5, with torch's lr as the cap on the relative step",
-        default_weight_decay=0.0,
+        default_weight_decay=0.0, needs_whole_tensors=True,
         build=lambda cls, groups, kw: cls(groups, **{**kw, "eps": (None, kw["eps"])}),
     ),
     OptimizerSpec(
         "lion", "Lion: sign of an interpolated momentum, one state buffer (Chen et al. 2023)",
         Lion, {"betas": betas((0.9, 0.99))}, default_lr=1.5e-5,
-        implementations=FOREACH_FLAG_ONLY, default_implementation="foreach",
-        state_bytes=elementwise_cost(1, 5)[0], traffic_bytes=elementwise_cost(1, 5)[1],
+        implementations=FOREACH_OR_LOOP, default_implementation="foreach",
+        state_bytes=elementwise(1), traffic_bytes=elementwise(5),  # m; read p g m, write p m
         paper="Chen et al. 2023, Algorithm 2", default_weight_decay=0.1,
     ),
     OptimizerSpec(
@@ -159,7 +174,7 @@ _SPECS = (
         default_implementation="foreach",
         state_bytes=muon_state_bytes, traffic_bytes=muon_traffic_bytes, step_flops=newton_schulz_flops,
         paper="Jordan et al. 2024 (Newton-Schulz); Liu et al. 2025 (match_rms_adamw, decoupled decay)",
-        param_groups=muon_param_groups,
+        param_groups=muon_param_groups, needs_whole_tensors=True,
     ),
     OptimizerSpec(
         "adamw_schedule_free", "Schedule-free AdamW: iterate averaging instead of an LR schedule "
@@ -168,8 +183,9 @@ _SPECS = (
         {"betas": betas((0.9, 0.999)), "eps": number(0, low_open=True, default=1e-8),
          "warmup_steps": integer(0, 10**9, 0), "r": number(0, default=0.0),
          "weight_lr_power": number(0, default=2.0)},
-        default_lr=1e-4, implementations=FOREACH_FLAG_ONLY, default_implementation="foreach",
-        state_bytes=elementwise_cost(2, 8)[0], traffic_bytes=elementwise_cost(2, 8)[1],
+        default_lr=1e-4, implementations=FOREACH_OR_LOOP, default_implementation="foreach",
+        # z, v; read y g z v, write y z v and the gradient it normalises in place
+        state_bytes=elementwise(2), traffic_bytes=elementwise(8),
         paper="Defazio et al. 2024, Algorithm 1 (AdamW variant)",
         train_eval_modes=True, owns_lr_schedule=True, extra="schedulefree",
     ),
@@ -199,7 +215,7 @@ def list_optimizers() -> list[dict]:
             "extra": s.extra,
             "paper": s.paper,
         }
-        for s in _SPECS
+        for s in REGISTRY.values()
     ]
 
 

@@ -19,7 +19,6 @@ from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from finetune_opt.errors import ConfigError, one_of
 
-
 # --- hyperparameter schema ---------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -97,8 +96,7 @@ TORCH_MULTI_TENSOR = {
     "fused": Implementation({"foreach": False, "fused": True}, devices=fused_devices()),
     "compiled": Implementation({"foreach": False, "fused": False}, compile_step=True, devices=INDUCTOR_DEVICES),
 }
-FOREACH_ONLY = {k: TORCH_MULTI_TENSOR[k] for k in ("for-loop", "foreach")}
-FOREACH_FLAG_ONLY = {  # classes with a foreach flag but no fused one (Adafactor, schedule-free, ours)
+FOREACH_OR_LOOP = {  # classes with a foreach flag but no fused one (Adafactor, schedule-free, ours)
     "for-loop": Implementation({"foreach": False}),
     "foreach": Implementation({"foreach": True}),
 }
@@ -107,15 +105,12 @@ IMPLEMENTATION_NAMES = ("for-loop", "foreach", "fused", "compiled")
 
 # --- cost model: bytes of state and of memory traffic per parameter tensor ----------------------
 
-def elementwise_cost(state_tensors: float, traffic_tensors: float) -> tuple[Callable, Callable]:
-    """State and traffic that scale with the parameter: `state_tensors` full-size tensors of the
-    parameter's dtype; `traffic_tensors` parameter-sized reads + writes per step."""
-    def state(shape, dtype, group):
-        return int(state_tensors * math.prod(shape) * dtype.itemsize)
-
-    def traffic(shape, dtype, group):
-        return int(traffic_tensors * math.prod(shape) * dtype.itemsize)
-    return state, traffic
+def elementwise(tensors: float) -> Callable:
+    """A cost of `tensors` parameter-sized tensors in the parameter's dtype: for state bytes
+    (Adam: 2, m and v) or for the bytes one step streams (Adam: 7, read p g m v, write p m v)."""
+    def cost(shape, dtype, group):
+        return int(tensors * math.prod(shape) * dtype.itemsize)
+    return cost
 
 
 # --- the spec -------------------------------------------------------------------------------------
@@ -143,6 +138,8 @@ class OptimizerSpec:
     extra: str | None = None             # pip extra that brings optimizer_class's package
     param_dtypes: tuple = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
     tensor_lr: bool = False              # the class keeps lr as a tensor in its groups (torchao)
+    needs_whole_tensors: bool = False    # the update looks across a matrix (factored moments,
+                                         # orthogonalisation): wrong on FSDP / ZeRO shards
 
     @property
     def all_hyperparams(self) -> dict:
