@@ -6,6 +6,7 @@ to reproduce a run. Validation happens here, before any data, model or output is
 
 import argparse
 import dataclasses
+import math
 import os
 import re
 import sys
@@ -115,13 +116,24 @@ class RunConfig:
         if not isinstance(self.optimizer_args, dict):
             raise ConfigError(f"optimizer_args must be a mapping, got {self.optimizer_args!r}")
         values = {**self.optimizer_args, "lr": self.lr, "weight_decay": self.weight_decay}
+        if spec.owns_lr_schedule:
+            values = self._warmup_into_optimizer(values)
         hp = spec.validate({k: v for k, v in values.items() if v is not None})
         spec.check_installed()
-        if spec.owns_lr_schedule and isinstance(self.warmup_ratio, (int, float)) and self.warmup_ratio > 0:
-            raise ConfigError(f"{self.optimizer} runs without an LR schedule and warms up itself: set "
-                              f"warmup_ratio=0 and optimizer.warmup_steps=N")
         self.lr, self.weight_decay = hp.pop("lr"), hp.pop("weight_decay")
         self.optimizer_args = {k: list(v) if isinstance(v, tuple) else v for k, v in hp.items()}
+
+    def _warmup_into_optimizer(self, values: dict) -> dict:
+        """Schedule-free runs without an LR schedule and warms up by itself: warmup_ratio becomes
+        its warmup_steps, unless those are given too (then the two would disagree)."""
+        ratio = self.warmup_ratio if isinstance(self.warmup_ratio, (int, float)) else 0
+        if not ratio:
+            return values
+        if values.get("warmup_steps"):
+            raise ConfigError(f"{self.optimizer} warms up by itself: give warmup_ratio or optimizer.warmup_steps, "
+                              f"not both")
+        steps = self.max_steps if isinstance(self.max_steps, int) else 0
+        return {**values, "warmup_steps": math.ceil(ratio * steps)}
 
     @property
     def hyperparams(self) -> dict:
