@@ -16,8 +16,9 @@ import yaml
 
 from finetune_opt.errors import ConfigError, TrainingStopped, one_of
 from finetune_opt.optim import get_optimizer_spec
+from finetune_opt.sft_config import check_sft_fields
 
-TASKS = ("sst2", "mrpc", "wikitext2")
+TASKS = ("sst2", "mrpc", "wikitext2", "gsm8k", "instruct")
 SCHEDULERS = ("linear", "cosine", "constant")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
@@ -60,6 +61,19 @@ class RunConfig:
     timing_warmup_steps: int = 5     # excluded from step-time statistics
     log_every: int = 10
     output_dir: str = "runs/sst2-adamw"
+    # instruction SFT of causal LMs (recipes/finetune_sft.py; checked in finetune_opt/sft_config.py)
+    dataset: str | None = None          # Hub dataset for task instruct, e.g. tatsu-lab/alpaca (data_dir wins)
+    dataset_config: str | None = None
+    prompt_column: str | None = None    # null: the task's (gsm8k: question)
+    input_column: str | None = None     # appended to the prompt when non-empty (Alpaca's input)
+    response_column: str | None = None  # null: the task's (gsm8k: answer)
+    prompt_template: str | None = None  # "...{prompt}..."; used when no chat template is used
+    use_chat_template: bool | None = None  # null: when the tokenizer has one
+    packing: bool = False               # the examples of a micro-batch in one row, position ids restarting
+    peft: dict | None = None            # {method: lora, r: 8, alpha: 16, dropout: 0.05, target_modules: [...]}
+    merge_adapter: bool = False         # save_final_model writes the base model with the adapter merged in
+    generation_examples: int = 0        # greedy-decode this many eval prompts for the downstream metric
+    max_new_tokens: int = 256
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -88,7 +102,8 @@ class RunConfig:
             raise ConfigError(f"max_grad_norm must be > 0 or null, got {self.max_grad_norm!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise one_of("mixed_precision", self.mixed_precision, MIXED_PRECISION)
-        if self.data_dir is None and os.environ.get("FINETUNE_OPT_DATA"):
+        check_sft_fields(self)
+        if self.data_dir is None and os.environ.get("FINETUNE_OPT_DATA") and not self.dataset:
             self.data_dir = os.path.join(os.environ["FINETUNE_OPT_DATA"], self.task)
 
     def _validate_optimizer(self):

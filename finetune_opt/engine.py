@@ -27,6 +27,7 @@ from finetune_opt.measure import (
     reset_peak_memory,
 )
 from finetune_opt.optim import create_optimizer, describe_optimizer, get_optimizer_spec
+from finetune_opt.peft_setup import model_to_save
 
 
 def make_accelerator(cfg: RunConfig) -> Accelerator:
@@ -59,6 +60,8 @@ def _batches(loader, accelerator, consumed: int):
 def _batch_size_and_tokens(batch) -> tuple[int, int]:
     ids = batch["input_ids"]
     mask = batch.get("attention_mask")
+    if mask is None and "position_ids" in batch:  # packed (finetune_opt.packing): one example per position 0
+        return int((batch["position_ids"] == 0).sum()), ids.numel()
     return ids.shape[0], int(mask.sum()) if mask is not None else ids.numel()
 
 
@@ -219,7 +222,7 @@ def fit(cfg: RunConfig, accelerator: Accelerator, model, train_loader, evaluate,
     memory = peak_memory(accelerator.device)
     memory.update(rss_before_training_bytes=rss_before, optimizer_state_bytes=optimizer_state_bytes(optimizer))
     if cfg.save_final_model:
-        _save_model(accelerator, model, os.path.join(cfg.output_dir, "model"))
+        _save_model(accelerator, model, os.path.join(cfg.output_dir, "model"), merge=cfg.merge_adapter)
     return {
         "optimizer": describe_optimizer(optimizer),
         "metrics": metrics,
@@ -235,11 +238,15 @@ def fit(cfg: RunConfig, accelerator: Accelerator, model, train_loader, evaluate,
     }
 
 
-def _save_model(accelerator, model, path):
+def _save_model(accelerator, model, path, merge=False):
     accelerator.wait_for_everyone()
-    accelerator.unwrap_model(model).save_pretrained(path, is_main_process=accelerator.is_main_process,
-                                                    save_function=accelerator.save,
-                                                    state_dict=accelerator.get_state_dict(model))
+    state_dict = accelerator.get_state_dict(model)
+    unwrapped = accelerator.unwrap_model(model)
+    if merge:  # a PEFT adapter merged into its base: the state of the merged (plain) model
+        unwrapped = model_to_save(unwrapped, merge=True)
+        state_dict = unwrapped.state_dict()
+    unwrapped.save_pretrained(path, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
+                              state_dict=state_dict)
 
 
 def _global_throughput(accelerator, timer) -> dict:
