@@ -54,9 +54,9 @@ def eval_splits(data: TaskData) -> list[str]:
 def task_metrics(task, logits: torch.Tensor, labels: torch.Tensor, prefix: str = "") -> dict:
     """eval_loss (the training loss: cross-entropy, or MSE for regression), the task's metrics, and
     the example count."""
-    logits = logits.float()
+    logits = logits.double()  # metrics in float64, whatever precision the model ran in
     if task.problem_type == REGRESSION:
-        predictions, labels = logits.squeeze(-1), labels.float()
+        predictions, labels = logits.squeeze(-1), labels.double()
         loss = F.mse_loss(predictions, labels)
     else:
         predictions, labels = logits.argmax(-1), labels.long()

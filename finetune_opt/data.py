@@ -70,7 +70,9 @@ def _tables(task, cfg, text_columns) -> dict:
         return _hub_tables((cfg.dataset, cfg.dataset_config), None, columns)
     if cfg.data_dir:
         return _local_tables(task, cfg.data_dir)
-    return _hub_tables(task.hub, task.eval_splits, {c: c for c in (*text_columns, "label")})
+    columns = dict(task.hub_columns or {})
+    columns |= {c: c for c in (*text_columns, "label") if c not in columns.values()}
+    return _hub_tables(task.hub, task.eval_splits, columns)
 
 
 def _local_tables(task, data_dir) -> dict:

@@ -329,3 +329,25 @@ def test_compare_ranks_by_the_task_headline(tmp_path, task, runs, order):
     assert f"Ranked by dev {headline.headline} ({'higher' if headline.higher_is_better else 'lower'} is better)" in md
     rows = [line.split(" | ")[0].lstrip("| ") for line in md.splitlines() if line.startswith("| ") and "(foreach)" in line]
     assert rows == order
+
+
+def test_readme_example_adds_a_task_in_one_entry(tmp_path, monkeypatch):
+    """The README's SciTail entry, as written there, loads from local TSVs and from the Hub layout."""
+    import re
+
+    from finetune_opt import tasks
+    from finetune_opt.tasks.glue import glue
+
+    readme = (REPO / "README.md").read_text()
+    snippet = re.search(r"\*\*Adding a GLUE-like task is one entry\*\*.*?```python\n(.*?)```", readme, re.S).group(1)
+    task = eval(snippet.strip().rstrip(","), {"glue": glue})
+    monkeypatch.setitem(tasks.TASKS, task.name, task)
+    header = "sentence1\tsentence2\tgold_label"
+    for name in ("train.tsv", "dev.tsv"):
+        (tmp_path / name).write_text(f"{header}\nA cell divides.\tCells divide.\tentails\nIt rains.\tThe sun.\tneutral\n")
+    data = load_task(RunConfig(task="scitail", data_dir=str(tmp_path)))
+    assert data.label_names == ("entails", "neutral") and data.splits["eval"]["label"] == [0, 1]
+    hub = datasets.Dataset.from_dict({"sentence1": ["a", "b"], "sentence2": ["c", "d"], "gold_label": ["neutral", "entails"]})
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a: datasets.DatasetDict(train=hub, validation=hub, test=hub))
+    assert load_task(RunConfig(task="scitail", data_dir=None)).splits["train"]["label"] == [1, 0]
+    assert task.recipes["accelerate"] == "finetune_glue.py" and task.headline == "accuracy"

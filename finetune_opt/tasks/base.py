@@ -36,6 +36,7 @@ class Task:
     higher_is_better: bool = True
     label_names: tuple | None = None   # class ids in order; files may hold the names or the ids
     hub: tuple | None = None           # datasets.load_dataset(*hub)
+    hub_columns: dict | None = None    # Hub column -> our column where they differ
     eval_splits: dict = field(default_factory=lambda: {"eval": "validation"})  # our split -> Hub split
     local: LocalFiles | None = None
     by_columns: bool = False           # the user names data_files/dataset, text_columns, label_column

@@ -11,10 +11,11 @@ ENTAILMENT = ("entailment", "not_entailment")
 
 
 def glue(name, text_columns, label_names, metrics=("accuracy",), headline=None, *, file_columns=None,
-         names=None, dev_files=None) -> Task:
-    """A GLUE task; label_names None means regression. `file_columns`: TSV column -> Hub column where
-    they differ; `names`: the columns by position for a file without a header (CoLA); `dev_files`:
-    our eval split -> (Hub split, TSV file)."""
+         names=None, dev_files=None, hub=None, hub_columns=None) -> Task:
+    """A GLUE-like task; label_names None means regression. `file_columns`: TSV column -> our column
+    where they differ; `names`: the columns by position for a file without a header (CoLA);
+    `dev_files`: our eval split -> (Hub split, TSV file); `hub`: not nyu-mll/glue; `hub_columns`:
+    Hub column -> our column where they differ."""
     dev_files = dev_files or {"eval": ("validation", "dev.tsv")}
     columns = dict(file_columns or {})
     columns |= {c: c for c in (*text_columns, "label") if c not in columns.values()}
@@ -22,7 +23,7 @@ def glue(name, text_columns, label_names, metrics=("accuracy",), headline=None, 
                        columns=columns, names=names)
     return Task(name=name, problem_type=REGRESSION if label_names is None else CLASSIFICATION,
                 text_columns=tuple(text_columns), metrics=tuple(metrics), headline=headline or metrics[0],
-                label_names=label_names, hub=("nyu-mll/glue", name),
+                label_names=label_names, hub=hub or ("nyu-mll/glue", name), hub_columns=hub_columns,
                 eval_splits={s: hub_split for s, (hub_split, _) in dev_files.items()}, local=local)
 
 
