@@ -51,7 +51,7 @@ def read_table(path: str, columns: dict, names: tuple | None = None, delimiter: 
     text = read_utf8(path)
     if delimiter is None and FORMATS[ext] is None:
         records, rows = _json_records(path, text, ext)
-        found = list(dict.fromkeys(k for r in records[:1000] if isinstance(r, dict) for k in r))
+        found = list(dict.fromkeys(k for r in records if isinstance(r, dict) for k in r))
     else:
         found, records, rows = _delimited_records(path, text, delimiter or FORMATS[ext], quoting, names)
     return _select(path, found, records, rows, columns)
