@@ -1,14 +1,20 @@
-"""Time one optimizer step for every registered factory x implementation on real models' shapes,
-and set it against the bandwidth this device measures in the same run.
+"""Time one optimizer step for every registry entry x implementation on real models' parameters,
+and set it against the roofline this device measures in the same process.
 
-    python benchmarks/optimizer_step.py --sets minilm-22.7M bert-base-110M gpt2-124M --out benchmarks/results/cpu
-    python benchmarks/optimizer_step.py --device cuda --dtypes float32 bfloat16 --sets minilm-22.7M gpt2-124M llama-1.1B
+    python benchmarks/optimizer_step.py --sets minilm-22.7M bert-base-110M gpt2-124M --out benchmarks/results/cpu_2core
+    python benchmarks/optimizer_step.py --device cuda --sets minilm-22.7M bert-base-110M gpt2-124M llama-1.1B
 
-An Adam step streams 7 tensors of the parameter size: it reads p, g, m, v and writes p, m, v
-(28 B per fp32 parameter; AMSGrad adds a read and a write of v_max). GB/s = those bytes / median
-time; "of add" is that as a fraction of an in-place `a.add_(b)` over the same bytes (3 tensors),
-the nearest streaming kernel the device can run. Variants are timed in interleaved rounds in one
-process so that machine noise hits all of them alike.
+Each variant runs in its own process: its own peak memory, and its own torch.compile caches
+(dynamo compiles one graph per optimizer instance and gives up after 8 per step function; a
+shared process once reported eager timings as "compiled"). Inside the process, rounds alternate
+the optimizer step with the reference kernels, so machine noise hits both alike.
+
+Roofline. Memory-bound steps: the bytes one step must read and write come from the entry's own
+spec (`traffic_bytes`: Adam 7 parameter-sized tensors, Lion 5, Adafactor ~5, 8-bit AdamW ~4 + 2
+bytes, ...), GB/s = bytes / median time, against an in-place `a.add_(b)` over the same number of
+elements (3 streams) and a copy (2 streams) timed in the same rounds. Compute-bound steps (Muon's
+Newton-Schulz): FLOP/s from the spec's `step_flops`, against a bf16 matmul (the dtype torch runs
+Newton-Schulz in) timed in the same rounds.
 """
 
 import argparse
@@ -22,10 +28,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from param_sets import CONFIGS, make_params, param_shapes  # noqa: E402
+from param_sets import CONFIGS, make_model  # noqa: E402
 
+from finetune_opt.measure import optimizer_state_bytes  # noqa: E402
 from finetune_opt.optim import REGISTRY, create_optimizer  # noqa: E402
 from finetune_opt.results import write_json_atomic  # noqa: E402
+
+MATMUL_SIZE = 1024
 
 
 def sync(device):
@@ -44,40 +53,68 @@ def timed(fn, device, repeats) -> list[float]:
     return out
 
 
-class Bandwidth:
-    """In-place add (read a, b; write a) and a device-to-device copy over `numel` elements, timed
-    once per round between the optimizer variants, so all see the same machine conditions."""
+class References:
+    """The kernels a step is compared with: in-place add and copy over the parameters' element
+    count (bandwidth), and a square bf16 matmul (compute)."""
 
-    def __init__(self, numel, dtype, device):
-        self.a, self.b = torch.ones(numel, dtype=dtype, device=device), torch.ones(numel, dtype=dtype, device=device)
-        self.device, self.add_s, self.copy_s = device, [], []
-        timed(lambda: self.a.add_(self.b), device, 2)  # warm
+    def __init__(self, numel, dtype, device, with_matmul):
+        self.a, self.b = (torch.ones(numel, dtype=dtype, device=device) for _ in range(2))
+        self.m = torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=device).bfloat16() if with_matmul else None
+        self.device, self.add_s, self.copy_s, self.matmul_s = device, [], [], []
+        self.measure(1)  # warm
 
     def measure(self, repeats):
         self.add_s += timed(lambda: self.a.add_(self.b), self.device, repeats)
         self.copy_s += timed(lambda: self.a.copy_(self.b), self.device, repeats)
+        if self.m is not None:
+            self.matmul_s += timed(lambda: self.m @ self.m, self.device, repeats)
 
     def result(self) -> dict:
         nbytes = self.a.numel() * self.a.element_size()
-        return {"inplace_add_GBps": 3 * nbytes / float(np.median(self.add_s)) / 1e9,
-                "copy_GBps": 2 * nbytes / float(np.median(self.copy_s)) / 1e9}
+        out = {"inplace_add_GBps": 3 * nbytes / float(np.median(self.add_s)) / 1e9,
+               "copy_GBps": 2 * nbytes / float(np.median(self.copy_s)) / 1e9}
+        if self.matmul_s:
+            out["matmul_bf16_TFLOPs"] = 2 * MATMUL_SIZE ** 3 / float(np.median(self.matmul_s)) / 1e12
+        return out
 
 
-def variants(names, implementations):
-    return [(n, i) for n in names for i in REGISTRY[n].implementations if i in implementations]
-
-
-def step_memory(args, set_name, dtype, name, impl) -> int | None:
-    """Bytes a step adds at its peak. GPU: allocator peak over the allocation before the step.
-    CPU: a fresh process's peak-RSS growth across one (state-initialised) step."""
-    if args.device == "cuda":
-        return None  # measured in-process, see run_set
-    cmd = [sys.executable, __file__, "--memory-child", set_name, dtype, name, impl]
-    # A fixed mmap threshold makes glibc hand large freed blocks back to the OS, so RSS follows
-    # live memory (by default it keeps them, and a step's temporaries would hide in reused heap).
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=env)
-    return int(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else None
+def child(args) -> dict:
+    """One variant, measured in this (fresh) process; prints its row as JSON."""
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    spec = REGISTRY[args.optimizer]
+    row = {"set": args.set, "dtype": args.dtype, "optimizer": args.optimizer, "implementation": args.implementation}
+    model = make_model(args.set, dtype, device)
+    try:
+        opt = create_optimizer(args.optimizer, model, implementation=args.implementation, weight_decay=0.01)
+        first = timed(opt.step, device, 1)[0]  # allocates state; compiles for "compiled"
+        warm = timed(opt.step, device, 2)
+    except Exception as e:  # e.g. a dtype or device an implementation does not take
+        return {**row, "error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
+    numel = sum(p.numel() for p in model.parameters())
+    refs = References(numel, dtype, device, with_matmul=spec.step_flops is not None)
+    times = []
+    for _ in range(args.rounds):
+        refs.measure(args.repeats)
+        times += timed(opt.step, device, args.repeats)
+    t = np.array(times)
+    median = float(np.median(t))
+    traffic, flops = spec.traffic_bytes_for(opt.param_groups), spec.step_flops_for(opt.param_groups)
+    row.update(params=numel, median_ms=median * 1e3, p10_ms=float(np.percentile(t, 10) * 1e3),
+               p90_ms=float(np.percentile(t, 90) * 1e3), steps_timed=len(t), traffic_bytes=traffic,
+               GBps=traffic / median / 1e9, state_bytes=optimizer_state_bytes(opt),
+               state_bytes_predicted=spec.state_bytes_for(opt.param_groups), first_step_s=first,
+               compile_s=first - min(warm) if args.implementation == "compiled" else None, **refs.result())
+    row["fraction_of_inplace_add"] = row["GBps"] / row["inplace_add_GBps"]
+    if flops:
+        row.update(step_flops=flops, TFLOPs=flops / median / 1e12)
+        row["fraction_of_matmul"] = row["TFLOPs"] / row["matmul_bf16_TFLOPs"]
+    if device.type == "cuda":  # what one more step adds above the state it starts from
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        opt.step()
+        sync(device)
+        row["step_peak_added_bytes"] = torch.cuda.max_memory_allocated(device) - base
+    return row
 
 
 def _status_kib(field: str) -> int:
@@ -85,61 +122,38 @@ def _status_kib(field: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
-def memory_child(set_name, dtype, name, impl):
-    params = make_params(param_shapes(set_name), getattr(torch, dtype), "cpu")
-    opt = create_optimizer(name, [{"params": params}], implementation=impl, lr=1e-4, weight_decay=0.01)
+def memory_child(args) -> int:
+    """CPU: the peak RSS one (state-initialised) step adds, in a fresh process."""
+    model = make_model(args.set, getattr(torch, args.dtype), "cpu")
+    opt = create_optimizer(args.optimizer, model, implementation=args.implementation, weight_decay=0.01)
     opt.step()  # state now allocated; the next step's own transient memory is what we want
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak-RSS mark (VmHWM) to the current RSS
     before = _status_kib("VmRSS")
     opt.step()
-    print((_status_kib("VmHWM") - before) * 1024)
+    return (_status_kib("VmHWM") - before) * 1024
 
 
-def run_set(args, set_name, dtype_name, device) -> list[dict]:
-    dtype = getattr(torch, dtype_name)
-    params = make_params(param_shapes(set_name), dtype, device)
-    numel = sum(p.numel() for p in params)
-    reference = Bandwidth(numel, dtype, device)
-    rows, optimizers = [], {}
-    for name, impl in variants(args.optimizers, args.implementations):
-        try:
-            opt = create_optimizer(name, [{"params": params}], implementation=impl, lr=1e-4, weight_decay=0.01)
-            first = timed(opt.step, device, 1)[0]  # allocates state; compiles for "compiled"
-            warm = timed(opt.step, device, 2)
-        except Exception as e:  # e.g. a dtype an implementation does not support here
-            rows.append({"set": set_name, "dtype": dtype_name, "optimizer": name, "implementation": impl,
-                         "error": f"{type(e).__name__}: {str(e).splitlines()[0]}"})
-            continue
-        optimizers[(name, impl)] = (opt, {"first_step_s": first, "compile_s": first - min(warm) if impl == "compiled" else None})
-    times = {key: [] for key in optimizers}
-    for _ in range(args.rounds):  # interleaved: each round times every variant once
-        reference.measure(args.repeats)
-        for key, (opt, _) in optimizers.items():
-            times[key] += timed(opt.step, device, args.repeats)
-    bw = reference.result()
-    del reference
-    for (name, impl), (opt, extra) in optimizers.items():
-        t = np.array(times[(name, impl)])
-        moved = 7 * numel * params[0].element_size() + (2 * numel * params[0].element_size() if opt.defaults["amsgrad"] else 0)
-        row = {"set": set_name, "params": numel, "dtype": dtype_name, "optimizer": name, "implementation": impl,
-               "median_ms": float(np.median(t) * 1e3), "p10_ms": float(np.percentile(t, 10) * 1e3),
-               "p90_ms": float(np.percentile(t, 90) * 1e3), "steps_timed": len(t),
-               "GBps": moved / float(np.median(t)) / 1e9, **bw, **extra}
-        row["fraction_of_inplace_add"] = row["GBps"] / bw["inplace_add_GBps"]
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
-            opt.step()
-            sync(device)
-            row["step_peak_added_bytes"] = torch.cuda.max_memory_allocated(device) - base
-        rows.append(row)
-    del optimizers
-    if device.type == "cpu" and not args.no_memory:
-        for row in rows:
-            if "error" not in row:
-                row["step_peak_added_bytes"] = step_memory(args, set_name, dtype_name, row["optimizer"], row["implementation"])
-    return rows
+def run_child(args, variant: dict, memory=False):
+    cmd = [sys.executable, __file__, "--child", "--device", args.device, "--rounds", str(args.rounds),
+           "--repeats", str(args.repeats)] + [f"--{k}={v}" for k, v in variant.items()]
+    # A fixed mmap threshold makes glibc hand large freed blocks back to the OS, so RSS follows
+    # live memory (by default it keeps them, and a step's temporaries would hide in reused heap).
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"} if memory else os.environ
+    r = subprocess.run(cmd + (["--memory"] if memory else []), capture_output=True, text=True, timeout=3600, env=env)
+    if r.returncode != 0:
+        return {**variant, "error": f"child exited {r.returncode}: {r.stderr.strip().splitlines()[-1][:200]}"}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def variants(args) -> list[dict]:
+    def chosen(spec):
+        if args.implementations == ["default"]:
+            return [spec.default_implementation]
+        return [i for i in spec.implementations if i in args.implementations]
+    return [{"set": s, "dtype": d, "optimizer": name, "implementation": impl}
+            for s in args.sets for d in args.dtypes for name in args.optimizers
+            for impl in chosen(REGISTRY[name])]
 
 
 def _fmt(x, spec):
@@ -148,16 +162,21 @@ def _fmt(x, spec):
 
 def markdown(rows, env) -> str:
     lines = [f"Device: {env['device']}; torch {env['torch']}; {env['date']}; threads {env['threads']}.", "",
-             "| set | dtype | optimizer | impl | median ms | p10 | p90 | GB/s | of in-place add | add GB/s | step adds MiB | compile s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| set | dtype | optimizer | impl | median ms | p10 | p90 | state MiB | GB/s | of in-place add | "
+             "TFLOP/s | of bf16 matmul | step adds MiB | compile s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['set']} | {r['dtype']} | {r['optimizer']} | {r['implementation']} | {r['error']} |||||||")
+            lines.append(f"| {r['set']} | {r['dtype']} | {r['optimizer']} | {r['implementation']} | {r['error']} "
+                         "||||||||||")
             continue
         mem = r.get("step_peak_added_bytes")
-        lines.append(f"| {r['set']} | {r['dtype']} | {r['optimizer']} | {r['implementation']} | {r['median_ms']:.1f} | "
-                     f"{r['p10_ms']:.1f} | {r['p90_ms']:.1f} | {r['GBps']:.1f} | {r['fraction_of_inplace_add']:.0%} | "
-                     f"{r['inplace_add_GBps']:.1f} | {_fmt(mem and mem / 2**20, '.0f')} | {_fmt(r['compile_s'], '.1f')} |")
+        lines.append(
+            f"| {r['set']} | {r['dtype']} | {r['optimizer']} | {r['implementation']} | {r['median_ms']:.1f} | "
+            f"{r['p10_ms']:.1f} | {r['p90_ms']:.1f} | {r['state_bytes'] / 2**20:.1f} | {r['GBps']:.1f} | "
+            f"{r['fraction_of_inplace_add']:.0%} | {_fmt(r.get('TFLOPs'), '.3f')} | "
+            f"{_fmt(r.get('fraction_of_matmul'), '.0%')} | {_fmt(mem and mem / 2**20, '.0f')} | "
+            f"{_fmt(r['compile_s'], '.1f')} |")
     return "\n".join(lines)
 
 
@@ -166,48 +185,62 @@ def plot(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ok = [r for r in rows if "error" not in r and r["optimizer"] == "adamw"]
-    colors = {"for-loop": "tab:brown", "foreach": "tab:red", "fused": "tab:green", "compiled": "tab:blue"}
-    for dtype, style in zip(sorted({r["dtype"] for r in ok}, reverse=True), ["-", "--"]):  # float32 solid
-        for impl, color in colors.items():
-            pts = sorted((r["params"], r["median_ms"]) for r in ok if r["implementation"] == impl and r["dtype"] == dtype)
-            if pts:
-                ax.plot(*zip(*pts), marker="o", color=color, linestyle=style, label=f"{impl} ({dtype})")
-    ax.set(xscale="log", yscale="log", xlabel="parameters", ylabel="AdamW step, median ms",
-           title="Optimizer step time vs parameter count")
-    ax.legend(fontsize=8)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    ok = [r for r in rows if "error" not in r]
+    sets = list(dict.fromkeys(r["set"] for r in ok))
+    fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 5), squeeze=False)
+    for ax, set_name in zip(axes[0], sets):
+        mine = sorted((r for r in ok if r["set"] == set_name), key=lambda r: r["median_ms"])
+        labels = [f"{r['optimizer']} ({r['implementation']}, {r['dtype']})" for r in mine]
+        ax.barh(range(len(mine)), [r["median_ms"] for r in mine], color=["tab:blue" if r["dtype"] == "float32"
+                                                                         else "tab:orange" for r in mine])
+        ax.set_yticks(range(len(mine)), labels, fontsize=7)
+        ax.set(xscale="log", xlabel="step, median ms", title=f"{set_name} ({mine[0]['params'] / 1e6:.1f}M params)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
-def main():
-    if len(sys.argv) > 1 and sys.argv[1] == "--memory-child":
-        return memory_child(*sys.argv[2:6])
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--sets", nargs="+", default=["minilm-22.7M", "bert-base-110M", "gpt2-124M"], choices=list(CONFIGS))
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     p.add_argument("--optimizers", nargs="+", default=list(REGISTRY), choices=list(REGISTRY))
-    p.add_argument("--implementations", nargs="+", default=["for-loop", "foreach", "fused", "compiled"])
+    p.add_argument("--implementations", nargs="+", default=["for-loop", "foreach", "fused", "compiled"],
+                   help="or 'default': each entry's default implementation only")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=5, help="steps per variant per round")
-    p.add_argument("--no-memory", action="store_true", help="skip the CPU per-variant memory subprocesses")
+    p.add_argument("--repeats", type=int, default=3, help="steps per round")
+    p.add_argument("--no-memory", action="store_true", help="skip the CPU per-variant memory processes")
     p.add_argument("--out", default="benchmarks/results/optimizer_step")
-    args = p.parse_args()
+    # one variant in this process (used by the parent)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
+    for key in ("set", "dtype", "optimizer", "implementation"):
+        p.add_argument(f"--{key}", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main():
+    args = parse_args()
+    if args.child:
+        print(json.dumps(memory_child(args) if args.memory else child(args)))
+        return
     device = torch.device(args.device)
     env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(),
            "argv": sys.argv[1:]}
     rows = []
-    for set_name in args.sets:
-        for dtype in args.dtypes:
-            rows += run_set(args, set_name, dtype, device)
-            print(markdown([r for r in rows if r["set"] == set_name and r["dtype"] == dtype], env), flush=True)
+    for variant in variants(args):
+        row = run_child(args, variant)
+        if device.type == "cpu" and not args.no_memory and "error" not in row:
+            peak = run_child(args, variant, memory=True)
+            row["step_peak_added_bytes"] = peak if isinstance(peak, int) else None
+        rows.append(row)
+        print(markdown([row], env).splitlines()[-1], flush=True)
     os.makedirs(args.out, exist_ok=True)
     write_json_atomic(os.path.join(args.out, "optimizer_step.json"), {"env": env, "rows": rows})
     with open(os.path.join(args.out, "optimizer_step.md"), "w") as f:
         f.write(markdown(rows, env) + "\n")
-    plot(rows, os.path.join(args.out, "step_time_vs_params.png"))
+    plot(rows, os.path.join(args.out, "step_time_by_optimizer.png"))
     print(markdown(rows, env))
 
 

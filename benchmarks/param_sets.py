@@ -1,4 +1,8 @@
-"""Realistic parameter sets: the exact tensor shapes of real models, built on the meta device."""
+"""Realistic parameter sets: real models' exact tensors (built from their configs, untrained),
+with gradients set as after a backward pass. Built as models, not shape lists, so each optimizer
+gets the parameter groups it would get in training (decay split; Muon's hidden matrices)."""
+
+import math
 
 import torch
 import transformers
@@ -21,12 +25,18 @@ def param_shapes(name: str) -> list[tuple]:
     return [tuple(p.shape) for p in model.parameters()]
 
 
-def make_params(shapes, dtype, device, seed=0) -> list[torch.nn.Parameter]:
-    """Parameters with gradients already set, as after a backward pass."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    params = []
-    for shape in shapes:
-        p = torch.nn.Parameter((torch.randn(shape, generator=g) * 0.02).to(device=device, dtype=dtype))
-        p.grad = (torch.randn(shape, generator=g) * 1e-3).to(device=device, dtype=dtype)
-        params.append(p)
-    return params
+def param_count(name: str) -> int:
+    return sum(math.prod(s) for s in param_shapes(name))
+
+
+def make_model(name: str, dtype: torch.dtype, device, seed=0) -> torch.nn.Module:
+    """The model's parameters (small random values) with random gradients already set."""
+    with torch.device("meta"):  # skip the (slow, irrelevant) weight initialisation
+        model = transformers.AutoModel.from_config(CONFIGS[name](), dtype=dtype)
+    model.to_empty(device=device)  # AutoModel has no head, so no tied weights to break
+    torch.manual_seed(seed)
+    with torch.no_grad():  # uniform: a third of randn's cost, and step kernels don't care
+        for p in model.parameters():
+            p.uniform_(-0.03, 0.03)
+            p.grad = torch.empty_like(p).uniform_(-1e-3, 1e-3)
+    return model

@@ -9,8 +9,8 @@ import json
 import sys
 
 from finetune_opt.errors import ConfigError
-from finetune_opt.optim import IMPLEMENTATIONS, REGISTRY, create_optimizer, get_factory, list_optimizers
-from finetune_opt.optim.registry import resolve_implementation
+from finetune_opt.optim import (IMPLEMENTATION_NAMES, REGISTRY, create_optimizer, describe_optimizer,
+                                get_optimizer_spec, list_optimizers)
 
 
 def cmd_list_optimizers(args):
@@ -19,25 +19,32 @@ def cmd_list_optimizers(args):
         print(json.dumps(rows, indent=2))
         return
     for row in rows:
-        print(f"{row['name']:<12} {row['description']}")
-        print(f"{'':<12} class {row['torch_class']}, default implementation {row['default_implementation']}")
-        for impl, devices in row["implementations"].items():
-            print(f"{'':<12}   {impl:<9} devices: {', '.join(devices)}")
+        pad = " " * 20
+        print(f"{row['name']:<20}{row['description']}")
+        print(f"{pad}class {row['class']}" + (f"  (pip extra: {row['extra']})" if row["extra"] else ""))
+        print(f"{pad}hyperparameters: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in row["hyperparameters"].items()))
+        impls = "; ".join(f"{impl}{'*' if impl == row['default_implementation'] else ''} ({', '.join(devices)})"
+                          for impl, devices in row["implementations"].items())
+        print(f"{pad}implementations (* default) and devices: {impls}")
 
 
 def cmd_inspect(args):
     """Build the optimizer for a model and show its groups: what will and will not be decayed."""
     from finetune_opt.models import load_model  # transformers import only when needed
 
-    resolve_implementation(get_factory(args.optimizer), args.implementation)  # before the slow load
+    spec = get_optimizer_spec(args.optimizer)
+    hyperparams = {k: v for k, v in (("lr", args.lr), ("weight_decay", args.weight_decay)) if v is not None}
+    spec.validate(hyperparams)
+    spec.resolve_implementation(args.implementation)  # before the slow load
     model = load_model(args.model, task=args.task)
-    optimizer = create_optimizer(args.optimizer, model, implementation=args.implementation,
-                                 lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = create_optimizer(args.optimizer, model, implementation=args.implementation, **hyperparams)
     names = {id(p): n for n, p in model.named_parameters()}
-    print(f"optimizer {type(optimizer).__name__} {json.dumps(optimizer.finetune_opt_spec)}")
+    print(f"optimizer {json.dumps(describe_optimizer(optimizer))}")
+    print(f"state: {spec.state_bytes_for(optimizer.param_groups) / 2**20:.1f} MiB predicted")
     for group in optimizer.param_groups:
         count = sum(p.numel() for p in group["params"])
-        print(f"group {group['group_name']}: weight_decay={group['weight_decay']} "
+        role = "" if "use_muon" not in group else f" ({'Muon' if group['use_muon'] else 'AdamW'})"
+        print(f"group {group['group_name']}{role}: weight_decay={group['weight_decay']} "
               f"tensors={len(group['params'])} params={count:,}")
         if args.verbose:
             for p in group["params"]:
@@ -66,11 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="show the parameter groups an optimizer builds for a model")
     p.add_argument("--optimizer", required=True, help=f"one of: {', '.join(REGISTRY)}")
-    p.add_argument("--implementation", help=f"one of: {', '.join(IMPLEMENTATIONS)}")
+    p.add_argument("--implementation", help=f"one of: {', '.join(IMPLEMENTATION_NAMES)}")
     p.add_argument("--model", required=True, help="HF Hub name or local directory")
     p.add_argument("--task", default="base", help="model head: base, classification, causal-lm")
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--lr", type=float, help="default: the optimizer's")
+    p.add_argument("--weight-decay", type=float, help="default: the optimizer's")
     p.add_argument("-v", "--verbose", action="store_true", help="list every parameter")
     p.set_defaults(func=cmd_inspect)
 

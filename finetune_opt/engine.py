@@ -20,8 +20,7 @@ from finetune_opt.config import RunConfig
 from finetune_opt.errors import ConfigError, TrainingStopped
 from finetune_opt.measure import (StepTimer, current_rss_bytes, optimizer_state_bytes, peak_bytes, peak_memory,
                                   reset_peak_memory)
-from finetune_opt.optim import create_optimizer, get_factory
-from finetune_opt.optim.registry import implementation_devices, resolve_implementation
+from finetune_opt.optim import create_optimizer, describe_optimizer, get_optimizer_spec
 
 
 def make_accelerator(cfg: RunConfig) -> Accelerator:
@@ -58,6 +57,26 @@ def _batch_size_and_tokens(batch) -> tuple[int, int]:
 
 
 @contextmanager
+def averaged_weights(optimizer, spec):
+    """Schedule-free optimizers train on one iterate (y) and evaluate / checkpoint another (x, the
+    average): switch to x inside, back to y after. A no-op for every other optimizer."""
+    if spec.train_eval_modes:
+        optimizer.eval()
+    try:
+        yield
+    finally:
+        if spec.train_eval_modes:
+            optimizer.train()
+
+
+def _lr_scheduler(cfg: RunConfig, optimizer, spec):
+    if spec.owns_lr_schedule:  # schedule-free: no decay schedule; its warm-up is its own
+        return get_scheduler("constant", optimizer)
+    return get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * cfg.max_steps),
+                         num_training_steps=cfg.max_steps)
+
+
+@contextmanager
 def _sigterm_requested():
     """Yields a callable: has SIGTERM arrived? (The loop then checkpoints and exits cleanly.)"""
     received = []
@@ -85,16 +104,14 @@ def fit(cfg: RunConfig, accelerator: Accelerator, model, train_loader, evaluate,
     """Train to cfg.max_steps optimizer updates, then `evaluate(model) -> {metric: value}`;
     `on_step()` is called after each update (benchmarks time with it). Returns the measurement
     part of results.json, or None if SIGTERM stopped the run."""
-    implementation = resolve_implementation(get_factory(cfg.optimizer), cfg.implementation)
-    if implementation == "fused" and accelerator.device.type not in implementation_devices("fused"):
-        raise ConfigError(f"the fused implementation does not run on {accelerator.device.type}; "
-                          f"choose implementation foreach or for-loop")
+    spec = get_optimizer_spec(cfg.optimizer)
+    if not spec.supports(cfg.implementation, accelerator.device.type):
+        raise ConfigError(f"{cfg.optimizer} ({cfg.implementation}) does not run on {accelerator.device.type}; "
+                          f"choose one of: {', '.join(i for i in spec.implementations if spec.supports(i, accelerator.device.type))}")
     # Optimizer on the model, then both prepared in one call: FSDP2 and DeepSpeed need that, as
     # they replace the optimizer's parameters with the sharded ones.
-    optimizer = create_optimizer(cfg.optimizer, model, implementation=implementation, **cfg.hyperparams)
-    spec = optimizer.finetune_opt_spec
-    scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * cfg.max_steps),
-                              num_training_steps=cfg.max_steps)
+    optimizer = create_optimizer(cfg.optimizer, model, implementation=cfg.implementation, **cfg.hyperparams)
+    scheduler = _lr_scheduler(cfg, optimizer, spec)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     accelerator.register_for_checkpointing(scheduler)  # stepped by us, once per real update
 
@@ -108,9 +125,11 @@ def fit(cfg: RunConfig, accelerator: Accelerator, model, train_loader, evaluate,
         # states are restored; then dropout masks match. (At an epoch boundary it starts after.)
         batches = itertools.chain([next(batches)], batches)
     loop = {"history": [], "nonfinite_skipped": 0, "overflow_skipped": 0}
-    if checkpoint:  # optimizer.load_state_dict inside re-asserts the factory's fused/foreach flags
+    if checkpoint:  # optimizer.load_state_dict inside re-asserts the spec's fused/foreach flags
         loop = load_checkpoint(accelerator, checkpoint)
         del loop["step"]
+        if spec.train_eval_modes:  # checkpoints hold the averaged weights x; training runs on y
+            optimizer.train()
     before = evaluate(model) if cfg.eval_before_training and not checkpoint else None
 
     reset_peak_memory(accelerator.device)
@@ -148,7 +167,8 @@ def fit(cfg: RunConfig, accelerator: Accelerator, model, train_loader, evaluate,
                 optimizer.zero_grad(set_to_none=True)
                 loop["nonfinite_skipped"] += 1
                 if loop["nonfinite_skipped"] > cfg.max_nonfinite_steps:
-                    path = save_checkpoint(accelerator, cfg.output_dir, step - 1, loop)
+                    with averaged_weights(optimizer, spec):
+                        path = save_checkpoint(accelerator, cfg.output_dir, step - 1, loop)
                     raise TrainingStopped(f"{loop['nonfinite_skipped']} steps had non-finite loss or gradients "
                                           f"(max_nonfinite_steps={cfg.max_nonfinite_steps}); stopped at step {step}, "
                                           f"state of step {step - 1} saved in {path}")
@@ -170,7 +190,8 @@ def fit(cfg: RunConfig, accelerator: Accelerator, model, train_loader, evaluate,
                 window = []
             progress.update(1)
             if stop or (cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps):
-                path = save_checkpoint(accelerator, cfg.output_dir, step, loop)
+                with averaged_weights(optimizer, spec):  # schedule-free checkpoints in eval mode
+                    path = save_checkpoint(accelerator, cfg.output_dir, step, loop)
             if stop:
                 accelerator.print(f"SIGTERM: stopped after step {step}; checkpoint {path}; "
                                   f"continue with resume={cfg.output_dir}")
@@ -179,6 +200,8 @@ def fit(cfg: RunConfig, accelerator: Accelerator, model, train_loader, evaluate,
     train_seconds = time.perf_counter() - train_start
 
     eval_start = time.perf_counter()
+    if spec.train_eval_modes:
+        optimizer.eval()  # evaluate and save the averaged weights
     metrics = evaluate(model)
     timing = timer.summary()
     timing.update(train_seconds=train_seconds, eval_seconds=time.perf_counter() - eval_start)
@@ -187,7 +210,7 @@ def fit(cfg: RunConfig, accelerator: Accelerator, model, train_loader, evaluate,
     if cfg.save_final_model:
         _save_model(accelerator, model, os.path.join(cfg.output_dir, "model"))
     return {
-        "optimizer": {**spec, "class": type(optimizer.optimizer).__name__},
+        "optimizer": describe_optimizer(optimizer),
         "metrics": metrics,
         "metrics_before_training": before,
         "final_train_loss": loop["history"][-1]["loss"] if loop["history"] else None,

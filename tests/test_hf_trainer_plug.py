@@ -1,11 +1,11 @@
-"""One line plugs a registered factory into transformers.Trainer; it trains and keeps our groups."""
+"""One line plugs every registry entry into transformers.Trainer: it trains and keeps our groups."""
 
 import pytest
 import torch
 import transformers
 from transformers import Trainer, TrainingArguments
 
-from finetune_opt.optim import trainer_optimizer_cls_and_kwargs, trainer_optimizers
+from finetune_opt.optim import REGISTRY, describe_optimizer, trainer_optimizer_cls_and_kwargs, trainer_optimizers
 
 
 class FixedBatches(torch.utils.data.Dataset):
@@ -28,9 +28,10 @@ def tiny_bert():
     return transformers.BertForSequenceClassification(cfg)
 
 
-def train(tmp_path, **plug):
-    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, num_train_epochs=8,
+def train(tmp_path, epochs=8, **plug):
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, num_train_epochs=epochs,
                              logging_steps=4, report_to=[], save_strategy="no", use_cpu=True,
+                             lr_scheduler_type="constant",
                              weight_decay=0.5)  # must NOT reach our no-decay group
     trainer = Trainer(model=plug.pop("model"), args=args, train_dataset=FixedBatches(), **plug)
     trainer.train()
@@ -51,3 +52,16 @@ def test_trainer_trains_with_factory(tmp_path, path):
     groups = {g["group_name"]: g for g in trainer.optimizer.param_groups}
     assert groups["decay"]["weight_decay"] == 0.01 and groups["no_decay"]["weight_decay"] == 0.0
     assert all(g["fused"] for g in groups.values())
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_every_entry_trains_through_the_trainer(tmp_path, name):
+    """Through Trainer's own factory path, at 20x the entry's fine-tuning lr (a tiny model from
+    scratch): the loss falls, and the groups' decay is ours, not args.weight_decay."""
+    spec = REGISTRY[name]
+    plug = trainer_optimizer_cls_and_kwargs(name, lr=20 * spec.default_lr, weight_decay=0.01)
+    trainer, losses = train(tmp_path, model=tiny_bert(), optimizer_cls_and_kwargs=plug)
+    assert losses[-1] < losses[0] - 0.02, losses
+    decays = {g["weight_decay"] for g in trainer.optimizer.param_groups}
+    assert decays == {0.0, 0.01}
+    assert describe_optimizer(trainer.optimizer)["name"] == name

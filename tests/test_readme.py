@@ -23,3 +23,28 @@ def test_exactly_two_setup_commands():
 def test_ci_runs_the_readme_test_command():
     ci_lines = (REPO / ".ci/run").read_text().splitlines()
     assert setup_commands()[1] in ci_lines
+
+
+def test_adding_an_optimizer_example_is_one_working_entry(monkeypatch):
+    """The README's example entry, registered as the README says, is listed, validated, built
+    and steps: nothing else needs to change."""
+    import torch
+
+    from finetune_opt.optim import create_optimizer, list_optimizers, registry
+    from finetune_opt.optim.spec import FOREACH_OR_LOOP, OptimizerSpec, betas, elementwise, number
+
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### Adding an optimizer", 1)[1].split("\n## ", 1)[0]
+    code = re.findall(r"```python\n(.*?)\n```", section, flags=re.S)[0]
+    assert len(code.splitlines()) <= 10
+    spec = eval(code.rstrip().rstrip(","), {"OptimizerSpec": OptimizerSpec, "torch": torch, "betas": betas,
+                                            "number": number, "FOREACH_OR_LOOP": FOREACH_OR_LOOP,
+                                            "elementwise": elementwise})
+    monkeypatch.setitem(registry.REGISTRY, spec.name, spec)
+    assert spec.name in [r["name"] for r in list_optimizers()]
+    model = torch.nn.Linear(4, 2)
+    opt = create_optimizer(spec.name, model, lr=1e-2, betas=(0.9, 0.99))
+    before = model.weight.detach().clone()
+    model(torch.randn(3, 4)).sum().backward()
+    opt.step()
+    assert not torch.equal(before, model.weight) and opt.param_groups[0]["decoupled_weight_decay"] is True

@@ -126,8 +126,14 @@ def _bad_tsv(tmp_path):
     ("task of other recipe", ["task=wikitext2"], "error: unknown task for this recipe 'wikitext2'; choose one of: "
      + ", ".join(t.name for t in TASKS.values() if "finetune_glue.py" in t.recipes.values())),
     ("bad override key", ["learning_rate=1e-4"], "error: unknown config key 'learning_rate'; choose one of: task, data_dir,"),
-    ("unknown optimizer", ["optimizer=lion"], "error: unknown optimizer 'lion'; choose one of: adam_l2, adamw, adamw_fused"),
-    ("bad hyperparameter", ["eps=0"], "error: eps must be a finite number > 0, got 0"),
+    ("unknown optimizer", ["optimizer=adamx"], "error: unknown optimizer 'adamx'; choose one of: adam_l2, adamw,"),
+    ("bad hyperparameter", ["eps=0"], "error: adamw: eps must be a finite number > 0, got 0"),
+    ("bad block key", ["optimizer.eps=0"], "error: adamw: eps must be a finite number > 0, got 0"),
+    ("key of another optimizer", ["optimizer=sgd", "optimizer.betas=[0.9,0.9]"],
+     "error: optimizer 'sgd' has no hyperparameter 'betas'; its hyperparameters: lr, weight_decay, momentum,"),
+    ("block without name", ["optimizer={{lr: 1.0e-3}}"], "error: the optimizer block needs a 'name', got keys: lr"),
+    ("schedule-free with warm-up", ["optimizer=adamw_schedule_free", "warmup_ratio=0.1"],
+     "error: adamw_schedule_free runs without an LR schedule and warms up itself: set warmup_ratio=0"),
     ("fp16 on cpu", ["mixed_precision=fp16"], "error: mixed_precision fp16 needs a CUDA GPU; use bf16 or no on CPU"),
     ("not key=value", ["lr"], "error: override 'lr' is not key=value"),
 ])

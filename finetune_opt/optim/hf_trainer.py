@@ -12,7 +12,8 @@ wrapping), and lets it build its LR scheduler as usual.
 
 import functools
 
-from finetune_opt.optim.registry import create_optimizer, get_factory
+from finetune_opt.optim.build import create_optimizer
+from finetune_opt.optim.registry import get_optimizer_spec
 
 
 def trainer_optimizers(name: str, model, **kwargs):
@@ -32,5 +33,5 @@ class _TrainerOptimizerFactory:
 
 def trainer_optimizer_cls_and_kwargs(name: str, **kwargs):
     """`(factory, kwargs)` for `Trainer(optimizer_cls_and_kwargs=...)` (transformers >= 5)."""
-    get_factory(name)  # fail now, not when training starts
+    get_optimizer_spec(name)  # fail now, not when training starts
     return functools.partial(_TrainerOptimizerFactory, name), kwargs

@@ -1,226 +1,208 @@
-"""The optimizer registry: one place to add an optimizer, one function to build it.
+"""The optimizer registry: one `OptimizerSpec` per optimizer, and nothing else to edit to add one.
 
-A factory is a torch optimizer class plus the flags that make it *this* algorithm (coupled L2
-or decoupled decay) and the implementations it may run with. To add one, append an
-`OptimizerFactory` to `_FACTORIES`; `list_optimizers()`, the CLI, the recipes and the tests pick
-it up from there.
+`list-optimizers`, config validation, the recipes, the study, the benchmarks and the tests all
+read these entries. Dependencies are chosen as each field's maintainers would: torch.optim where
+it has the algorithm (SGD, Adam/AdamW, Adafactor, Muon), the authors' own package for schedule-free
+(`schedulefree`), PyTorch's own low-bit optimizers for 8/4-bit states (`torchao`); Lion has no
+PyTorch package from its authors, so its dozen-line rule lives in `lion.py`.
+
+Learning-rate defaults are fine-tuning starting points, not tuned values: `finetune-opt study`
+tunes each optimizer's lr around its default.
 """
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
-from torch import nn
-from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
-from finetune_opt.errors import ConfigError, one_of
-from finetune_opt.optim.param_groups import build_param_groups
+from finetune_opt.errors import one_of
+from finetune_opt.optim.lion import Lion
+from finetune_opt.optim.muon import (MuonWithAdamW, muon_param_groups, muon_state_bytes, muon_traffic_bytes,
+                                     newton_schulz_flops)
+from finetune_opt.optim.spec import (FOREACH_OR_LOOP, TORCH_MULTI_TENSOR, Implementation, OptimizerSpec, betas,
+                                     boolean, choice, elementwise, integer, number)
 
-# How each implementation maps onto torch's flags. "compiled" runs the single-tensor step under
-# torch.compile, which lets Inductor fuse it; lr becomes a tensor so that LR schedules do not
-# trigger a recompile each step (torch's recommended pattern for compiled optimizers).
-IMPLEMENTATION_FLAGS = {
-    "for-loop": {"foreach": False, "fused": False},
-    "foreach": {"foreach": True, "fused": False},
-    "fused": {"foreach": False, "fused": True},
-    "compiled": {"foreach": False, "fused": False},
-}
-IMPLEMENTATIONS = tuple(IMPLEMENTATION_FLAGS)
+ADAM_HYPERPARAMS = {"betas": betas((0.9, 0.999)), "eps": number(0, low_open=True, default=1e-8),
+                    "amsgrad": boolean(False)}
 
 
-@dataclass(frozen=True)
-class OptimizerFactory:
-    name: str
-    description: str
-    torch_class: type
-    decoupled_weight_decay: bool
-    implementations: tuple = IMPLEMENTATIONS
-    default_implementation: str = "foreach"
+def _adam_state(shape, dtype, group):
+    return (3 if group.get("amsgrad") else 2) * math.prod(shape) * dtype.itemsize
 
 
-_FACTORIES = (
-    OptimizerFactory(
-        "adam_l2",
-        "Adam with coupled L2: weight_decay*p is added to the gradient (Kingma & Ba 2015)",
-        torch.optim.Adam,
-        decoupled_weight_decay=False,
+def _adam_traffic(shape, dtype, group):
+    # read p, g, m, v; write p, m, v (+ read and write v_max with AMSGrad)
+    return (9 if group.get("amsgrad") else 7) * math.prod(shape) * dtype.itemsize
+
+
+def _sgd_state(shape, dtype, group):
+    return (1 if group.get("momentum") else 0) * math.prod(shape) * dtype.itemsize
+
+
+def _sgd_traffic(shape, dtype, group):
+    return (5 if group.get("momentum") else 3) * math.prod(shape) * dtype.itemsize
+
+
+def _adafactor_state(shape, dtype, group):
+    """Factored second moment: a row and a column vector for >= 2-D tensors, full for vectors."""
+    if len(shape) < 2:
+        return math.prod(shape) * dtype.itemsize
+    return (math.prod(shape[:-1]) + math.prod(shape[:-2]) * shape[-1]) * dtype.itemsize
+
+
+def _adafactor_traffic(shape, dtype, group):
+    # p read twice (RMS, update) and written once; g read twice (row/col norms, update); the
+    # factors are negligible next to that.
+    return 5 * math.prod(shape) * dtype.itemsize + _adafactor_state(shape, dtype, group) * 2
+
+
+def _lowbit_cost(bits: int, block_size: int):
+    """torchao low-bit AdamW: two moments of `bits` each, one fp32 scale per block and a
+    2**bits-entry fp32 code map per tensor."""
+    def state(shape, dtype, group):
+        n = math.prod(shape)
+        if n < 4096 or n % block_size:  # torchao (as bitsandbytes) keeps these in full precision
+            return 2 * n * dtype.itemsize
+        return 2 * (n * bits // 8 + 4 * math.ceil(n / block_size) + 4 * 2 ** bits)
+
+    def traffic(shape, dtype, group):
+        # read p, g and both quantised moments; write p and both moments
+        return 4 * math.prod(shape) * dtype.itemsize + 2 * state(shape, dtype, group)
+    return state, traffic
+
+
+def _torchao_spec(bits: int, block_size: int) -> OptimizerSpec:
+    state, traffic = _lowbit_cost(bits, block_size)
+    return OptimizerSpec(
+        f"adamw_{bits}bit",
+        f"AdamW with {bits}-bit block-quantised moments (torchao; Dettmers et al. 2022, Li et al. 2023)",
+        f"torchao.optim:AdamW{bits}bit",
+        # no amsgrad: torchao's max() on a quantised state fails to compile (torchao 0.18)
+        {k: ADAM_HYPERPARAMS[k] for k in ("betas", "eps")},
+        default_lr=5e-5,
+        # torchao compiles its own per-tensor step; there is no eager or fused variant to pick.
+        implementations={"compiled": Implementation(devices=("cpu", "cuda"))},
+        default_implementation="compiled",
+        state_bytes=state, traffic_bytes=traffic,
+        paper="AdamW (Loshchilov & Hutter 2019) with quantised states; parity against float64 AdamW "
+              "within the quantisation error",
+        extra="lowbit",
+        param_dtypes=(torch.float32, torch.bfloat16),  # its kernels compute in fp32 (no float64)
+        tensor_lr=True,
+    )
+
+
+_SPECS = (
+    OptimizerSpec(
+        "adam_l2", "Adam with coupled L2: weight_decay*p is added to the gradient (Kingma & Ba 2015)",
+        torch.optim.Adam, ADAM_HYPERPARAMS, default_lr=5e-5,
+        implementations=TORCH_MULTI_TENSOR, default_implementation="foreach",
+        state_bytes=_adam_state, traffic_bytes=_adam_traffic,
+        paper="Kingma & Ba 2015, Algorithm 1; L2 term added to the gradient",
+        fixed_kwargs={"decoupled_weight_decay": False}, structural=("amsgrad",),
     ),
-    OptimizerFactory(
-        "adamw",
-        "AdamW: decoupled weight decay p -= lr*wd*p (Loshchilov & Hutter 2019)",
-        torch.optim.AdamW,
-        decoupled_weight_decay=True,
+    OptimizerSpec(
+        "adamw", "AdamW: decoupled weight decay p -= lr*wd*p (Loshchilov & Hutter 2019)",
+        torch.optim.AdamW, ADAM_HYPERPARAMS, default_lr=5e-5,
+        implementations=TORCH_MULTI_TENSOR, default_implementation="foreach",
+        state_bytes=_adam_state, traffic_bytes=_adam_traffic,
+        paper="Loshchilov & Hutter 2019, Algorithm 2", structural=("amsgrad",),
     ),
-    OptimizerFactory(
-        "adamw_fused",
-        "AdamW with torch's fused one-kernel step (fused=True)",
-        torch.optim.AdamW,
-        decoupled_weight_decay=True,
-        implementations=("fused",),
-        default_implementation="fused",
+    OptimizerSpec(
+        "adamw_fused", "AdamW with torch's fused one-kernel step (fused=True)",
+        torch.optim.AdamW, ADAM_HYPERPARAMS, default_lr=5e-5,
+        implementations={"fused": TORCH_MULTI_TENSOR["fused"]}, default_implementation="fused",
+        state_bytes=_adam_state, traffic_bytes=_adam_traffic,
+        paper="Loshchilov & Hutter 2019, Algorithm 2", structural=("amsgrad",),
     ),
+    OptimizerSpec(
+        "sgd", "SGD with (Nesterov) momentum and coupled L2 (Sutskever et al. 2013): the baseline",
+        torch.optim.SGD,
+        {"momentum": number(0, 1, high_open=True, default=0.9), "dampening": number(0, 1, default=0.0),
+         "nesterov": boolean(False)},
+        # (no "compiled": dynamo fails on SGD's momentum-buffer init in torch 2.13, a
+        # SpeculationLogDivergence; the fused kernel is the fast path anyway)
+        default_lr=1e-2, implementations={k: v for k, v in TORCH_MULTI_TENSOR.items() if k != "compiled"},
+        default_implementation="foreach",
+        state_bytes=_sgd_state, traffic_bytes=_sgd_traffic,
+        paper="Sutskever et al. 2013 (momentum as in torch.optim.SGD: first step buf = g)",
+        default_weight_decay=0.0, structural=("momentum",),
+    ),
+    OptimizerSpec(
+        "adafactor", "Adafactor: factored second moments, relative step size (Shazeer & Stern 2018)",
+        torch.optim.Adafactor,
+        {"beta2_decay": number(None, 0, default=-0.8), "d": number(0, low_open=True, default=1.0),
+         # eps is the paper's eps2, the floor on the parameter RMS; eps1 is the dtype's epsilon
+         "eps": number(0, low_open=True, default=1e-3)},
+        default_lr=1e-3, implementations=FOREACH_OR_LOOP, default_implementation="foreach",
+        state_bytes=_adafactor_state, traffic_bytes=_adafactor_traffic,
+        paper="Shazeer & Stern 2018, Algorithms 4-5, with torch's lr as the cap on the relative step",
+        default_weight_decay=0.0,
+        build=lambda cls, groups, kw: cls(groups, **{**kw, "eps": (None, kw["eps"])}),
+    ),
+    OptimizerSpec(
+        "lion", "Lion: sign of an interpolated momentum, one state buffer (Chen et al. 2023)",
+        Lion, {"betas": betas((0.9, 0.99))}, default_lr=1.5e-5,
+        implementations=FOREACH_OR_LOOP, default_implementation="foreach",
+        state_bytes=elementwise(1), traffic_bytes=elementwise(5),  # m; read p g m, write p m
+        paper="Chen et al. 2023, Algorithm 2", default_weight_decay=0.1,
+    ),
+    OptimizerSpec(
+        "muon", "Muon (Newton-Schulz orthogonalised momentum) on hidden matrices, AdamW on the rest",
+        MuonWithAdamW,
+        {"momentum": number(0, 1, high_open=True, default=0.95), "nesterov": boolean(True),
+         "ns_steps": integer(1, 99, 5), "adjust_lr_fn": choice("match_rms_adamw", "match_rms_adamw", "original"),
+         "adamw_betas": betas((0.9, 0.999)), "adamw_eps": number(0, low_open=True, default=1e-8)},
+        default_lr=5e-5,
+        # Muon's own step is per matrix (matmuls); the flag picks the AdamW half's kernel.
+        implementations={"foreach": Implementation({"foreach": True}),
+                         "for-loop": Implementation({"foreach": False})},
+        default_implementation="foreach",
+        state_bytes=muon_state_bytes, traffic_bytes=muon_traffic_bytes, step_flops=newton_schulz_flops,
+        paper="Jordan et al. 2024 (Newton-Schulz); Liu et al. 2025 (match_rms_adamw, decoupled decay)",
+        param_groups=muon_param_groups,
+    ),
+    OptimizerSpec(
+        "adamw_schedule_free", "Schedule-free AdamW: iterate averaging instead of an LR schedule "
+                               "(Defazio et al. 2024)",
+        "schedulefree:AdamWScheduleFree",
+        {"betas": betas((0.9, 0.999)), "eps": number(0, low_open=True, default=1e-8),
+         "warmup_steps": integer(0, 10**9, 0), "r": number(0, default=0.0),
+         "weight_lr_power": number(0, default=2.0)},
+        default_lr=1e-4, implementations=FOREACH_OR_LOOP, default_implementation="foreach",
+        # z, v; read y g z v, write y z v and the gradient it normalises in place
+        state_bytes=elementwise(2), traffic_bytes=elementwise(8),
+        paper="Defazio et al. 2024, Algorithm 1 (AdamW variant)",
+        train_eval_modes=True, owns_lr_schedule=True, extra="schedulefree",
+    ),
+    _torchao_spec(8, 256),
+    _torchao_spec(4, 128),
 )
-REGISTRY = {f.name: f for f in _FACTORIES}
+REGISTRY = {s.name: s for s in _SPECS}
 
 
-@dataclass(frozen=True)
-class AdamHyperparams:
-    """Validated hyperparameters shared by the Adam family (defaults: common fine-tuning)."""
-
-    lr: float = 5e-5
-    weight_decay: float = 0.01
-    betas: tuple = (0.9, 0.999)
-    eps: float = 1e-8
-    amsgrad: bool = False
-
-    def __post_init__(self):
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"lr must be a finite number > 0, got {self.lr!r}")
-        if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay)
-                and self.weight_decay >= 0):
-            raise ConfigError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
-        betas = tuple(self.betas) if isinstance(self.betas, (list, tuple)) else None
-        if betas is None or len(betas) != 2 or not all(
-                isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas):
-            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
-        object.__setattr__(self, "betas", tuple(float(b) for b in betas))
-        if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps > 0):
-            raise ConfigError(f"eps must be a finite number > 0, got {self.eps!r}")
-        if not isinstance(self.amsgrad, bool):
-            raise ConfigError(f"amsgrad must be true or false, got {self.amsgrad!r}")
-
-
-HYPERPARAMETERS = tuple(AdamHyperparams.__dataclass_fields__)
-
-
-def get_factory(name: str) -> OptimizerFactory:
+def get_optimizer_spec(name: str) -> OptimizerSpec:
     if name not in REGISTRY:
         raise one_of("optimizer", name, REGISTRY)
     return REGISTRY[name]
 
 
-def resolve_implementation(factory: OptimizerFactory, implementation: str | None) -> str:
-    implementation = implementation or factory.default_implementation
-    if implementation not in IMPLEMENTATION_FLAGS:
-        raise one_of("implementation", implementation, IMPLEMENTATIONS)
-    if implementation not in factory.implementations:
-        raise ConfigError(f"optimizer {factory.name!r} has no {implementation!r} implementation; "
-                          f"choose one of: {', '.join(factory.implementations)}")
-    return implementation
-
-
-def implementation_devices(implementation: str) -> list[str]:
-    """Device types an implementation runs on (what `list-optimizers` shows)."""
-    if implementation == "fused":
-        return [d for d in _get_fused_kernels_supported_devices() if d != "privateuseone"]
-    if implementation == "compiled":
-        return ["cpu", "cuda", "xpu"]  # devices with an Inductor backend
-    return ["any"]
-
-
 def list_optimizers() -> list[dict]:
-    """One row per factory: name, description, implementations and their devices."""
+    """One row per entry: hyperparameters with defaults, implementations with devices, extra."""
     return [
         {
-            "name": f.name,
-            "description": f.description,
-            "torch_class": f"{f.torch_class.__module__}.{f.torch_class.__name__}",
-            "default_implementation": f.default_implementation,
-            "implementations": {i: implementation_devices(i) for i in f.implementations},
+            "name": s.name,
+            "description": s.description,
+            "class": s.class_path,
+            "hyperparameters": {k: _jsonable(h.default) for k, h in s.all_hyperparams.items()},
+            "default_implementation": s.default_implementation,
+            "implementations": {name: list(impl.devices) for name, impl in s.implementations.items()},
+            "train_eval_modes": s.train_eval_modes,
+            "extra": s.extra,
+            "paper": s.paper,
         }
-        for f in _FACTORIES
+        for s in REGISTRY.values()
     ]
 
 
-def _check_fused_support(params: list[torch.Tensor]):
-    supported = implementation_devices("fused")
-    for p in params:
-        if p.device.type not in supported or not torch.is_floating_point(p):
-            raise ConfigError(
-                f"fused implementation needs floating-point parameters on one of: "
-                f"{', '.join(supported)}; got {p.dtype} on {p.device.type} "
-                f"(choose implementation foreach or for-loop there)")
-
-
-class _CompiledStepMixin:
-    """Runs the optimizer's own step under torch.compile (no closure: it would break the graph)."""
-
-    def step(self, closure=None):
-        if closure is not None:
-            raise ConfigError("the compiled implementation does not take a closure")
-        if not hasattr(self, "_compiled_step"):
-            base_step = super().step  # bound to the torch class's step
-            self._compiled_step = torch.compile(lambda: base_step(), fullgraph=False)
-        return self._compiled_step()
-
-
-_COMPILED_CLASSES = {}
-
-
-def _compiled_class(torch_class: type) -> type:
-    if torch_class not in _COMPILED_CLASSES:
-        _COMPILED_CLASSES[torch_class] = type(
-            f"Compiled{torch_class.__name__}", (_CompiledStepMixin, torch_class), {})
-    return _COMPILED_CLASSES[torch_class]
-
-
-def _optimizer_class(factory: OptimizerFactory, implementation: str) -> type:
-    if implementation == "compiled":
-        return _compiled_class(factory.torch_class)
-    return factory.torch_class
-
-
-def _reassert_flags_hook(flags: dict, implementation: str, amsgrad: bool):
-    """After load_state_dict torch copies fused/foreach/decoupled_weight_decay from the checkpoint
-    into every group; put back the factory's own, so a checkpoint cannot silently change the
-    algorithm or the kernel. AMSGrad changes the state's shape, so a mismatch is an error."""
-
-    def hook(optimizer):
-        for group in optimizer.param_groups:
-            if group.get("amsgrad", False) != amsgrad:
-                raise ConfigError(f"checkpoint was saved with amsgrad={group.get('amsgrad')}, "
-                                  f"this optimizer has amsgrad={amsgrad}")
-            group.update(flags)
-            if implementation == "compiled" and not torch.is_tensor(group["lr"]):
-                group["lr"] = torch.tensor(float(group["lr"]))
-
-    return hook
-
-
-def create_optimizer(name: str, model_or_params, *, implementation: str | None = None,
-                     **hyperparams) -> torch.optim.Optimizer:
-    """Build registered optimizer `name` for a model (decay/no-decay groups) or for explicit
-    parameters / param groups. Hyperparameters: lr, weight_decay, betas, eps, amsgrad."""
-    factory = get_factory(name)
-    implementation = resolve_implementation(factory, implementation)
-    unknown = sorted(set(hyperparams) - set(HYPERPARAMETERS))
-    if unknown:
-        raise ConfigError(f"unknown optimizer hyperparameter {unknown[0]!r}; "
-                          f"choose from: {', '.join(HYPERPARAMETERS)}")
-    hp = AdamHyperparams(**hyperparams)
-
-    if isinstance(model_or_params, nn.Module):
-        groups = build_param_groups(model_or_params, hp.weight_decay)
-    else:
-        groups = list(model_or_params)
-        if groups and not isinstance(groups[0], dict):
-            groups = [{"params": groups}]
-    params = [p for g in groups for p in g["params"]]
-    if not params:
-        raise ConfigError("the model has no trainable parameters to optimize")
-    if implementation == "fused":
-        _check_fused_support(params)
-
-    flags = dict(IMPLEMENTATION_FLAGS[implementation])
-    if factory.torch_class is torch.optim.Adam:  # AdamW fixes it itself and takes no such argument
-        flags["decoupled_weight_decay"] = factory.decoupled_weight_decay
-    lr = torch.tensor(hp.lr) if implementation == "compiled" else hp.lr
-    optimizer = _optimizer_class(factory, implementation)(
-        groups, lr=lr, betas=hp.betas, eps=hp.eps, weight_decay=hp.weight_decay,
-        amsgrad=hp.amsgrad, **flags)
-    if "decoupled_weight_decay" in optimizer.param_groups[0]:  # torch >= 2.6 keeps it per group
-        flags["decoupled_weight_decay"] = factory.decoupled_weight_decay
-    optimizer.register_load_state_dict_post_hook(_reassert_flags_hook(flags, implementation, hp.amsgrad))
-    # What was built, for results files and reports.
-    optimizer.finetune_opt_spec = {"name": name, "implementation": implementation, **asdict(hp)}
-    return optimizer
+def _jsonable(value):
+    return list(value) if isinstance(value, tuple) else value
