@@ -64,7 +64,7 @@ def study_cli(path, timeout=900):
 
 
 @pytest.mark.parametrize("change,message", [
-    ({"optimizers": ["adamw", "lion"]}, "unknown optimizer 'lion'"),
+    ({"optimizers": ["adamw", "adamx"]}, "unknown optimizer 'adamx'"),
     ({"engines": ["jax"]}, "unknown engine 'jax'; choose one of: accelerate, trainer"),
     ({"axes": {"learning_rate": [1e-4]}}, "unknown axis 'learning_rate'"),
     ({"axes": {"lr": [-1.0]}}, "lr must be a finite number > 0"),
