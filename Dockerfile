@@ -14,7 +14,8 @@ WORKDIR /opt/finetune_opt
 # Dependencies first (changes rarely), then the code: rebuilds after a code edit reuse the layer.
 COPY pyproject.toml README.md ./
 COPY finetune_opt/__init__.py finetune_opt/__init__.py
-RUN pip install --no-cache-dir . && pip uninstall -y finetune_opt
+# The optional optimizers (schedule-free, torchao low-bit), pinned for a reproducible image.
+RUN pip install --no-cache-dir . schedulefree==1.4.1 torchao==0.18.0 && pip uninstall -y finetune_opt
 COPY finetune_opt finetune_opt
 COPY recipes recipes
 COPY accelerate_configs accelerate_configs

@@ -1,5 +1,6 @@
 """finetune_opt: fine-tune HF Transformers through Accelerate with pluggable optimizer factories."""
 
+from finetune_opt import _quiet_imports  # noqa: F401  (before anything imports torchao)
 from finetune_opt.errors import ConfigError
 from finetune_opt.optim import create_optimizer, list_optimizers, trainer_optimizers
 

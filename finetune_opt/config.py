@@ -6,6 +6,7 @@ to reproduce a run. Validation happens here, before any data, model or output is
 
 import argparse
 import dataclasses
+import math
 import os
 import re
 import sys
@@ -15,6 +16,7 @@ import yaml
 
 from finetune_opt.errors import ConfigError, TrainingStopped, one_of
 from finetune_opt.optim import get_optimizer_spec
+from finetune_opt.sft_config import check_sft_fields
 from finetune_opt.tasks import check_task_fields, get_task
 
 SCHEDULERS = ("linear", "cosine", "constant")
@@ -27,7 +29,7 @@ class RunConfig:
     data_dir: str | None = None      # local GLUE TSV / WikiText dir; None -> $FINETUNE_OPT_DATA/<task>, else the Hub
     # task=text_classification / text_regression: the data and its columns
     data_files: dict | None = None   # {train: FILE, eval: FILE}: .csv, .tsv, .json or .jsonl
-    dataset: str | None = None       # or a Hub dataset name (+ dataset_config)
+    dataset: str | None = None       # or a Hub dataset name (+ dataset_config); also SFT's task instruct
     dataset_config: str | None = None
     text_columns: list | None = None  # one column, or two for a text pair
     label_column: str | None = None
@@ -65,6 +67,18 @@ class RunConfig:
     timing_warmup_steps: int = 5     # excluded from step-time statistics
     log_every: int = 10
     output_dir: str = "runs/sst2-adamw"
+    # instruction SFT of causal LMs (recipes/finetune_sft.py; checked in finetune_opt/sft_config.py)
+    # (dataset / dataset_config above also name the Hub dataset of task instruct, e.g. tatsu-lab/alpaca)
+    prompt_column: str | None = None    # null: the task's (gsm8k: question)
+    input_column: str | None = None     # appended to the prompt when non-empty (Alpaca's input)
+    response_column: str | None = None  # null: the task's (gsm8k: answer)
+    prompt_template: str | None = None  # "...{prompt}..."; used when no chat template is used
+    use_chat_template: bool | None = None  # null: when the tokenizer has one
+    packing: bool = False               # the examples of a micro-batch in one row, position ids restarting
+    peft: dict | None = None            # {method: lora, r: 8, alpha: 16, dropout: 0.05, target_modules: [...]}
+    merge_adapter: bool = False         # save_final_model writes the base model with the adapter merged in
+    generation_examples: int = 0        # greedy-decode this many eval prompts for the downstream metric
+    max_new_tokens: int = 256
 
     def __post_init__(self):
         task = get_task(self.task)
@@ -93,7 +107,8 @@ class RunConfig:
             raise ConfigError(f"max_grad_norm must be > 0 or null, got {self.max_grad_norm!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise one_of("mixed_precision", self.mixed_precision, MIXED_PRECISION)
-        if self.data_dir is None and task.local and os.environ.get("FINETUNE_OPT_DATA"):
+        check_sft_fields(self)
+        if self.data_dir is None and task.local and os.environ.get("FINETUNE_OPT_DATA") and not self.dataset:
             self.data_dir = os.path.join(os.environ["FINETUNE_OPT_DATA"], self.task)
 
     def _validate_optimizer(self):
@@ -106,13 +121,24 @@ class RunConfig:
         if not isinstance(self.optimizer_args, dict):
             raise ConfigError(f"optimizer_args must be a mapping, got {self.optimizer_args!r}")
         values = {**self.optimizer_args, "lr": self.lr, "weight_decay": self.weight_decay}
+        if spec.owns_lr_schedule:
+            values = self._warmup_into_optimizer(values)
         hp = spec.validate({k: v for k, v in values.items() if v is not None})
         spec.check_installed()
-        if spec.owns_lr_schedule and isinstance(self.warmup_ratio, (int, float)) and self.warmup_ratio > 0:
-            raise ConfigError(f"{self.optimizer} runs without an LR schedule and warms up itself: set "
-                              f"warmup_ratio=0 and optimizer.warmup_steps=N")
         self.lr, self.weight_decay = hp.pop("lr"), hp.pop("weight_decay")
         self.optimizer_args = {k: list(v) if isinstance(v, tuple) else v for k, v in hp.items()}
+
+    def _warmup_into_optimizer(self, values: dict) -> dict:
+        """Schedule-free runs without an LR schedule and warms up by itself: warmup_ratio becomes
+        its warmup_steps, unless those are given too (then the two would disagree)."""
+        ratio = self.warmup_ratio if isinstance(self.warmup_ratio, (int, float)) else 0
+        if not ratio:
+            return values
+        if values.get("warmup_steps"):
+            raise ConfigError(f"{self.optimizer} warms up by itself: give warmup_ratio or optimizer.warmup_steps, "
+                              f"not both")
+        steps = self.max_steps if isinstance(self.max_steps, int) else 0
+        return {**values, "warmup_steps": math.ceil(ratio * steps)}
 
     @property
     def hyperparams(self) -> dict:

@@ -11,16 +11,23 @@ from contextlib import contextmanager
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, GradientAccumulationPlugin, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from finetune_opt.checkpoint import find_checkpoint, load_checkpoint, read_loop_state, save_checkpoint
 from finetune_opt.config import RunConfig
 from finetune_opt.errors import ConfigError, TrainingStopped
-from finetune_opt.measure import (StepTimer, current_rss_bytes, optimizer_state_bytes, peak_bytes, peak_memory,
-                                  reset_peak_memory)
+from finetune_opt.measure import (
+    StepTimer,
+    current_rss_bytes,
+    optimizer_state_bytes,
+    peak_bytes,
+    peak_memory,
+    reset_peak_memory,
+)
 from finetune_opt.optim import create_optimizer, describe_optimizer, get_optimizer_spec
+from finetune_opt.peft_setup import model_to_save
 
 
 def make_accelerator(cfg: RunConfig) -> Accelerator:
@@ -53,6 +60,8 @@ def _batches(loader, accelerator, consumed: int):
 def _batch_size_and_tokens(batch) -> tuple[int, int]:
     ids = batch["input_ids"]
     mask = batch.get("attention_mask")
+    if mask is None and "position_ids" in batch:  # packed (finetune_opt.packing): one example per position 0
+        return int((batch["position_ids"] == 0).sum()), ids.numel()
     return ids.shape[0], int(mask.sum()) if mask is not None else ids.numel()
 
 
@@ -106,8 +115,13 @@ def fit(cfg: RunConfig, accelerator: Accelerator, model, train_loader, evaluate,
     part of results.json, or None if SIGTERM stopped the run."""
     spec = get_optimizer_spec(cfg.optimizer)
     if not spec.supports(cfg.implementation, accelerator.device.type):
+        here = [i for i in spec.implementations if spec.supports(i, accelerator.device.type)]
         raise ConfigError(f"{cfg.optimizer} ({cfg.implementation}) does not run on {accelerator.device.type}; "
-                          f"choose one of: {', '.join(i for i in spec.implementations if spec.supports(i, accelerator.device.type))}")
+                          f"choose implementation one of: {', '.join(here) or 'none (another optimizer)'}")
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    if sharded and spec.needs_whole_tensors:
+        raise ConfigError(f"{cfg.optimizer} updates whole matrices and cannot step FSDP / DeepSpeed shards; "
+                          f"use DDP (accelerate_configs/multi_gpu.yaml) or an elementwise optimizer")
     # Optimizer on the model, then both prepared in one call: FSDP2 and DeepSpeed need that, as
     # they replace the optimizer's parameters with the sharded ones.
     optimizer = create_optimizer(cfg.optimizer, model, implementation=cfg.implementation, **cfg.hyperparams)
@@ -208,7 +222,7 @@ def fit(cfg: RunConfig, accelerator: Accelerator, model, train_loader, evaluate,
     memory = peak_memory(accelerator.device)
     memory.update(rss_before_training_bytes=rss_before, optimizer_state_bytes=optimizer_state_bytes(optimizer))
     if cfg.save_final_model:
-        _save_model(accelerator, model, os.path.join(cfg.output_dir, "model"))
+        _save_model(accelerator, model, os.path.join(cfg.output_dir, "model"), merge=cfg.merge_adapter)
     return {
         "optimizer": describe_optimizer(optimizer),
         "metrics": metrics,
@@ -224,11 +238,15 @@ def fit(cfg: RunConfig, accelerator: Accelerator, model, train_loader, evaluate,
     }
 
 
-def _save_model(accelerator, model, path):
+def _save_model(accelerator, model, path, merge=False):
     accelerator.wait_for_everyone()
-    accelerator.unwrap_model(model).save_pretrained(path, is_main_process=accelerator.is_main_process,
-                                                    save_function=accelerator.save,
-                                                    state_dict=accelerator.get_state_dict(model))
+    state_dict = accelerator.get_state_dict(model)
+    unwrapped = accelerator.unwrap_model(model)
+    if merge:  # a PEFT adapter merged into its base: the state of the merged (plain) model
+        unwrapped = model_to_save(unwrapped, merge=True)
+        state_dict = unwrapped.state_dict()
+    unwrapped.save_pretrained(path, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
+                              state_dict=state_dict)
 
 
 def _global_throughput(accelerator, timer) -> dict:

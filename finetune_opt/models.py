@@ -65,3 +65,14 @@ def load_tokenizer(name_or_path: str):
     if tokenizer.pad_token is None:  # GPT-2 style tokenizers have none; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.sep_token
     return tokenizer
+
+
+def with_tokenizer_tokens(model_config: dict | None, tokenizer) -> dict | None:
+    """A model built from a config gets the tokenizer's vocabulary size and special tokens
+    (WordPiece tokenizers have [CLS]/[SEP] where GPT-style ones have BOS/EOS)."""
+    if not model_config:
+        return model_config
+    special = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
+               "bos_token_id": tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id,
+               "eos_token_id": tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id}
+    return {**special, **model_config}

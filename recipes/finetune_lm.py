@@ -19,7 +19,7 @@ from transformers import default_data_collator
 from finetune_opt.config import recipe_main
 from finetune_opt.data import load_task
 from finetune_opt.engine import fit, make_accelerator
-from finetune_opt.models import load_model, load_tokenizer
+from finetune_opt.models import load_model, load_tokenizer, with_tokenizer_tokens
 from finetune_opt.results import save_results
 from finetune_opt.tasks import check_recipe
 
@@ -47,12 +47,7 @@ def run(cfg):
                                                           collate_fn=default_data_collator))
                     for split in ("eval", "train_eval") if split in data}
 
-    # A model built from a config gets the tokenizer's vocabulary and special tokens.
-    special = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
-               "bos_token_id": tokenizer.bos_token_id or tokenizer.cls_token_id,
-               "eos_token_id": tokenizer.eos_token_id or tokenizer.sep_token_id}
-    model_config = cfg.model_config and {**special, **cfg.model_config}
-    model = load_model(cfg.model, task="causal-lm", model_config=model_config)
+    model = load_model(cfg.model, task="causal-lm", model_config=with_tokenizer_tokens(cfg.model_config, tokenizer))
 
     def evaluate(model):
         model.eval()

@@ -36,6 +36,10 @@ def saved(opt) -> dict:
     return torch.load(buffer, weights_only=False)
 
 
+def kernel_flags(opt):
+    return [{k: g[k] for k in ("foreach", "fused") if k in g} for g in opt.param_groups]
+
+
 def params(model):
     return [p.detach().clone() for p in model.parameters()]
 
@@ -65,9 +69,9 @@ def test_checkpoint_of_one_implementation_resumes_in_every_other(name):
         state = saved(opt)
         for impl in spec.implementations:
             m2, opt2 = built(name, impl)
-            expected_flags = [dict((k, g[k]) for k in ("foreach", "fused") if k in g) for g in opt2.param_groups]
+            expected_flags = kernel_flags(opt2)
             opt2.load_state_dict(state)
-            assert [dict((k, g[k]) for k in ("foreach", "fused") if k in g) for g in opt2.param_groups] == expected_flags
+            assert kernel_flags(opt2) == expected_flags
             assert all(torch.is_tensor(g["lr"]) == spec.tensor_lr for g in opt2.param_groups)
             train(m2, opt2, 1, seed=3)  # the step runs
 

@@ -78,7 +78,8 @@ def test_muon_takes_hidden_matrices_only(model):
     names = muon_parameter_names(model)
     params = dict(model.named_parameters())
     matrices = {n for n, p in params.items() if p.ndim == 2}
-    heads_and_embeddings = {n for n in matrices if any(k in n for k in ("embed", "wte", "wpe", "classifier", "lm_head"))}
+    roles = ("embed", "wte", "wpe", "classifier", "lm_head")
+    heads_and_embeddings = {n for n in matrices if any(k in n for k in roles)}
     assert heads_and_embeddings and names == matrices - heads_and_embeddings
     opt = create_optimizer("muon", model)
     roles = {g["group_name"]: g["use_muon"] for g in opt.param_groups}

@@ -132,8 +132,9 @@ def _bad_tsv(tmp_path):
     ("key of another optimizer", ["optimizer=sgd", "optimizer.betas=[0.9,0.9]"],
      "error: optimizer 'sgd' has no hyperparameter 'betas'; its hyperparameters: lr, weight_decay, momentum,"),
     ("block without name", ["optimizer={{lr: 1.0e-3}}"], "error: the optimizer block needs a 'name', got keys: lr"),
-    ("schedule-free with warm-up", ["optimizer=adamw_schedule_free", "warmup_ratio=0.1"],
-     "error: adamw_schedule_free runs without an LR schedule and warms up itself: set warmup_ratio=0"),
+    ("schedule-free with two warm-ups", ["optimizer=adamw_schedule_free", "warmup_ratio=0.1",
+                                         "optimizer.warmup_steps=5"],
+     "error: adamw_schedule_free warms up by itself: give warmup_ratio or optimizer.warmup_steps, not both"),
     ("fp16 on cpu", ["mixed_precision=fp16"], "error: mixed_precision fp16 needs a CUDA GPU; use bf16 or no on CPU"),
     ("not key=value", ["lr"], "error: override 'lr' is not key=value"),
 ])

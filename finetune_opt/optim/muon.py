@@ -15,6 +15,7 @@ import math
 import torch
 from torch import nn
 
+from finetune_opt.optim.closure import loss_from_closure
 from finetune_opt.optim.param_groups import build_param_groups
 
 # Sub-modules that are output heads in HF models (sequence classification, LM, QA, MLM heads).
@@ -74,8 +75,8 @@ class MuonWithAdamW(torch.optim.Optimizer):
                                      weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
                                      ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn) \
             if any(g["use_muon"] for g in groups) else None
-        self.adamw = torch.optim.AdamW([g for g in groups if not g["use_muon"]], lr=lr, betas=adamw_betas, eps=adamw_eps,
-                                       weight_decay=weight_decay, foreach=foreach) \
+        self.adamw = torch.optim.AdamW([g for g in groups if not g["use_muon"]], lr=lr, betas=adamw_betas,
+                                       eps=adamw_eps, weight_decay=weight_decay, foreach=foreach) \
             if not all(g["use_muon"] for g in groups) else None
         super().__init__(groups, dict(lr=lr, weight_decay=weight_decay))
         self._link()
@@ -90,10 +91,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = loss_from_closure(closure)
         for half in (self.muon, self.adamw):
             if half is not None:
                 half.step()

@@ -16,10 +16,25 @@ import torch
 
 from finetune_opt.errors import one_of
 from finetune_opt.optim.lion import Lion
-from finetune_opt.optim.muon import (MuonWithAdamW, muon_param_groups, muon_state_bytes, muon_traffic_bytes,
-                                     newton_schulz_flops)
-from finetune_opt.optim.spec import (FOREACH_OR_LOOP, TORCH_MULTI_TENSOR, Implementation, OptimizerSpec, betas,
-                                     boolean, choice, elementwise, integer, number)
+from finetune_opt.optim.muon import (
+    MuonWithAdamW,
+    muon_param_groups,
+    muon_state_bytes,
+    muon_traffic_bytes,
+    newton_schulz_flops,
+)
+from finetune_opt.optim.spec import (
+    FOREACH_OR_LOOP,
+    TORCH_MULTI_TENSOR,
+    Implementation,
+    OptimizerSpec,
+    betas,
+    boolean,
+    choice,
+    elementwise,
+    integer,
+    number,
+)
 
 ADAM_HYPERPARAMS = {"betas": betas((0.9, 0.999)), "eps": number(0, low_open=True, default=1e-8),
                     "amsgrad": boolean(False)}
@@ -136,7 +151,7 @@ _SPECS = (
         default_lr=1e-3, implementations=FOREACH_OR_LOOP, default_implementation="foreach",
         state_bytes=_adafactor_state, traffic_bytes=_adafactor_traffic,
         paper="Shazeer & Stern 2018, Algorithms 4-5, with torch's lr as the cap on the relative step",
-        default_weight_decay=0.0,
+        default_weight_decay=0.0, needs_whole_tensors=True,
         build=lambda cls, groups, kw: cls(groups, **{**kw, "eps": (None, kw["eps"])}),
     ),
     OptimizerSpec(
@@ -159,7 +174,7 @@ _SPECS = (
         default_implementation="foreach",
         state_bytes=muon_state_bytes, traffic_bytes=muon_traffic_bytes, step_flops=newton_schulz_flops,
         paper="Jordan et al. 2024 (Newton-Schulz); Liu et al. 2025 (match_rms_adamw, decoupled decay)",
-        param_groups=muon_param_groups,
+        param_groups=muon_param_groups, needs_whole_tensors=True,
     ),
     OptimizerSpec(
         "adamw_schedule_free", "Schedule-free AdamW: iterate averaging instead of an LR schedule "

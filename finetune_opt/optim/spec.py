@@ -19,7 +19,6 @@ from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from finetune_opt.errors import ConfigError, one_of
 
-
 # --- hyperparameter schema ---------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -139,6 +138,8 @@ class OptimizerSpec:
     extra: str | None = None             # pip extra that brings optimizer_class's package
     param_dtypes: tuple = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
     tensor_lr: bool = False              # the class keeps lr as a tensor in its groups (torchao)
+    needs_whole_tensors: bool = False    # the update looks across a matrix (factored moments,
+                                         # orthogonalisation): wrong on FSDP / ZeRO shards
 
     @property
     def all_hyperparams(self) -> dict:

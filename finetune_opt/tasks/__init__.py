@@ -8,13 +8,14 @@ import os
 
 from finetune_opt.errors import ConfigError, one_of
 from finetune_opt.tables import check_format
-from finetune_opt.tasks import glue, language_modelling, text_classification
-from finetune_opt.tasks.base import CAUSAL_LM, CLASSIFICATION, RECIPES, REGRESSION, LocalFiles, Task
+from finetune_opt.tasks import glue, instruction, language_modelling, text_classification
+from finetune_opt.tasks.base import (CAUSAL_LM, CLASSIFICATION, INSTRUCTION_SFT, RECIPES, REGRESSION, LocalFiles,
+                                     Task)
 
-TASKS = {t.name: t for family in (glue, text_classification, language_modelling) for t in family.TASKS}
+TASKS = {t.name: t for family in (glue, text_classification, language_modelling, instruction) for t in family.TASKS}
 
-__all__ = ["CAUSAL_LM", "CLASSIFICATION", "RECIPES", "REGRESSION", "TASKS", "LocalFiles", "Task", "get_task",
-           "check_recipe", "check_task_fields"]
+__all__ = ["CAUSAL_LM", "CLASSIFICATION", "INSTRUCTION_SFT", "RECIPES", "REGRESSION", "TASKS", "LocalFiles", "Task",
+           "get_task", "check_recipe", "check_task_fields"]
 
 
 def get_task(name: str) -> Task:
@@ -33,6 +34,8 @@ def check_recipe(name: str, script: str) -> Task:
 
 def check_task_fields(task: Task, cfg) -> None:
     """The by-columns fields are given exactly when the task takes its data by columns."""
+    if task.problem_type == INSTRUCTION_SFT:  # dataset= is its too; finetune_opt.sft_config checks the rest
+        return
     given = [f for f in ("data_files", "dataset", "text_columns", "label_column") if getattr(cfg, f) is not None]
     if not task.by_columns:
         if given:

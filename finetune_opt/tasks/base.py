@@ -7,12 +7,14 @@ from dataclasses import dataclass, field
 CLASSIFICATION = "single_label_classification"  # the names transformers' config.problem_type uses
 REGRESSION = "regression"
 CAUSAL_LM = "causal_lm"
+INSTRUCTION_SFT = "instruction_sft"  # a causal LM trained on prompt -> response (finetune_opt.instruct_data)
 
 # Which recipe runs a task, per engine: a fact of the problem type, so one entry per family.
 RECIPES = {
     CLASSIFICATION: {"accelerate": "finetune_glue.py", "trainer": "trainer_glue.py"},
     REGRESSION: {"accelerate": "finetune_glue.py", "trainer": "trainer_glue.py"},
     CAUSAL_LM: {"accelerate": "finetune_lm.py"},
+    INSTRUCTION_SFT: {"accelerate": "finetune_sft.py"},
 }
 
 
