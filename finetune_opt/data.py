@@ -1,41 +1,110 @@
-"""Task data through `datasets`: from the Hub by name, or from a local directory.
+"""Task data through `datasets`, as the task registry describes it: from a local directory in the
+task's own layout, from the Hub, or (by-columns tasks) from the user's files or Hub dataset.
 
-Local layouts (what GLUE's download script and the WikiText release produce):
-  sst2/  train.tsv, dev.tsv   columns sentence, label
-  mrpc/  train.tsv, dev.tsv   columns Quality, #1 String, #2 String (UTF-8 BOM, unquoted)
-  wikitext2/ train.txt, valid.txt (or wiki.train.tokens, wiki.valid.tokens)
-Both sources come out with the Hub's column names, so the rest of the code sees one schema.
+Every source comes out with the same schema: the task's text columns and "label" (int64 class ids,
+or float32 regression targets), in splits "train", "eval" (and MNLI's "eval_mismatched"). Labels are
+checked here, before any model is built (finetune_opt.labels).
 """
 
-import csv
 import os
 from dataclasses import dataclass
 
 import datasets
 
 from finetune_opt.errors import ConfigError
+from finetune_opt.labels import encode_labels
+from finetune_opt.tables import read_table, table_from_dataset
+from finetune_opt.tasks import CAUSAL_LM, REGRESSION, Task, get_task
+
+HUB_EVAL_SPLITS = ("validation", "dev", "test")  # a by-columns Hub dataset's eval split: the first present
 
 
-@dataclass(frozen=True)
-class TaskSpec:
-    hub: tuple              # load_dataset(*hub)
-    splits: tuple           # (train, eval) split names on the Hub
-    files: tuple            # local file names per split (first existing wins)
-    text_columns: tuple     # Hub column names fed to the tokenizer
-    local_columns: dict     # local column -> Hub column
-    metrics: tuple = ()
+@dataclass
+class TaskData:
+    task: Task
+    splits: datasets.DatasetDict
+    text_columns: tuple
+    label_names: tuple | None = None  # class names by id; None for regression and LM
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.task.problem_type == REGRESSION else len(self.label_names)
 
 
-TASKS = {
-    "sst2": TaskSpec(("nyu-mll/glue", "sst2"), ("train", "validation"), (("train.tsv",), ("dev.tsv",)),
-                     ("sentence",), {"sentence": "sentence", "label": "label"}, ("accuracy",)),
-    "mrpc": TaskSpec(("nyu-mll/glue", "mrpc"), ("train", "validation"), (("train.tsv",), ("dev.tsv",)),
-                     ("sentence1", "sentence2"),
-                     {"#1 String": "sentence1", "#2 String": "sentence2", "Quality": "label"}, ("accuracy", "f1")),
-    "wikitext2": TaskSpec(("Salesforce/wikitext", "wikitext-2-v1"), ("train", "validation"),
-                          (("train.txt", "wiki.train.tokens"), ("valid.txt", "wiki.valid.tokens")),
-                          ("text",), {"text": "text"}),
-}
+def load_task(cfg) -> TaskData:
+    """The task's splits for a RunConfig; seeded subsets when train_examples / eval_examples are set."""
+    task = get_task(cfg.task)
+    if task.problem_type == CAUSAL_LM:
+        data = TaskData(task, _load_text(task, cfg.data_dir), task.text_columns)
+    else:
+        data = _load_labelled(task, cfg)
+    for split in data.splits:
+        n = cfg.train_examples if split == "train" else cfg.eval_examples
+        if n is not None and n < len(data.splits[split]):
+            data.splits[split] = data.splits[split].shuffle(seed=cfg.seed).select(range(n))
+    return data
+
+
+def _load_labelled(task, cfg) -> TaskData:
+    text_columns = task.text_columns or tuple(cfg.text_columns)
+    tables = _tables(task, cfg, text_columns)
+    for split, table in tables.items():
+        if not len(table):
+            raise ConfigError(f"{table.source}: the {split} split has no rows")
+    labels, names = encode_labels(task, tables)
+    features = datasets.Features({**{c: datasets.Value("string") for c in text_columns},
+                                  "label": datasets.Value("float32" if task.problem_type == REGRESSION else "int64")})
+    splits = datasets.DatasetDict({
+        split: datasets.Dataset.from_dict({**{c: [str(v) for v in t.columns[c]] for c in text_columns},
+                                           "label": labels[split]}, features=features)
+        for split, t in tables.items()})
+    return TaskData(task, splits, text_columns, names)
+
+
+def _tables(task, cfg, text_columns) -> dict:
+    """{split: Table} with our column names, from wherever this task's data is."""
+    if task.by_columns:
+        columns = {c: c for c in text_columns} | {cfg.label_column: "label"}
+        if cfg.data_files:
+            return {split: read_table(path, columns) for split, path in cfg.data_files.items()}
+        return _hub_tables((cfg.dataset, cfg.dataset_config), None, columns)
+    if cfg.data_dir:
+        return _local_tables(task, cfg.data_dir)
+    columns = dict(task.hub_columns or {})
+    columns |= {c: c for c in (*text_columns, "label") if c not in columns.values()}
+    return _hub_tables(task.hub, task.eval_splits, columns)
+
+
+def _local_tables(task, data_dir) -> dict:
+    if not os.path.isdir(data_dir):
+        raise ConfigError(f"data dir {data_dir!r} does not exist")
+    local = task.local
+    return {split: read_table(_local_file(data_dir, names), local.columns, names=local.names,
+                              delimiter=local.delimiter, quoting=local.quoting)
+            for split, names in local.files.items()}
+
+
+def _hub_tables(hub, eval_splits, columns) -> dict:
+    """Hub splits as tables; eval_splits None: the dataset's first of HUB_EVAL_SPLITS."""
+    ds = _load_hub(hub)
+    if eval_splits is None:
+        present = [s for s in HUB_EVAL_SPLITS if s in ds]
+        if not present:
+            raise ConfigError(f"{hub[0]} has no eval split; found: {', '.join(ds)}; it needs one of: "
+                              f"{', '.join(HUB_EVAL_SPLITS)}")
+        eval_splits = {"eval": present[0]}
+    name = "/".join(x for x in hub if x)
+    return {ours: table_from_dataset(ds[theirs], f"{name} {theirs}", columns)
+            for ours, theirs in {"train": "train", **eval_splits}.items()}
+
+
+def _load_hub(hub):
+    try:
+        return datasets.load_dataset(*[x for x in hub if x])
+    except Exception as e:  # offline, unknown name, ...: one line, not a traceback
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ConfigError(f"cannot load {'/'.join(x for x in hub if x)} from the Hub ({type(e).__name__}: {first}); "
+                          f"give data_dir=<local dir> or data_files") from None
 
 
 def _local_file(data_dir: str, candidates: tuple) -> str:
@@ -46,38 +115,12 @@ def _local_file(data_dir: str, candidates: tuple) -> str:
     raise ConfigError(f"data dir {data_dir!r} has no {' or '.join(candidates)}")
 
 
-def _load_local(spec: TaskSpec, data_dir: str) -> datasets.DatasetDict:
-    if not os.path.isdir(data_dir):
-        raise ConfigError(f"data dir {data_dir!r} does not exist")
-    files = {split: _local_file(data_dir, names) for split, names in zip(("train", "eval"), spec.files)}
-    if spec.text_columns == ("text",):
+def _load_text(task, data_dir) -> datasets.DatasetDict:
+    if data_dir:
+        if not os.path.isdir(data_dir):
+            raise ConfigError(f"data dir {data_dir!r} does not exist")
+        files = {split: _local_file(data_dir, names) for split, names in task.local.files.items()}
         # keep_linebreaks: one <eos>-worth of structure per line, as the WikiText release has it.
         return datasets.load_dataset("text", data_files=files, keep_linebreaks=True)
-    # GLUE TSVs are unquoted (sentences contain ") and MRPC starts with a BOM.
-    ds = datasets.load_dataset("csv", data_files=files, delimiter="\t", quoting=csv.QUOTE_NONE,
-                               encoding="utf-8-sig", keep_default_na=False)
-    for split, d in ds.items():
-        missing = [c for c in spec.local_columns if c not in d.column_names]
-        if missing:
-            raise ConfigError(f"{files[split]} has no column {missing[0]!r}; found: {', '.join(d.column_names)}")
-    ds = ds.select_columns(list(spec.local_columns)).rename_columns(
-        {k: v for k, v in spec.local_columns.items() if k != v})
-    return ds.cast_column("label", datasets.Value("int64"))
-
-
-def load_task(task: str, data_dir: str | None, train_examples=None, eval_examples=None, seed=0):
-    """{"train", "eval"} datasets with the Hub's columns; seeded subsets when sizes are given."""
-    spec = TASKS[task]
-    if data_dir:
-        ds = _load_local(spec, data_dir)
-    else:
-        try:
-            hub = datasets.load_dataset(*spec.hub)
-        except Exception as e:  # offline, unknown name, ...: one line, not a traceback
-            raise ConfigError(f"cannot load {'/'.join(spec.hub)} from the Hub ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}); give data_dir=<local dir>") from None
-        ds = datasets.DatasetDict({"train": hub[spec.splits[0]], "eval": hub[spec.splits[1]]})
-    for split, n in (("train", train_examples), ("eval", eval_examples)):
-        if n is not None and n < len(ds[split]):
-            ds[split] = ds[split].shuffle(seed=seed).select(range(n))
-    return ds
+    ds = _load_hub(task.hub)
+    return datasets.DatasetDict({"train": ds["train"], **{ours: ds[theirs] for ours, theirs in task.eval_splits.items()}})

@@ -11,9 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from finetune_opt.errors import ConfigError  # noqa: E402
 from finetune_opt.measure import peak_bytes  # noqa: E402
 from finetune_opt.results import format_table  # noqa: E402
-
-# The metric each task is judged by, and whether higher is better.
-PRIMARY_METRIC = {"sst2": ("accuracy", True), "mrpc": ("accuracy", True), "wikitext2": ("perplexity", False)}
+from finetune_opt.tasks import get_task  # noqa: E402
 
 
 def load_runs(run_dirs: list[str]) -> list[dict]:
@@ -28,6 +26,12 @@ def load_runs(run_dirs: list[str]) -> list[dict]:
     if len(tasks) > 1:
         raise ConfigError(f"runs are of different tasks ({', '.join(sorted(tasks))}); compare one task at a time")
     return runs
+
+
+def rank_runs(runs: list[dict]) -> list[dict]:
+    """Best first by the task's headline metric, in its direction; runs without it (NaN) last."""
+    task = get_task(runs[0]["task"])
+    return sorted(runs, key=lambda r: task.rank_key(r["metrics"].get(task.headline)))
 
 
 def _label(r):
@@ -45,7 +49,7 @@ def _bar(ax, runs, values, title, ylabel, errors=None, color="tab:blue"):
 
 
 def plot_runs(runs: list[dict], out_dir: str) -> list[str]:
-    metric, _ = PRIMARY_METRIC[runs[0]["task"]]
+    metric = get_task(runs[0]["task"]).headline
     files = []
 
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -80,13 +84,15 @@ def _save(fig, out_dir, name):
 
 def write_comparison(run_dirs: list[str], out_dir: str) -> str:
     """Write report.md + plots to out_dir; return the Markdown."""
-    runs = load_runs(run_dirs)
+    runs = rank_runs(load_runs(run_dirs))
+    task = get_task(runs[0]["task"])
     os.makedirs(out_dir, exist_ok=True)
     plots = plot_runs(runs, out_dir)
     env = runs[0]
     markdown = "\n".join([
-        f"# {runs[0]['task']}: {len(runs)} runs",
+        f"# {task.name}: {len(runs)} runs",
         "",
+        f"Ranked by dev {task.headline} ({'higher' if task.higher_is_better else 'lower'} is better), best first.",
         f"Device: {env['device']['type']} ({env['device']['name']}), {env['device']['processes']} process(es); "
         f"torch {env['versions']['torch']}, transformers {env['versions']['transformers']}; {env['date']}.",
         f"Step times exclude the first {env['config']['timing_warmup_steps']} steps; peak memory "

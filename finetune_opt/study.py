@@ -18,12 +18,10 @@ import yaml
 
 from finetune_opt.config import FIELDS, load_config
 from finetune_opt.errors import ConfigError, one_of
+from finetune_opt.tasks import RECIPES, get_task
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
-ENGINE_RECIPES = {  # engine -> task -> script
-    "accelerate": {"sst2": "finetune_glue.py", "mrpc": "finetune_glue.py", "wikitext2": "finetune_lm.py"},
-    "trainer": {"sst2": "trainer_glue.py", "mrpc": "trainer_glue.py"},
-}
+ENGINES = list(dict.fromkeys(engine for recipes in RECIPES.values() for engine in recipes))
 
 
 @dataclass
@@ -57,12 +55,13 @@ def load_study(path: str) -> StudyConfig:
 
 def validate(study: StudyConfig):
     base = load_config(study.base_config, [f"{k}={json.dumps(v)}" for k, v in study.overrides.items()])
+    task = get_task(base.task)
     for engine in study.engines:
-        if engine not in ENGINE_RECIPES:
-            raise one_of("engine", engine, ENGINE_RECIPES)
-        if base.task not in ENGINE_RECIPES[engine]:
+        if engine not in ENGINES:
+            raise one_of("engine", engine, ENGINES)
+        if engine not in task.recipes:
             raise ConfigError(f"engine {engine!r} has no recipe for task {base.task!r}; "
-                              f"it supports: {', '.join(ENGINE_RECIPES[engine])}")
+                              f"its engines: {', '.join(task.recipes)}")
     axes = dict(study.axes)
     if study.sensitivity:
         extra = set(study.sensitivity) - {"optimizers", "lr", "weight_decay", "seeds"}
@@ -111,7 +110,7 @@ def cell_overrides(study: StudyConfig, cell: dict) -> list[str]:
 
 
 def run_cell(study: StudyConfig, cell: dict, base_task: str):
-    script = RECIPES_DIR / ENGINE_RECIPES[cell["engine"]][base_task]
+    script = RECIPES_DIR / get_task(base_task).recipes[cell["engine"]]
     cmd = [sys.executable, str(script), "--config", study.base_config, *cell_overrides(study, cell)]
     log_path = cell_dir(study, cell).with_suffix(".log")
     log_path.parent.mkdir(parents=True, exist_ok=True)

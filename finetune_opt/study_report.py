@@ -15,12 +15,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from finetune_opt.measure import peak_bytes  # noqa: E402
-from finetune_opt.report import PRIMARY_METRIC  # noqa: E402
 from finetune_opt.results import write_json_atomic  # noqa: E402
 from finetune_opt.stats import format_mean_std, mean_std_ci  # noqa: E402
-
-
-PRIMARY_METRIC_HIGHER = {m: higher for m, higher in PRIMARY_METRIC.values()}
+from finetune_opt.tasks import get_task  # noqa: E402
 
 
 def _label(row):
@@ -28,7 +25,9 @@ def _label(row):
     return f"{row['optimizer']} ({row['implementation']}{params})"
 
 
-def aggregate_main(cells, results, metric):
+def aggregate_main(cells, results, task):
+    """One row per (engine, optimizer, params): the headline metric and costs over seeds."""
+    metric = task.headline
     groups = defaultdict(list)
     for c in cells:
         if c["group"] == "main":
@@ -48,7 +47,7 @@ def aggregate_main(cells, results, metric):
         if all(train_key in r["metrics"] for r in runs):
             row[train_key] = mean_std_ci([r["metrics"][train_key] for r in runs])
             # Generalisation gap: train minus dev (for perplexity: dev minus train), per seed.
-            sign = 1 if PRIMARY_METRIC_HIGHER[metric] else -1
+            sign = 1 if task.higher_is_better else -1
             row["generalisation_gap"] = mean_std_ci([sign * (r["metrics"][train_key] - r["metrics"][metric]) for r in runs])
         rows.append(row)
     return rows
@@ -160,10 +159,10 @@ def write_report(study, cells) -> str:
     for c in cells:
         with open(os.path.join(study.output_dir, "cells", c["id"], "results.json")) as f:
             results[c["id"]] = json.load(f)
-    task = next(iter(results.values()))["task"]
-    metric, higher = PRIMARY_METRIC[task]
-    rows = aggregate_main(cells, results, metric)
-    summary = {"task": task, "metric": metric, "higher_is_better": higher, "cells": [c["id"] for c in cells],
+    task = get_task(next(iter(results.values()))["task"])
+    metric, higher = task.headline, task.higher_is_better
+    rows = aggregate_main(cells, results, task)
+    summary = {"task": task.name, "metric": metric, "higher_is_better": higher, "cells": [c["id"] for c in cells],
                "main": rows, "speedups": speedups(cells, results), "engines": engine_comparison(rows, metric),
                "sensitivity": sensitivity(cells, results, metric, higher)}
     write_json_atomic(os.path.join(study.output_dir, "summary.json"), summary)
@@ -173,13 +172,14 @@ def write_report(study, cells) -> str:
     if summary["sensitivity"]:
         plots.append(plot_sensitivity(summary["sensitivity"], metric, study.output_dir))
     mem_col = "peak GPU MiB" if rows[0]["memory_kind"] == "cuda" else "peak RSS MiB"
-    lines = [f"# Optimizer study: {task}", "",
+    lines = [f"# Optimizer study: {task.name}", "",
              f"{len(cells)} runs; device {any_run['device']['type']} ({any_run['device']['name']}); "
              f"torch {any_run['versions']['torch']}, transformers {any_run['versions']['transformers']}. "
-             f"Values are mean ± std [95% t-interval] over seeds; times are each run's median step.", "",
+             f"Values are mean ± std [95% t-interval] over seeds; times are each run's median step. "
+             f"Rows are ranked by dev {metric} ({'higher' if higher else 'lower'} is better).", "",
              f"| engine | optimizer | seeds | dev {metric} | train {metric} | gap | step ms | optimizer ms | samples/s | {mem_col} |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+    for r in sorted(rows, key=lambda r: task.rank_key(r[metric]["mean"])):
         train = r.get(f"train_{metric}")
         lines.append(f"| {r['engine']} | {_label(r)} | {len(r['seeds'])} | {format_mean_std(r[metric])} | "
                      f"{format_mean_std(train) if train else '-'} | "

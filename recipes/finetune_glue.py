@@ -1,35 +1,43 @@
-"""Fine-tune a sequence classifier on GLUE SST-2 or MRPC with a registered optimizer; report dev
-accuracy (and F1 for MRPC), step time, optimizer-step time, throughput and peak memory.
+"""Fine-tune a sequence classifier (or regressor) on a GLUE task or any labelled text dataset with a
+registered optimizer; report the task's official dev metrics, step time, optimizer-step time,
+throughput and peak memory.
 
     accelerate launch recipes/finetune_glue.py --config recipes/configs/sst2.yaml optimizer=adamw_fused
-    python recipes/finetune_glue.py --config recipes/configs/mrpc.yaml data_dir=../shared/data/mrpc
+    python recipes/finetune_glue.py --config recipes/configs/stsb.yaml data_dir=../shared/data/stsb
+    python recipes/finetune_glue.py --config recipes/configs/sst2.yaml task=text_classification data_dir=null \\
+        data_files='{train: my_train.csv, eval: my_dev.csv}' text_columns=[text] label_column=label
 
-Data: `data_dir=<dir with train.tsv, dev.tsv>`, else $FINETUNE_OPT_DATA/<task>, else the Hub (nyu-mll/glue).
+Tasks: every entry of finetune_opt.tasks.TASKS this recipe runs (the nine GLUE tasks, text_classification,
+text_regression). GLUE data: `data_dir=<dir with the GLUE TSVs>`, else $FINETUNE_OPT_DATA/<task>, else the
+Hub (nyu-mll/glue).
 """
 
 import torch
 from torch.utils.data import DataLoader
 
+from finetune_opt.classification import (classification_model, collator, eval_splits, load_classification,
+                                         metric_prefix, task_metrics)
 from finetune_opt.config import recipe_main
 from finetune_opt.engine import fit, make_accelerator
-from finetune_opt.glue import check_glue_task, glue_collator, glue_metrics, load_glue
-from finetune_opt.models import load_model, load_tokenizer
+from finetune_opt.models import load_tokenizer
 from finetune_opt.results import save_results
+from finetune_opt.tasks import check_recipe
 
 
 def run(cfg):
-    check_glue_task(cfg.task)
+    task = check_recipe(cfg.task, "finetune_glue.py")
     accelerator = make_accelerator(cfg)
 
     # Data: tokenized once (main process first, the others read its cache), padded per batch.
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
-    data = load_glue(cfg, tokenizer, accelerator.main_process_first)
-    collate = glue_collator(tokenizer, cfg)
-    train_loader = DataLoader(data["train"], batch_size=cfg.batch_size, shuffle=True, collate_fn=collate)
-    eval_loaders = {split: accelerator.prepare(DataLoader(data[split], batch_size=cfg.eval_batch_size, collate_fn=collate))
-                    for split in ("eval", "train_eval") if split in data}
+    data = load_classification(cfg, tokenizer, accelerator.main_process_first)
+    collate = collator(tokenizer, cfg)
+    train_loader = DataLoader(data.splits["train"], batch_size=cfg.batch_size, shuffle=True, collate_fn=collate)
+    eval_loaders = {split: accelerator.prepare(DataLoader(data.splits[split], batch_size=cfg.eval_batch_size,
+                                                          collate_fn=collate))
+                    for split in eval_splits(data)}
 
-    model = load_model(cfg.model, task="classification", model_config=cfg.model_config, num_labels=2)
+    model = classification_model(cfg, data)
 
     def evaluate(model):
         model.eval()
@@ -42,8 +50,7 @@ def run(cfg):
                     out, ref = accelerator.gather_for_metrics((model(**batch).logits, batch["labels"]))
                     logits.append(out.cpu())
                     labels.append(ref.cpu())
-                prefix = "" if split == "eval" else "train_"
-                metrics.update(glue_metrics(cfg.task, torch.cat(logits), torch.cat(labels), prefix))
+                metrics.update(task_metrics(task, torch.cat(logits), torch.cat(labels), metric_prefix(split)))
         model.train()
         return metrics
 

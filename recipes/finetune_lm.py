@@ -19,18 +19,17 @@ from transformers import default_data_collator
 from finetune_opt.config import recipe_main
 from finetune_opt.data import load_task
 from finetune_opt.engine import fit, make_accelerator
-from finetune_opt.errors import one_of
 from finetune_opt.models import load_model, load_tokenizer, with_tokenizer_tokens
 from finetune_opt.results import save_results
+from finetune_opt.tasks import check_recipe
 
 
 def run(cfg):
-    if cfg.task != "wikitext2":
-        raise one_of("task for this recipe", cfg.task, ["wikitext2"])
+    check_recipe(cfg.task, "finetune_lm.py")
     accelerator = make_accelerator(cfg)
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
     tokenizer.model_max_length = 10**9  # we cut blocks ourselves; silence the length warning
-    data = load_task(cfg.task, cfg.data_dir, cfg.train_examples, cfg.eval_examples, seed=cfg.seed)
+    data = load_task(cfg).splits
 
     def to_blocks(batch):
         ids = [t for line in tokenizer(batch["text"], add_special_tokens=False)["input_ids"] for t in line]

@@ -12,14 +12,16 @@ import os
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from finetune_opt.classification import (classification_model, collator, eval_splits, load_classification,
+                                         metric_prefix, task_metrics)
 from finetune_opt.config import recipe_main
 from finetune_opt.errors import ConfigError
-from finetune_opt.glue import check_glue_task, glue_collator, glue_metrics, load_glue
 from finetune_opt.measure import (StepTimer, current_rss_bytes, optimizer_state_bytes, peak_bytes, peak_memory,
                                   reset_peak_memory)
-from finetune_opt.models import load_model, load_tokenizer
+from finetune_opt.models import load_tokenizer
 from finetune_opt.optim import describe_optimizer, get_optimizer_spec, trainer_optimizer_cls_and_kwargs
 from finetune_opt.results import save_results
+from finetune_opt.tasks import check_recipe
 
 
 class Measure(TrainerCallback):
@@ -48,7 +50,7 @@ class Measure(TrainerCallback):
 
 
 def run(cfg):
-    check_glue_task(cfg.task)
+    task = check_recipe(cfg.task, "trainer_glue.py")
     if cfg.resume or cfg.save_every:
         raise ConfigError("the Trainer recipe does not take resume/save_every; use recipes/finetune_glue.py")
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
@@ -62,11 +64,11 @@ def run(cfg):
         # schedule-free optimizers take no LR schedule (their warm-up is their own)
         lr_scheduler_type="constant" if get_optimizer_spec(cfg.optimizer).owns_lr_schedule else cfg.scheduler,
         learning_rate=cfg.lr, weight_decay=cfg.weight_decay)  # informational: our factory owns the groups
-    data = load_glue(cfg, tokenizer, args.main_process_first)
+    data = load_classification(cfg, tokenizer, args.main_process_first)
     torch.manual_seed(cfg.seed)
-    model = load_model(cfg.model, task="classification", model_config=cfg.model_config, num_labels=2)
+    model = classification_model(cfg, data)
     measure = Measure(cfg, args.device)
-    trainer = Trainer(model=model, args=args, train_dataset=data["train"], data_collator=glue_collator(tokenizer, cfg),
+    trainer = Trainer(model=model, args=args, train_dataset=data.splits["train"], data_collator=collator(tokenizer, cfg),
                       optimizer_cls_and_kwargs=trainer_optimizer_cls_and_kwargs(
                           cfg.optimizer, implementation=cfg.implementation, **cfg.hyperparams),
                       callbacks=[measure])
@@ -75,13 +77,11 @@ def run(cfg):
     rss_before = current_rss_bytes()
     train_output = trainer.train()
 
-    def evaluate(split, prefix=""):
-        out = trainer.predict(data[split])
-        return glue_metrics(cfg.task, torch.as_tensor(out.predictions), torch.as_tensor(out.label_ids), prefix)
+    def evaluate(split):
+        out = trainer.predict(data.splits[split])
+        return task_metrics(task, torch.as_tensor(out.predictions), torch.as_tensor(out.label_ids), metric_prefix(split))
 
-    metrics = evaluate("eval")
-    if "train_eval" in data:
-        metrics.update(evaluate("train_eval", prefix="train_"))
+    metrics = {k: v for split in eval_splits(data) for k, v in evaluate(split).items()}
     timing = measure.timer.summary()
     timing.update(train_seconds=train_output.metrics["train_runtime"], eval_seconds=None)
     memory = peak_memory(args.device)

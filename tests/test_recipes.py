@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from finetune_opt.tasks import TASKS
 from tests.conftest import DATA_DIR, REPO
 
 TINY_BERT = "{model_type: bert, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64}"
@@ -121,8 +122,9 @@ def _bad_tsv(tmp_path):
 @pytest.mark.parametrize("case,overrides,message", [
     ("missing data dir", ["data_dir=/no/such/dir"], "error: data dir '/no/such/dir' does not exist"),
     ("missing column", ["data_dir={bad}"], "error: {bad}/train.tsv has no column 'sentence'; found: text, label"),
-    ("unknown task", ["task=cola"], "error: unknown task 'cola'; choose one of: sst2, mrpc, wikitext2"),
-    ("task of other recipe", ["task=wikitext2"], "error: unknown task for this recipe 'wikitext2'; choose one of: sst2, mrpc"),
+    ("unknown task", ["task=colaa"], f"error: unknown task 'colaa'; choose one of: {', '.join(TASKS)}"),
+    ("task of other recipe", ["task=wikitext2"], "error: unknown task for this recipe 'wikitext2'; choose one of: "
+     + ", ".join(t.name for t in TASKS.values() if "finetune_glue.py" in t.recipes.values())),
     ("bad override key", ["learning_rate=1e-4"], "error: unknown config key 'learning_rate'; choose one of: task, data_dir,"),
     ("unknown optimizer", ["optimizer=adamx"], "error: unknown optimizer 'adamx'; choose one of: adam_l2, adamw,"),
     ("bad hyperparameter", ["eps=0"], "error: adamw: eps must be a finite number > 0, got 0"),

@@ -1,0 +1,66 @@
+"""Sequence classification and regression pieces shared by the Accelerate and Trainer recipes: the
+same data preparation, model head and metric computation, so the two engines are compared like for like."""
+
+import torch
+import torch.nn.functional as F
+from transformers import DataCollatorWithPadding
+
+from finetune_opt.data import TaskData, load_task
+from finetune_opt.metrics import compute_metrics
+from finetune_opt.models import load_model
+from finetune_opt.tasks import REGRESSION
+
+
+def load_classification(cfg, tokenizer, main_process_first) -> TaskData:
+    """Tokenized splits (+ "train_eval": a seeded slice of the training subset, for the train-vs-dev
+    gap, when cfg.train_eval_examples is set); labels in column "labels"."""
+    data = load_task(cfg)
+    splits = data.splits
+    if cfg.train_eval_examples:
+        n = min(cfg.train_eval_examples, len(splits["train"]))
+        splits["train_eval"] = splits["train"].shuffle(seed=cfg.seed + 1).select(range(n))
+
+    def tokenize(batch):
+        return tokenizer(*[batch[c] for c in data.text_columns], truncation=True, max_length=cfg.max_length)
+
+    with main_process_first():  # tokenize once; other ranks read the cache
+        data.splits = splits.map(tokenize, batched=True, remove_columns=list(data.text_columns)) \
+            .rename_column("label", "labels")
+    return data
+
+
+def classification_model(cfg, data: TaskData):
+    """A sequence-classification model with the task's head: num_labels from the task or the data,
+    MSE loss for regression, and the class names in config.id2label (so a saved model predicts names)."""
+    names = {} if data.label_names is None else {"id2label": dict(enumerate(data.label_names)),
+                                                 "label2id": {n: i for i, n in enumerate(data.label_names)}}
+    return load_model(cfg.model, task="classification", model_config=cfg.model_config, num_labels=data.num_labels,
+                      problem_type=data.task.problem_type, **names)
+
+
+def collator(tokenizer, cfg):
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if cfg.mixed_precision != "no" else None)
+
+
+def metric_prefix(split: str) -> str:
+    """"eval" -> "", "train_eval" -> "train_", "eval_mismatched" -> "mismatched_"."""
+    return {"eval": "", "train_eval": "train_"}.get(split, split.removeprefix("eval_") + "_")
+
+
+def eval_splits(data: TaskData) -> list[str]:
+    return [s for s in data.splits if s != "train"]
+
+
+def task_metrics(task, logits: torch.Tensor, labels: torch.Tensor, prefix: str = "") -> dict:
+    """eval_loss (the training loss: cross-entropy, or MSE for regression), the task's metrics, and
+    the example count."""
+    logits = logits.double()  # metrics in float64, whatever precision the model ran in
+    if task.problem_type == REGRESSION:
+        predictions, labels = logits.squeeze(-1), labels.double()
+        loss = F.mse_loss(predictions, labels)
+    else:
+        predictions, labels = logits.argmax(-1), labels.long()
+        loss = F.cross_entropy(logits, labels)
+    result = {"eval_loss": loss.item(), **compute_metrics(task.metrics, predictions.numpy(), labels.numpy()),
+              "eval_examples": len(labels)}
+    return {f"{prefix}{k}": v for k, v in result.items()}
