@@ -359,10 +359,9 @@ def test_readme_example_adds_a_task_in_one_entry(tmp_path, monkeypatch):
 # The real pretrained MiniLM, trained just long enough to beat a trivial baseline (a constant
 # prediction scores MCC 0 and an undefined Spearman). Measured on the shared 2-core CPU: STS-B,
 # 75 steps -> Spearman 0.729 / Pearson 0.632 (154 s). CoLA is slow to leave the majority class:
-# MCC 0.0 up to 150 steps and 0.059 at 200 (constant lr 1e-4, batch 32); 400 steps is an estimate
-# that has not been seen to pass yet (the run hit the 600 s subprocess limit on the loaded machine).
+# MCC 0.0 up to 150 steps and 0.059 at 200 (constant lr 1e-4, batch 32). A CoLA run long enough to
+# pass MCC > 0.1 has not been measured yet, so it is not in this list (CI must not gamble on it).
 SLOW_RUNS = {
-    "cola": (["max_steps=400", "batch_size=32", "max_length=32", "lr=1e-4", "scheduler=constant", "warmup_ratio=0"], 0.1),
     "stsb": (["max_steps=75", "batch_size=32", "max_length=64", "lr=1e-4", "scheduler=constant", "warmup_ratio=0"], 0.5),
 }
 
