@@ -18,14 +18,8 @@ from transformers import get_scheduler
 from finetune_opt.checkpoint import find_checkpoint, load_checkpoint, read_loop_state, save_checkpoint
 from finetune_opt.config import RunConfig
 from finetune_opt.errors import ConfigError, TrainingStopped
-from finetune_opt.measure import (
-    StepTimer,
-    current_rss_bytes,
-    optimizer_state_bytes,
-    peak_bytes,
-    peak_memory,
-    reset_peak_memory,
-)
+from finetune_opt.measure import (StepTimer, current_rss_bytes, optimizer_state_bytes, peak_bytes, peak_memory,
+                                  reset_peak_memory)
 from finetune_opt.optim import create_optimizer, describe_optimizer, get_optimizer_spec
 from finetune_opt.peft_setup import model_to_save
 

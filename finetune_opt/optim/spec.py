@@ -11,7 +11,7 @@ bytes and memory traffic per step (for memory prediction and the bandwidth roofl
 import importlib
 import importlib.util
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -143,9 +143,8 @@ class OptimizerSpec:
 
     @property
     def all_hyperparams(self) -> dict:
-        return {"lr": Hyperparam(self.default_lr, LR.check, LR.rule, float),
-                "weight_decay": Hyperparam(self.default_weight_decay, WEIGHT_DECAY.check, WEIGHT_DECAY.rule,
-                                           float),
+        return {"lr": replace(LR, default=self.default_lr),
+                "weight_decay": replace(WEIGHT_DECAY, default=self.default_weight_decay),
                 **self.hyperparams}
 
     def validate(self, values: dict) -> dict:
