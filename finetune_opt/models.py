@@ -9,6 +9,8 @@ from scratch.
 import importlib
 import os
 
+import torch
+
 from finetune_opt.errors import ConfigError, one_of
 
 MODEL_HEADS = {
@@ -55,6 +57,10 @@ def load_model(name_or_path: str, task: str = "base", model_config: dict | None 
         if model_type not in transformers.CONFIG_MAPPING:
             raise one_of("model_type", model_type, sorted(transformers.CONFIG_MAPPING.keys()))
         return auto.from_config(transformers.AutoConfig.for_model(model_type, **cfg, **kwargs))
+    # transformers 5 loads a checkpoint in the dtype it was saved in ("auto"): a bf16 or fp16
+    # checkpoint would train with half-precision weights and optimizer state. Master weights are
+    # fp32; mixed_precision decides what the matmuls run in.
+    kwargs.setdefault("dtype", torch.float32)
     return _from_pretrained(auto, name_or_path, "model", **kwargs)
 
 

@@ -28,6 +28,7 @@ import yaml
 from finetune_opt.config import FIELDS, load_config, parse_override
 from finetune_opt.errors import ConfigError, one_of
 from finetune_opt.optim import get_optimizer_spec
+from finetune_opt.results import load_results
 from finetune_opt.tasks import RECIPES, get_task
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
@@ -218,8 +219,9 @@ def cell_done(study: StudyConfig, cell: dict) -> bool:
 def load_cell(study: StudyConfig, cell: dict) -> dict:
     """Its results.json, or for a run that stopped its failed.json ({"failed": message})."""
     d = cell_dir(study, cell)
-    path = d / "results.json" if (d / "results.json").is_file() else d / "failed.json"
-    with open(path) as f:
+    if (d / "results.json").is_file():
+        return load_results(str(d)).to_dict()  # schema checked
+    with open(d / "failed.json") as f:
         return json.load(f)
 
 

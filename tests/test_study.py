@@ -12,6 +12,7 @@ import yaml
 from finetune_opt.config import RunConfig
 from finetune_opt.data import load_task
 from finetune_opt.errors import ConfigError
+from finetune_opt.results import Results
 from finetune_opt.stats import mean_std_ci, paired_difference
 from finetune_opt.study import (
     StudyConfig,
@@ -128,7 +129,8 @@ def fake_cell(study, cell, metric=None, failed=None):
     if failed:
         (d / "failed.json").write_text(json.dumps({"failed": failed}))
     else:
-        (d / "results.json").write_text(json.dumps({"task": "sst2", "metrics": {"accuracy": metric}}))
+        Results(task="sst2", config={}, device={}, versions={}, date="", optimizer={}, metrics={"accuracy": metric},
+                history=[], timing={}, throughput={}, memory={}).save(str(d))
 
 
 def test_selection_reads_only_the_held_out_runs(tmp_path):
