@@ -104,8 +104,9 @@ def cell_dir(study: StudyConfig, cell: dict) -> Path:
 
 
 def cell_overrides(study: StudyConfig, cell: dict) -> list[str]:
+    # overwrite: a cell without results.json is run from the start, over what a stopped attempt left
     values = {**study.overrides, **cell["params"], "optimizer": cell["optimizer"], "seed": cell["seed"],
-              "output_dir": str(cell_dir(study, cell))}
+              "output_dir": str(cell_dir(study, cell)), "overwrite": True}
     return [f"{k}={json.dumps(v)}" for k, v in values.items()]  # JSON is YAML flow syntax
 
 
