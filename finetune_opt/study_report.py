@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from finetune_opt.measure import peak_bytes  # noqa: E402
-from finetune_opt.results import write_json_atomic  # noqa: E402
+from finetune_opt.results import load_results, write_json_atomic  # noqa: E402
 from finetune_opt.stats import format_mean_std, mean_std_ci  # noqa: E402
 from finetune_opt.tasks import get_task  # noqa: E402
 
@@ -34,21 +34,21 @@ def aggregate_main(cells, results, task):
             groups[(c["engine"], c["optimizer"], json.dumps(c["params"], sort_keys=True))].append(results[c["id"]])
     rows = []
     for (engine, optimizer, params), runs in groups.items():
-        row = {"engine": engine, "optimizer": optimizer, "implementation": runs[0]["optimizer"]["implementation"],
-               "params": json.loads(params), "seeds": [r["config"]["seed"] for r in runs],
-               metric: mean_std_ci([r["metrics"][metric] for r in runs]),
-               "step_ms": mean_std_ci([r["timing"]["step_ms"]["median"] for r in runs]),
-               "optimizer_step_ms": mean_std_ci([r["timing"]["optimizer_step_ms"]["median"] for r in runs]),
-               "samples_per_s": mean_std_ci([r["throughput"]["samples_per_s"] for r in runs]),
-               "peak_memory_bytes": mean_std_ci([peak_bytes(r["memory"]) for r in runs]),
-               "memory_kind": runs[0]["memory"]["kind"],
-               "optimizer_state_bytes": runs[0]["memory"]["optimizer_state_bytes"]}
+        row = {"engine": engine, "optimizer": optimizer, "implementation": runs[0].optimizer["implementation"],
+               "params": json.loads(params), "seeds": [r.config["seed"] for r in runs],
+               metric: mean_std_ci([r.metrics[metric] for r in runs]),
+               "step_ms": mean_std_ci([r.timing["step_ms"]["median"] for r in runs]),
+               "optimizer_step_ms": mean_std_ci([r.timing["optimizer_step_ms"]["median"] for r in runs]),
+               "samples_per_s": mean_std_ci([r.throughput["samples_per_s"] for r in runs]),
+               "peak_memory_bytes": mean_std_ci([peak_bytes(r.memory) for r in runs]),
+               "memory_kind": runs[0].memory["kind"],
+               "optimizer_state_bytes": runs[0].memory["optimizer_state_bytes"]}
         train_key = f"train_{metric}"
-        if all(train_key in r["metrics"] for r in runs):
-            row[train_key] = mean_std_ci([r["metrics"][train_key] for r in runs])
+        if all(train_key in r.metrics for r in runs):
+            row[train_key] = mean_std_ci([r.metrics[train_key] for r in runs])
             # Generalisation gap: train minus dev (for perplexity: dev minus train), per seed.
             sign = 1 if task.higher_is_better else -1
-            row["generalisation_gap"] = mean_std_ci([sign * (r["metrics"][train_key] - r["metrics"][metric]) for r in runs])
+            row["generalisation_gap"] = mean_std_ci([sign * (r.metrics[train_key] - r.metrics[metric]) for r in runs])
         rows.append(row)
     return rows
 
@@ -61,10 +61,10 @@ def speedups(cells, results):
     for (engine, opt, seed, params), r in by_key.items():
         fused = by_key.get((engine, "adamw_fused", seed, params))
         if opt == "adamw" and fused:
-            pair = f"{engine}: adamw ({r['optimizer']['implementation']}) / adamw_fused (fused)"
-            out[pair]["step_time_ratio"].append(r["timing"]["step_ms"]["median"] / fused["timing"]["step_ms"]["median"])
-            out[pair]["optimizer_step_ratio"].append(r["timing"]["optimizer_step_ms"]["median"]
-                                                     / fused["timing"]["optimizer_step_ms"]["median"])
+            pair = f"{engine}: adamw ({r.optimizer['implementation']}) / adamw_fused (fused)"
+            out[pair]["step_time_ratio"].append(r.timing["step_ms"]["median"] / fused.timing["step_ms"]["median"])
+            out[pair]["optimizer_step_ratio"].append(r.timing["optimizer_step_ms"]["median"]
+                                                     / fused.timing["optimizer_step_ms"]["median"])
     return {pair: {k: mean_std_ci(v) for k, v in d.items()} for pair, d in out.items()}
 
 
@@ -92,7 +92,7 @@ def sensitivity(cells, results, metric, higher):
         grid = np.full((len(lrs), len(wds)), np.nan)
         for i, lr in enumerate(lrs):
             for j, wd in enumerate(wds):
-                vals = [results[c["id"]]["metrics"][metric] for c in cells
+                vals = [results[c["id"]].metrics[metric] for c in cells
                         if c["optimizer"] == opt and c["params"] == {"lr": lr, "weight_decay": wd}]
                 grid[i, j] = np.mean(vals) if vals else np.nan
         pick = np.nanargmax if higher else np.nanargmin
@@ -155,11 +155,8 @@ def plot_sensitivity(sens, metric, out_dir):
 
 
 def write_report(study, cells) -> str:
-    results = {}
-    for c in cells:
-        with open(os.path.join(study.output_dir, "cells", c["id"], "results.json")) as f:
-            results[c["id"]] = json.load(f)
-    task = get_task(next(iter(results.values()))["task"])
+    results = {c["id"]: load_results(os.path.join(study.output_dir, "cells", c["id"])) for c in cells}
+    task = get_task(next(iter(results.values())).task)
     metric, higher = task.headline, task.higher_is_better
     rows = aggregate_main(cells, results, task)
     summary = {"task": task.name, "metric": metric, "higher_is_better": higher, "cells": [c["id"] for c in cells],
@@ -173,8 +170,8 @@ def write_report(study, cells) -> str:
         plots.append(plot_sensitivity(summary["sensitivity"], metric, study.output_dir))
     mem_col = "peak GPU MiB" if rows[0]["memory_kind"] == "cuda" else "peak RSS MiB"
     lines = [f"# Optimizer study: {task.name}", "",
-             f"{len(cells)} runs; device {any_run['device']['type']} ({any_run['device']['name']}); "
-             f"torch {any_run['versions']['torch']}, transformers {any_run['versions']['transformers']}. "
+             f"{len(cells)} runs; device {any_run.device['type']} ({any_run.device['name']}); "
+             f"torch {any_run.versions['torch']}, transformers {any_run.versions['transformers']}. "
              f"Values are mean ± std [95% t-interval] over seeds; times are each run's median step. "
              f"Rows are ranked by dev {metric} ({'higher' if higher else 'lower'} is better).", "",
              f"| engine | optimizer | seeds | dev {metric} | train {metric} | gap | step ms | optimizer ms | samples/s | {mem_col} |",

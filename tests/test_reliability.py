@@ -18,7 +18,7 @@ from finetune_opt.config import RunConfig
 from finetune_opt.engine import fit, make_accelerator, step_optimizer
 from finetune_opt.errors import ConfigError, TrainingStopped
 from finetune_opt.optim import REGISTRY, create_optimizer
-from finetune_opt.results import write_json_atomic
+from finetune_opt.results import load_results, write_json_atomic
 from tests.conftest import DATA_DIR, REPO
 
 
@@ -64,7 +64,7 @@ def toy_fit(tmp_path, toy=None, **overrides):
 
 
 def losses(result):
-    return [h["loss"] for h in result["history"]]
+    return [h["loss"] for h in result.history]
 
 
 def test_sigterm_checkpoints_and_resume_matches_uninterrupted(tmp_path):
@@ -72,10 +72,10 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted(tmp_path):
     assert toy_fit(tmp_path / "cut", {"sigterm_at": 5}) is None  # stopped cleanly after step 5
     assert os.path.basename(find_checkpoint(str(tmp_path / "cut"))) == "step-0000005"
     resumed = toy_fit(tmp_path / "cut", resume=str(tmp_path / "cut"))
-    assert resumed["resumed_from_step"] == 5
-    assert [h["step"] for h in resumed["history"]] == list(range(1, 13))
+    assert resumed.resumed_from_step == 5
+    assert [h["step"] for h in resumed.history] == list(range(1, 13))
     assert losses(resumed) == pytest.approx(losses(full), abs=1e-6, rel=0)
-    assert resumed["history"][-1]["lr"] == full["history"][-1]["lr"]
+    assert resumed.history[-1]["lr"] == full.history[-1]["lr"]
 
 
 def test_compiled_checkpoint_resumes_with_foreach(tmp_path):
@@ -85,7 +85,7 @@ def test_compiled_checkpoint_resumes_with_foreach(tmp_path):
     full = toy_fit(tmp_path / "full", optimizer="adamw", implementation="compiled")
     assert toy_fit(tmp_path / "cut", {"sigterm_at": 5}, optimizer="adamw", implementation="compiled") is None
     resumed = toy_fit(tmp_path / "cut", optimizer="adamw", implementation="foreach", resume=str(tmp_path / "cut"))
-    assert resumed["optimizer"]["implementation"] == "foreach"
+    assert resumed.optimizer["implementation"] == "foreach"
     assert losses(resumed) == pytest.approx(losses(full), rel=1e-5)
 
 
@@ -98,15 +98,15 @@ def test_every_optimizer_resumes_exactly_through_the_engine(tmp_path, name):
     assert toy_fit(tmp_path / "cut", {"sigterm_at": 5}, optimizer=name) is None
     resumed = toy_fit(tmp_path / "cut", optimizer=name, resume=str(tmp_path / "cut"))
     assert losses(resumed) == pytest.approx(losses(full), abs=1e-6, rel=0)
-    assert resumed["optimizer"]["name"] == name and resumed["optimizer"]["lr"] == pytest.approx(1e-2)
+    assert resumed.optimizer["name"] == name and resumed.optimizer["lr"] == pytest.approx(1e-2)
 
 
 def test_nonfinite_steps_are_skipped_and_do_not_advance_schedule(tmp_path):
     result = toy_fit(tmp_path, {"nan_at": {3, 7}}, scheduler="linear")
-    assert result["skipped_steps"] == {"nonfinite": 2, "fp16_overflow": 0}
+    assert result.skipped_steps == {"nonfinite": 2, "fp16_overflow": 0}
     # 10 real updates of 12: linear decay from 1e-2 stands at 1e-2 * (1 - 10/12).
-    assert result["history"][-1]["lr"] == pytest.approx(1e-2 * 2 / 12)
-    assert [h["step"] for h in result["history"]] == [1, 2, 4, 5, 6, 8, 9, 10, 11, 12]  # no NaN logged
+    assert result.history[-1]["lr"] == pytest.approx(1e-2 * 2 / 12)
+    assert [h["step"] for h in result.history] == [1, 2, 4, 5, 6, 8, 9, 10, 11, 12]  # no NaN logged
 
 
 def test_too_many_nonfinite_steps_stop_with_saved_state(tmp_path):
@@ -166,10 +166,10 @@ def test_resume_in_a_new_process_gives_the_same_losses(tmp_path):
     recipe([sys.executable], model, "eval_examples=8", "save_every=3", f"output_dir={tmp_path / 'full'}")
     recipe([sys.executable], model, "eval_examples=8", f"resume={tmp_path / 'full/checkpoints/step-0000003'}",
            f"output_dir={tmp_path / 'resumed'}")
-    full, resumed = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("full", "resumed"))
+    full, resumed = (load_results(str(tmp_path / d)) for d in ("full", "resumed"))
     assert sorted(os.listdir(tmp_path / "full/checkpoints")) == ["step-0000003", "step-0000006"]
-    assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in full["history"]], abs=1e-6)
-    assert resumed["metrics"]["eval_loss"] == pytest.approx(full["metrics"]["eval_loss"], abs=1e-6)
+    assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in full.history], abs=1e-6)
+    assert resumed.metrics["eval_loss"] == pytest.approx(full.metrics["eval_loss"], abs=1e-6)
 
 
 def test_two_gloo_processes_match_one_process_with_double_batch(tmp_path):
