@@ -32,6 +32,7 @@ AutoModel.from_pretrained(src, dtype=torch.float16).save_pretrained(sys.argv[1])
 AutoTokenizer.from_pretrained(src).save_pretrained(sys.argv[1])
 PY
 
-# SST-2 (GLUE TSVs) from ../shared/data: the suite's fine-tuning runs read $FINETUNE_OPT_DATA/sst2.
-cp -r ../shared/data/sst2 "$CARRY/data/sst2"
+# GLUE TSVs from ../shared/data (6.6 MB): the suite's fine-tuning runs read $FINETUNE_OPT_DATA/sst2,
+# docs/optimizer_study/study.yaml also stsb and mrpc.
+for task in sst2 stsb mrpc; do cp -r "../shared/data/$task" "$CARRY/data/$task"; done
 du -sh "$CARRY"

@@ -18,7 +18,7 @@ from finetune_opt.errors import ConfigError, TrainingStopped, one_of
 from finetune_opt.optim import get_optimizer_spec
 from finetune_opt.optim.in_backward import refusal as in_backward_refusal
 from finetune_opt.sft_config import check_sft_fields
-from finetune_opt.tasks import check_task_fields, get_task
+from finetune_opt.tasks import CLASSIFICATION, REGRESSION, check_task_fields, get_task
 
 SCHEDULERS = ("linear", "cosine", "constant")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -59,6 +59,9 @@ class RunConfig:
     train_examples: int | None = None  # a seeded subset of the train split
     eval_examples: int | None = None
     train_eval_examples: int | None = None  # also evaluate on this many training examples (train-vs-dev gap)
+    # Hold this many training examples out (the same ones in every run) and evaluate on them instead
+    # of the dev set, which is then never read: for choosing hyperparameters (`finetune-opt study`).
+    holdout_examples: int | None = None
     eval_batch_size: int = 128
     eval_before_training: bool = False
     # checkpoints and faults
@@ -91,7 +94,7 @@ class RunConfig:
         for name in ("max_steps", "batch_size", "grad_accum", "max_length", "eval_batch_size", "log_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
-        for name in ("train_examples", "eval_examples", "train_eval_examples", "save_every"):
+        for name in ("train_examples", "eval_examples", "train_eval_examples", "holdout_examples", "save_every"):
             if getattr(self, name) is not None and (not isinstance(getattr(self, name), int) or getattr(self, name) < 1):
                 raise ConfigError(f"{name} must be an integer >= 1 or null, got {getattr(self, name)!r}")
         if not isinstance(self.timing_warmup_steps, int) or not 0 <= self.timing_warmup_steps < self.max_steps:
@@ -121,6 +124,8 @@ class RunConfig:
             if reason:
                 raise ConfigError(reason)
         check_sft_fields(self)
+        if self.holdout_examples is not None and task.problem_type not in (CLASSIFICATION, REGRESSION):
+            raise ConfigError(f"holdout_examples is for classification and regression tasks, not task {task.name!r}")
         if self.data_dir is None and task.local and os.environ.get("FINETUNE_OPT_DATA") and not self.dataset:
             self.data_dir = os.path.join(os.environ["FINETUNE_OPT_DATA"], self.task)
 
@@ -169,7 +174,7 @@ OPTIMIZER_BLOCK_FIELDS = {"name": "optimizer", "implementation": "implementation
                           "weight_decay": "weight_decay"}
 
 
-def _parse_override(text: str) -> tuple[str, object]:
+def parse_override(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     key = key.lstrip("-").replace("-", "_")
     if not sep:
@@ -218,7 +223,7 @@ def load_config(path: str | None, overrides: list[str]) -> RunConfig:
         if unknown:
             raise one_of(f"config key (in {path})", unknown[0], FIELDS)
         values = _normalise_optimizer(values)
-    values = _normalise_optimizer({**values, **dict(_parse_override(o) for o in overrides)})
+    values = _normalise_optimizer({**values, **dict(parse_override(o) for o in overrides)})
     # YAML reads 5e-5 as a string (YAML 1.1); accept it as the number it obviously is.
     for key in ("lr", "weight_decay", "warmup_ratio", "max_grad_norm"):
         if isinstance(values.get(key), str):
