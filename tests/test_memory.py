@@ -14,7 +14,7 @@ from finetune_opt.memory import CpuPhaseProbe
 from finetune_opt.optim import REGISTRY, create_optimizer
 from finetune_opt.optim.in_backward import refusal, step_in_backward
 from tests.nets import net
-from tests.test_reliability import fresh_accelerate_state, losses, toy_fit  # noqa: F401 (fixture)
+from tests.test_reliability import fresh_accelerate_state, losses, stopped, toy_fit  # noqa: F401 (fixture)
 
 MiB = 2 ** 20
 
@@ -160,6 +160,6 @@ def test_in_backward_through_the_engine_equals_normal_and_lowers_the_peak(tmp_pa
 
 def test_in_backward_resumes_exactly(tmp_path):
     full = toy_fit(tmp_path / "full", optimizer_in_backward=True, max_grad_norm=None)
-    assert toy_fit(tmp_path / "cut", {"sigterm_at": 5}, optimizer_in_backward=True, max_grad_norm=None) is None
+    stopped(tmp_path / "cut", optimizer_in_backward=True, max_grad_norm=None)
     resumed = toy_fit(tmp_path / "cut", resume=str(tmp_path / "cut"), optimizer_in_backward=True, max_grad_norm=None)
     assert losses(resumed) == pytest.approx(losses(full), abs=1e-6, rel=0)
