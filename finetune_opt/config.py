@@ -18,6 +18,7 @@ import yaml
 from finetune_opt.errors import ConfigError, Interrupted, TrainingStopped, one_of
 from finetune_opt.models import check_model_config, check_pretrained_positions
 from finetune_opt.optim import get_optimizer_spec
+from finetune_opt.optim.in_backward import refusal as in_backward_refusal
 from finetune_opt.sft_config import check_sft_fields
 from finetune_opt.tasks import CLASSIFICATION, REGRESSION, check_task_fields, get_task
 
@@ -54,6 +55,8 @@ class RunConfig:
     warmup_ratio: float = 0.1
     max_grad_norm: float | None = 1.0
     mixed_precision: str = "no"
+    # step each parameter in its gradient's hook and free the gradient at once (finetune_opt.optim.in_backward)
+    optimizer_in_backward: bool = False
     seed: int = 42
     train_examples: int | None = None  # a seeded subset of the train split
     eval_examples: int | None = None
@@ -70,6 +73,7 @@ class RunConfig:
     max_nonfinite_steps: int = 10    # skip steps with NaN/inf loss or gradients, stop after this many
     # measurement and output
     timing_warmup_steps: int = 5     # excluded from step-time statistics
+    memory_breakdown: bool = True    # measure one warm-up step's memory by phase (finetune_opt.memory)
     log_every: int = 10
     output_dir: str = "runs/sst2-adamw"
     overwrite: bool = False          # replace a finished (or unfinished) run in output_dir; else refused
@@ -120,6 +124,15 @@ class RunConfig:
             raise ConfigError(f"max_grad_norm must be > 0 or null, got {self.max_grad_norm!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise one_of("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        for name in ("optimizer_in_backward", "memory_breakdown"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.optimizer_in_backward:
+            reason = in_backward_refusal(get_optimizer_spec(self.optimizer), self.implementation,
+                                         grad_accum=self.grad_accum, max_grad_norm=self.max_grad_norm,
+                                         mixed_precision=self.mixed_precision, num_processes=1)
+            if reason:
+                raise ConfigError(reason)
         check_sft_fields(self)
         if self.holdout_examples is not None and task.problem_type not in (CLASSIFICATION, REGRESSION):
             raise ConfigError(f"holdout_examples is for classification and regression tasks, not task {task.name!r}")

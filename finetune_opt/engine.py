@@ -31,7 +31,10 @@ from finetune_opt.config import RunConfig
 from finetune_opt.errors import ConfigError, Interrupted, TrainingStopped
 from finetune_opt.measure import (StepTimer, current_rss_bytes, global_throughput, optimizer_state_bytes, per_rank,
                                   peak_memory, reset_peak_memory)
+from finetune_opt.memory import NO_PROBE, gradient_bytes, memory_breakdown, phase_probe
 from finetune_opt.optim import OptimizerSpec, create_optimizer, describe_optimizer, get_optimizer_spec
+from finetune_opt.optim.in_backward import refusal as in_backward_refusal
+from finetune_opt.optim.in_backward import step_in_backward
 from finetune_opt.peft_setup import model_to_save
 from finetune_opt.results import Results, new_results
 from finetune_opt.run_dir import resume_changes
@@ -167,6 +170,9 @@ def _check_optimizer_runs_here(cfg: RunConfig, accelerator) -> OptimizerSpec:
         here = [i for i in spec.implementations if spec.supports(i, accelerator.device.type)]
         raise ConfigError(f"{cfg.optimizer} ({cfg.implementation}) does not run on {accelerator.device.type}; "
                           f"choose implementation one of: {', '.join(here) or 'none (another optimizer)'}")
+    if cfg.optimizer_in_backward and accelerator.num_processes > 1:
+        raise ConfigError(in_backward_refusal(spec, cfg.implementation, grad_accum=1, max_grad_norm=None,
+                                              mixed_precision="no", num_processes=accelerator.num_processes))
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     if sharded and spec.needs_whole_tensors:
         raise ConfigError(f"{cfg.optimizer} updates whole matrices and cannot step FSDP / DeepSpeed shards; "
@@ -182,6 +188,8 @@ def set_up(cfg: RunConfig, accelerator: Accelerator, model, train_loader) -> Tra
     scheduler = _lr_scheduler(cfg, optimizer, spec)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     accelerator.register_for_checkpointing(scheduler)  # stepped by us, once per real update
+    if cfg.optimizer_in_backward:  # every parameter stepped by its gradient's hook (optim/in_backward.py)
+        step_in_backward(optimizer.optimizer)
     return Training(cfg, accelerator, spec, model, optimizer, scheduler, train_loader)
 
 
@@ -221,6 +229,8 @@ class TrainingStep:
 
     def __init__(self, run: Training, timer: StepTimer):
         self.run, self.timer = run, timer
+        self.probe = NO_PROBE  # train() sets a memory probe for the one step it measures
+        self.batch_shape = None
 
     def __call__(self, batches: Iterator, stop_requested) -> StepOutcome:
         """`stop_requested()` is asked after the backward passes, so a signal during them stops this step."""
@@ -234,6 +244,7 @@ class TrainingStep:
             samples, tokens = samples + n, tokens + t
             losses.append(self.micro_batch(batch))
         losses = torch.stack(losses)
+        self.probe.gradients = gradient_bytes(run.model)  # before they are freed (in backward: none left)
         grad_norm = self.clip_gradients()
         nonfinite, stop = self.agree(losses, grad_norm, stop_requested())
         if nonfinite and run.accelerator.scaler is None:  # (fp16: GradScaler's overflow handling in update)
@@ -247,9 +258,14 @@ class TrainingStep:
         return outcome
 
     def micro_batch(self, batch) -> torch.Tensor:
+        self.batch_shape = tuple(batch["input_ids"].shape)
         with self.run.accelerator.accumulate(self.run.model):
-            loss = self.run.model(**batch).loss
-            self.run.accelerator.backward(loss)
+            with self.probe.phase("forward"):
+                loss = self.run.model(**batch).loss
+            # With the step in backward, backward *is* the update: a NaN/inf loss must not reach it.
+            if not (self.run.cfg.optimizer_in_backward and not torch.isfinite(loss).item()):
+                with self.probe.phase("backward"):
+                    self.run.accelerator.backward(loss)
         return loss.detach()
 
     def clip_gradients(self) -> torch.Tensor:
@@ -272,8 +288,12 @@ class TrainingStep:
         return nonfinite, stop
 
     def update(self) -> bool:
+        if self.run.cfg.optimizer_in_backward:  # the hooks stepped every parameter during backward
+            self.run.scheduler.step()
+            return True
         self.timer.begin_optimizer()
-        updated = step_optimizer(self.run.optimizer, self.run.scheduler, self.run.accelerator.scaler)
+        with self.probe.phase("optimizer_step"):
+            updated = step_optimizer(self.run.optimizer, self.run.scheduler, self.run.accelerator.scaler)
         self.timer.end_optimizer()
         return updated
 
@@ -290,6 +310,7 @@ class Meter:
         self.progress = tqdm(total=run.cfg.max_steps, initial=start, desc="train",
                              disable=not run.accelerator.is_local_main_process)
         self.train_start = time.perf_counter()
+        self.memory_breakdown = None  # finetune_opt.memory's, from the step train() probes
 
     def after_step(self, state: LoopState, outcome: StepOutcome):
         """Every log_every steps (and the last), the mean loss since the last log line into history."""
@@ -328,9 +349,17 @@ def train(run: Training, state: LoopState, batches: Iterator, meter: Meter, stop
     checkpoint, with Interrupted."""
     cfg = run.cfg
     training_step = TrainingStep(run, meter.timer)
+    # Memory is measured on the last warm-up step: the optimizer state exists by then, and the
+    # CPU probe's profiler slows that step, which the timings exclude anyway.
+    probe_step = state.step + max(1, min(cfg.timing_warmup_steps, cfg.max_steps - state.step))
     run.model.train()
     for step in range(state.step + 1, cfg.max_steps + 1):
-        outcome = training_step(batches, lambda: stop_signal() is not None)
+        probed = cfg.memory_breakdown and step == probe_step
+        training_step.probe = phase_probe(run.accelerator.device) if probed else NO_PROBE
+        with training_step.probe.step():
+            outcome = training_step(batches, lambda: stop_signal() is not None)
+        if probed:
+            meter.memory_breakdown = memory_breakdown(run, training_step)
         _count_skip(run, state, outcome, step)
         state.step = step
         if on_step:
@@ -356,7 +385,8 @@ def finish(run: Training, state: LoopState, meter: Meter, evaluate, **results) -
     timing = meter.timer.summary()
     timing.update(train_seconds=train_seconds, eval_seconds=time.perf_counter() - eval_start)
     memory = peak_memory(accelerator.device)
-    memory.update(rss_before_training_bytes=meter.rss_before, optimizer_state_bytes=optimizer_state_bytes(run.optimizer))
+    memory.update(rss_before_training_bytes=meter.rss_before, optimizer_state_bytes=optimizer_state_bytes(run.optimizer),
+                  breakdown=meter.memory_breakdown)
     if cfg.save_final_model:
         _save_model(accelerator, run.model, os.path.join(cfg.output_dir, "model"), merge=cfg.merge_adapter)
     return new_results(
