@@ -9,10 +9,12 @@
 cross-rank non-finite / stop agreement, the optimizer step), so one phase can change alone.
 """
 
+import dataclasses
 import itertools
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,12 +28,16 @@ from transformers import get_scheduler
 
 from finetune_opt.checkpoint import LoopState, find_checkpoint, load_checkpoint, read_loop_state, save_checkpoint
 from finetune_opt.config import RunConfig
-from finetune_opt.errors import ConfigError, TrainingStopped
+from finetune_opt.errors import ConfigError, Interrupted, TrainingStopped
 from finetune_opt.measure import (StepTimer, current_rss_bytes, global_throughput, optimizer_state_bytes, per_rank,
                                   peak_memory, reset_peak_memory)
+from finetune_opt.memory import NO_PROBE, gradient_bytes, memory_breakdown, phase_probe
 from finetune_opt.optim import OptimizerSpec, create_optimizer, describe_optimizer, get_optimizer_spec
+from finetune_opt.optim.in_backward import refusal as in_backward_refusal
+from finetune_opt.optim.in_backward import step_in_backward
 from finetune_opt.peft_setup import model_to_save
 from finetune_opt.results import Results, new_results
+from finetune_opt.run_dir import resume_changes
 
 
 def make_accelerator(cfg: RunConfig) -> Accelerator:
@@ -89,15 +95,28 @@ def _lr_scheduler(cfg: RunConfig, optimizer, spec):
                          num_training_steps=cfg.max_steps)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextmanager
-def _stop_requested():
-    """Yields a callable: has SIGTERM arrived? (The loop then checkpoints and exits cleanly.)"""
+def _stop_signals():
+    """Yields a callable: the first SIGINT / SIGTERM received, or None. The loop then finishes its
+    step, checkpoints and stops. A second signal exits at once: checkpoints are renamed into
+    place, so the last complete one stays complete."""
     received = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+
+    def handler(signum, frame):
+        if received:
+            print(f"\n{signal.Signals(signum).name} again: exiting without a checkpoint", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        received.append(signum)
+
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
-        yield lambda: bool(received)
+        yield lambda: received[0] if received else None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def step_optimizer(optimizer, scheduler, scaler) -> bool:
@@ -113,18 +132,20 @@ def step_optimizer(optimizer, scheduler, scaler) -> bool:
     return not skipped
 
 
-def fit(cfg: RunConfig, accelerator: Accelerator, model, train_loader, evaluate, on_step=None) -> Results | None:
+def fit(cfg: RunConfig, accelerator: Accelerator, model, train_loader, evaluate, on_step=None) -> Results:
     """Train to cfg.max_steps optimizer updates, then `evaluate(model) -> {metric: value}`;
-    `on_step()` is called after each update (benchmarks time with it). Returns the run's Results,
-    or None if a signal stopped the run (its checkpoint says how to go on)."""
+    `on_step()` is called after each update (benchmarks time with it). Returns the run's Results;
+    raises Interrupted if SIGINT / SIGTERM stopped the run (after a checkpoint)."""
     run = set_up(cfg, accelerator, model, train_loader)
-    state, batches = resume(run)
+    state, batches, changes = resume(run)
     resumed_from_step = state.step or None
     before = evaluate(run.model) if cfg.eval_before_training and not cfg.resume else None
     meter = Meter(run, state.step)
-    if not train(run, state, batches, meter, on_step):
-        return None
-    return finish(run, state, meter, evaluate, metrics_before_training=before, resumed_from_step=resumed_from_step)
+    with _stop_signals() as stop_signal:
+        train(run, state, batches, meter, stop_signal, on_step)  # raises Interrupted on a signal
+        # A signal from here on lets the final evaluation finish: its results are the run's.
+        return finish(run, state, meter, evaluate, metrics_before_training=before,
+                      resumed_from_step=resumed_from_step, resumed_with_changes=changes or None)
 
 
 @dataclass
@@ -140,7 +161,7 @@ class Training:
 
     def save_checkpoint(self, state: LoopState) -> str:
         with averaged_weights(self.optimizer, self.spec):  # schedule-free checkpoints in eval mode
-            return save_checkpoint(self.accelerator, self.cfg.output_dir, state)
+            return save_checkpoint(self.accelerator, self.cfg.output_dir, state, dataclasses.asdict(self.cfg))
 
 
 def _check_optimizer_runs_here(cfg: RunConfig, accelerator) -> OptimizerSpec:
@@ -149,6 +170,9 @@ def _check_optimizer_runs_here(cfg: RunConfig, accelerator) -> OptimizerSpec:
         here = [i for i in spec.implementations if spec.supports(i, accelerator.device.type)]
         raise ConfigError(f"{cfg.optimizer} ({cfg.implementation}) does not run on {accelerator.device.type}; "
                           f"choose implementation one of: {', '.join(here) or 'none (another optimizer)'}")
+    if cfg.optimizer_in_backward and accelerator.num_processes > 1:
+        raise ConfigError(in_backward_refusal(spec, cfg.implementation, grad_accum=1, max_grad_norm=None,
+                                              mixed_precision="no", num_processes=accelerator.num_processes))
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     if sharded and spec.needs_whole_tensors:
         raise ConfigError(f"{cfg.optimizer} updates whole matrices and cannot step FSDP / DeepSpeed shards; "
@@ -164,11 +188,14 @@ def set_up(cfg: RunConfig, accelerator: Accelerator, model, train_loader) -> Tra
     scheduler = _lr_scheduler(cfg, optimizer, spec)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     accelerator.register_for_checkpointing(scheduler)  # stepped by us, once per real update
+    if cfg.optimizer_in_backward:  # every parameter stepped by its gradient's hook (optim/in_backward.py)
+        step_in_backward(optimizer.optimizer)
     return Training(cfg, accelerator, spec, model, optimizer, scheduler, train_loader)
 
 
-def resume(run: Training) -> tuple[LoopState, Iterator]:
-    """The loop state and the micro-batch stream: fresh, or continuing cfg.resume's checkpoint."""
+def resume(run: Training) -> tuple[LoopState, Iterator, dict]:
+    """The loop state, the micro-batch stream and the config changes since the checkpoint
+    (run_dir.resume_changes refuses unsafe ones): fresh, or continuing cfg.resume's checkpoint."""
     cfg = run.cfg
     checkpoint = find_checkpoint(cfg.resume) if cfg.resume else None
     consumed = (read_loop_state(checkpoint).step if checkpoint else 0) * cfg.grad_accum
@@ -179,11 +206,12 @@ def resume(run: Training) -> tuple[LoopState, Iterator]:
         # states are restored; then dropout masks match. (At an epoch boundary it starts after.)
         batches = itertools.chain([next(batches)], batches)
     if not checkpoint:
-        return LoopState(), batches
+        return LoopState(), batches, {}
+    changes = resume_changes(cfg, checkpoint)
     state = load_checkpoint(run.accelerator, checkpoint)  # optimizer.load_state_dict re-asserts the spec's flags
     if run.spec.train_eval_modes:  # checkpoints hold the averaged weights x; training runs on y
         run.optimizer.train()
-    return state, batches
+    return state, batches, changes
 
 
 @dataclass
@@ -201,6 +229,8 @@ class TrainingStep:
 
     def __init__(self, run: Training, timer: StepTimer):
         self.run, self.timer = run, timer
+        self.probe = NO_PROBE  # train() sets a memory probe for the one step it measures
+        self.batch_shape = None
 
     def __call__(self, batches: Iterator, stop_requested) -> StepOutcome:
         """`stop_requested()` is asked after the backward passes, so a signal during them stops this step."""
@@ -214,6 +244,7 @@ class TrainingStep:
             samples, tokens = samples + n, tokens + t
             losses.append(self.micro_batch(batch))
         losses = torch.stack(losses)
+        self.probe.gradients = gradient_bytes(run.model)  # before they are freed (in backward: none left)
         grad_norm = self.clip_gradients()
         nonfinite, stop = self.agree(losses, grad_norm, stop_requested())
         if nonfinite and run.accelerator.scaler is None:  # (fp16: GradScaler's overflow handling in update)
@@ -227,9 +258,14 @@ class TrainingStep:
         return outcome
 
     def micro_batch(self, batch) -> torch.Tensor:
+        self.batch_shape = tuple(batch["input_ids"].shape)
         with self.run.accelerator.accumulate(self.run.model):
-            loss = self.run.model(**batch).loss
-            self.run.accelerator.backward(loss)
+            with self.probe.phase("forward"):
+                loss = self.run.model(**batch).loss
+            # With the step in backward, backward *is* the update: a NaN/inf loss must not reach it.
+            if not (self.run.cfg.optimizer_in_backward and not torch.isfinite(loss).item()):
+                with self.probe.phase("backward"):
+                    self.run.accelerator.backward(loss)
         return loss.detach()
 
     def clip_gradients(self) -> torch.Tensor:
@@ -252,8 +288,12 @@ class TrainingStep:
         return nonfinite, stop
 
     def update(self) -> bool:
+        if self.run.cfg.optimizer_in_backward:  # the hooks stepped every parameter during backward
+            self.run.scheduler.step()
+            return True
         self.timer.begin_optimizer()
-        updated = step_optimizer(self.run.optimizer, self.run.scheduler, self.run.accelerator.scaler)
+        with self.probe.phase("optimizer_step"):
+            updated = step_optimizer(self.run.optimizer, self.run.scheduler, self.run.accelerator.scaler)
         self.timer.end_optimizer()
         return updated
 
@@ -270,6 +310,7 @@ class Meter:
         self.progress = tqdm(total=run.cfg.max_steps, initial=start, desc="train",
                              disable=not run.accelerator.is_local_main_process)
         self.train_start = time.perf_counter()
+        self.memory_breakdown = None  # finetune_opt.memory's, from the step train() probes
 
     def after_step(self, state: LoopState, outcome: StepOutcome):
         """Every log_every steps (and the last), the mean loss since the last log line into history."""
@@ -303,26 +344,34 @@ def _count_skip(run: Training, state: LoopState, outcome: StepOutcome, step: int
         state.overflow_skipped += 1
 
 
-def train(run: Training, state: LoopState, batches: Iterator, meter: Meter, on_step=None) -> bool:
-    """Steps state.step + 1 .. max_steps; False when a stop signal ended it early (after a checkpoint)."""
+def train(run: Training, state: LoopState, batches: Iterator, meter: Meter, stop_signal, on_step=None):
+    """Steps state.step + 1 .. max_steps. A stop signal (on any rank) ends it after the step and a
+    checkpoint, with Interrupted."""
     cfg = run.cfg
     training_step = TrainingStep(run, meter.timer)
+    # Memory is measured on the last warm-up step: the optimizer state exists by then, and the
+    # CPU probe's profiler slows that step, which the timings exclude anyway.
+    probe_step = state.step + max(1, min(cfg.timing_warmup_steps, cfg.max_steps - state.step))
     run.model.train()
-    with _stop_requested() as stop_requested:
-        for step in range(state.step + 1, cfg.max_steps + 1):
-            outcome = training_step(batches, stop_requested)
-            _count_skip(run, state, outcome, step)
-            state.step = step
-            if on_step:
-                on_step()
-            meter.after_step(state, outcome)
-            if outcome.stop or (cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps):
-                path = run.save_checkpoint(state)
-            if outcome.stop:
-                run.accelerator.print(f"SIGTERM: stopped after step {step}; checkpoint {path}; "
-                                      f"continue with resume={cfg.output_dir}")
-                return False
-    return True
+    for step in range(state.step + 1, cfg.max_steps + 1):
+        probed = cfg.memory_breakdown and step == probe_step
+        training_step.probe = phase_probe(run.accelerator.device) if probed else NO_PROBE
+        with training_step.probe.step():
+            outcome = training_step(batches, lambda: stop_signal() is not None)
+        if probed:
+            meter.memory_breakdown = memory_breakdown(run, training_step)
+        _count_skip(run, state, outcome, step)
+        state.step = step
+        if on_step:
+            on_step()
+        meter.after_step(state, outcome)
+        if outcome.stop or (cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps):
+            path = run.save_checkpoint(state)
+        if outcome.stop:
+            signum = stop_signal() or signal.SIGTERM  # another rank's signal: SIGTERM's exit code
+            meter.close()
+            raise Interrupted(f"{signal.Signals(signum).name}: stopped after step {step}; checkpoint {path}; "
+                              f"continue with resume={cfg.output_dir}", exit_code=128 + signum)
 
 
 def finish(run: Training, state: LoopState, meter: Meter, evaluate, **results) -> Results:
@@ -336,7 +385,8 @@ def finish(run: Training, state: LoopState, meter: Meter, evaluate, **results) -
     timing = meter.timer.summary()
     timing.update(train_seconds=train_seconds, eval_seconds=time.perf_counter() - eval_start)
     memory = peak_memory(accelerator.device)
-    memory.update(rss_before_training_bytes=meter.rss_before, optimizer_state_bytes=optimizer_state_bytes(run.optimizer))
+    memory.update(rss_before_training_bytes=meter.rss_before, optimizer_state_bytes=optimizer_state_bytes(run.optimizer),
+                  breakdown=meter.memory_breakdown)
     if cfg.save_final_model:
         _save_model(accelerator, run.model, os.path.join(cfg.output_dir, "model"), merge=cfg.merge_adapter)
     return new_results(

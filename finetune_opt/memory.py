@@ -37,13 +37,18 @@ PHASES = ("forward", "backward", "optimizer_step")
 
 class CudaPhaseProbe:
     """Allocated bytes at each phase's start and end, and its peak, from the CUDA allocator."""
+    method = "cuda caching allocator (memory_allocated, peak reset per phase)"
 
     def __init__(self, device):
-        self.device, self.phases = device, {}
+        self.device, self.phases, self.gradients = device, {}, None
+        self.peak_above_step_start = None
 
     @contextmanager
     def step(self):
+        torch.cuda.synchronize(self.device)
+        start = torch.cuda.memory_allocated(self.device)
         yield
+        self.peak_above_step_start = max(ph["start"] + ph["peak_above_start"] for ph in self.phases.values()) - start
 
     @contextmanager
     def phase(self, name):
@@ -59,9 +64,11 @@ class CudaPhaseProbe:
 class CpuPhaseProbe:
     """The same figures from the profiler's record of every CPU allocation and free. Absolute
     allocated bytes are unknown to the profiler (it starts counting at zero), so `start` is None."""
+    method = "torch.profiler CPU allocation events (profile_memory=True)"
 
     def __init__(self, device=None):
-        self.phases, self._marks = {}, []
+        self.phases, self._marks, self.gradients = {}, [], None
+        self.peak_above_step_start = None
 
     @contextmanager
     def step(self):
@@ -82,14 +89,20 @@ class CpuPhaseProbe:
                   for e in events if e.name().startswith("finetune_opt::")}
         allocations = sorted((e.start_ns(), e.nbytes()) for e in events
                              if e.name() == "[memory]" and e.device_type() == DeviceType.CPU)
-        for name, (begin, end) in ranges.items():
-            total = start = sum(n for t, n in allocations if t < begin)
-            peak = start
+        def peak_and_end(begin, end) -> tuple[int, int]:  # above the running total at `begin`
+            total = peak = 0
             for t, n in allocations:
                 if begin <= t <= end:
                     total += n
                     peak = max(peak, total)
-            self.phases[name] = {"start": None, "peak_above_start": peak - start, "end_above_start": total - start}
+            return peak, total
+
+        for name, (begin, end) in ranges.items():
+            peak, end_total = peak_and_end(begin, end)
+            self.phases[name] = {"start": None, "peak_above_start": peak, "end_above_start": end_total}
+        if ranges:  # from the first phase's start (forward) to the last phase's end
+            self.peak_above_step_start = peak_and_end(min(b for b, _ in ranges.values()),
+                                                      max(e for _, e in ranges.values()))[0]
 
 
 def phase_probe(device: torch.device):
@@ -98,6 +111,7 @@ def phase_probe(device: torch.device):
 
 class NoProbe:
     """What the engine uses on every step but the measured one."""
+    gradients = peak_above_step_start = None
 
     @contextmanager
     def step(self):
@@ -107,38 +121,53 @@ class NoProbe:
         return nullcontext()
 
 
+NO_PROBE = NoProbe()
+
+
+def _storages(t: torch.Tensor):
+    """The tensors that really hold a tensor's bytes (a torchao quantised state: its inner ones)."""
+    if hasattr(t, "__tensor_flatten__"):
+        names, _ = t.__tensor_flatten__()
+        for n in names:
+            yield from _storages(getattr(t, n))
+    else:
+        yield t
+
+
 def bytes_by_dtype(tensors) -> dict:
     out = defaultdict(int)
     for t in tensors:
-        out[str(t.dtype).removeprefix("torch.")] += tensor_storage_bytes(t)
+        for inner in _storages(t):
+            out[str(inner.dtype).removeprefix("torch.")] += inner.numel() * inner.element_size()
     return dict(out)
+
+
+def gradient_bytes(model) -> int:
+    return sum(tensor_storage_bytes(p.grad) for p in unique_parameters(model) if p.grad is not None)
 
 
 def unique_parameters(model) -> list[torch.Tensor]:
     return list({id(p): p for p in model.parameters()}.values())  # tied weights once
 
 
-def measured_breakdown(model, optimizer, phases: dict) -> dict:
-    """Measured components after the probed step (gradients read before they were freed: pass
-    `gradient_bytes` in `phases['backward']['gradients']`)."""
+def measured_breakdown(model, optimizer, phases: dict, gradients: int | None) -> dict:
+    """Measured components of the probed step; `gradients`: bytes of gradients alive after backward."""
     params = unique_parameters(model)
     state = [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
     forward, backward, step = (phases.get(p, {}) for p in PHASES)
     out = {
         "parameters": sum(tensor_storage_bytes(p) for p in params),
         "parameters_by_dtype": bytes_by_dtype(params),
-        "gradients": backward.get("gradients"),
+        "gradients": gradients,
         "optimizer_state": sum(tensor_storage_bytes(t) for t in state),
         "optimizer_state_by_dtype": bytes_by_dtype(state),
-        "optimizer_step_temporaries": step.get("peak_above_start"),
+        # what the step allocates and frees again; state a first step creates is state, not temporary
+        "optimizer_step_temporaries": (step["peak_above_start"] - max(0, step["end_above_start"]) if step else None),
         "activations_and_workspace": forward.get("peak_above_start"),
-        "backward_peak_above_step_start": (forward.get("end_above_start", 0) + backward["peak_above_start"]
-                                           if backward else None),
+        "backward_peak_above_forward_start": (forward.get("end_above_start", 0) + backward["peak_above_start"]
+                                              if backward else None),
         "phases": phases,
     }
-    if forward.get("start") is not None:  # CUDA: the whole step's peak, in absolute bytes
-        out["step_peak"] = max(ph["start"] + ph["peak_above_start"] for ph in phases.values()
-                               if "peak_above_start" in ph)
     return out
 
 
@@ -170,16 +199,19 @@ def predict_activations(config, batch_size: int, seq_len: int, element_size: int
     return layers * (s * b * h * (16 * e + 2) + heads * s * s * b * (2 * e + 1))
 
 
-def predicted_breakdown(model, optimizer, spec, implementation: str, batch_shape: tuple, mixed_precision: str) -> dict:
+def predicted_breakdown(model, optimizer, spec, implementation: str, batch_shape: tuple, mixed_precision: str,
+                        in_backward: bool = False) -> dict:
+    """In backward, each gradient is freed by its hook, so none is alive after backward and the
+    step has no separate phase."""
     params = unique_parameters(model)
     trainable = [p for p in params if p.requires_grad]
-    param_bytes = sum(tensor_storage_bytes(p) for p in params)
     element = 2 if mixed_precision in ("bf16", "fp16") else trainable[0].element_size()
     return {
-        "parameters": param_bytes,
-        "gradients": sum(tensor_storage_bytes(p) for p in trainable),
+        "parameters": sum(tensor_storage_bytes(p) for p in params),
+        "gradients": 0 if in_backward else sum(tensor_storage_bytes(p) for p in trainable),
         "optimizer_state": spec.state_bytes_for(optimizer.param_groups),
-        "optimizer_step_temporaries": predict_step_temporaries(spec, implementation, optimizer.param_groups),
+        "optimizer_step_temporaries": (None if in_backward else
+                                       predict_step_temporaries(spec, implementation, optimizer.param_groups)),
         "activations_and_workspace": predict_activations(getattr(model, "config", None), *batch_shape, element),
     }
 
@@ -191,3 +223,17 @@ def compare(predicted: dict, measured: dict) -> dict:
     """measured / predicted per component (None where either is missing or zero)."""
     return {k: (measured[k] / predicted[k] if predicted.get(k) and measured.get(k) is not None else None)
             for k in COMPONENTS}
+
+
+def memory_breakdown(run, training_step) -> dict:
+    """The engine's record of its probed step: measured, predicted, and their ratio."""
+    cfg, probe = run.cfg, training_step.probe
+    model = run.accelerator.unwrap_model(run.model)
+    measured = measured_breakdown(model, run.optimizer, probe.phases, probe.gradients)
+    # the step's own peak above what it started with (parameters + state): what in-backward lowers
+    measured["step_peak_above_start"] = probe.peak_above_step_start
+    predicted = predicted_breakdown(model, run.optimizer, run.spec, cfg.implementation, training_step.batch_shape,
+                                    cfg.mixed_precision, in_backward=cfg.optimizer_in_backward)
+    return {"method": probe.method, "batch_shape": list(training_step.batch_shape),
+            "optimizer_in_backward": cfg.optimizer_in_backward, "measured": measured, "predicted": predicted,
+            "measured_over_predicted": compare(predicted, measured)}

@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from finetune_opt.errors import ConfigError  # noqa: E402
 from finetune_opt.measure import peak_bytes  # noqa: E402
+from finetune_opt.memory_report import breakdown_table, plot_breakdown  # noqa: E402
 from finetune_opt.results import Results, format_table, load_results  # noqa: E402
 from finetune_opt.tasks import get_task  # noqa: E402
 
@@ -65,7 +66,8 @@ def plot_runs(runs: list[Results], out_dir: str) -> list[str]:
          "Peak GPU memory" if mem[0]["kind"] == "cuda" else "Peak RSS (process)", "MiB")
     fig.tight_layout()
     files.append(_save(fig, out_dir, "metric_time_memory.png"))
-    return files
+    breakdown = plot_breakdown(runs, os.path.join(out_dir, "memory_breakdown.png"))
+    return files + ([breakdown] if breakdown else [])
 
 
 def _save(fig, out_dir, name):
@@ -93,6 +95,8 @@ def write_comparison(run_dirs: list[str], out_dir: str) -> str:
            else "is the process's peak RSS (includes loading model and data)."),
         "",
         format_table(runs),
+        "",
+        breakdown_table(runs),
         "",
         *[f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots],
         "",

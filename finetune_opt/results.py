@@ -37,6 +37,7 @@ class Results:
     metrics_before_training: dict | None = None
     final_train_loss: float | None = None
     resumed_from_step: int | None = None
+    resumed_with_changes: dict | None = None  # {field: [checkpoint's value, new value]}, the allowed ones
     skipped_steps: dict | None = None  # nonfinite, fp16_overflow
     per_rank: list | None = None       # [{rank, step_ms_median, optimizer_step_ms_median, peak_memory_bytes}]
     parameters: dict | None = None     # SFT: total / trainable parameter counts

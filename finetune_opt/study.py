@@ -206,8 +206,9 @@ def cell_overrides(study: StudyConfig, cell: dict) -> list[str]:
     if cell["group"] == "tune":
         overrides = {**overrides, **(study.tuning.get("overrides") or {}),
                      "holdout_examples": study.tuning["holdout_examples"]}
+    # overwrite: a cell without results.json is run from the start, over what a stopped attempt left
     values = {**overrides, **cell["params"], "optimizer": cell["optimizer"], "seed": cell["seed"],
-              "output_dir": str(cell_dir(study, cell))}
+              "output_dir": str(cell_dir(study, cell)), "overwrite": True}
     return _as_overrides(values)
 
 

@@ -23,8 +23,7 @@ def run(cfg):
     model, parameters = build_model(cfg, tokenizer, data, accelerator)
     evaluate = make_evaluate(cfg, accelerator, data, tokenizer)
     results = fit(cfg, accelerator, model, train_loader(cfg, data, tokenizer, model), evaluate)
-    if results is not None:  # None: a signal stopped the run, a checkpoint was saved
-        results.parameters, results.data = parameters, data.report
+    results.parameters, results.data = parameters, data.report
     save_results(cfg, accelerator, results)
 
 

@@ -16,7 +16,7 @@ from accelerate.state import AcceleratorState, GradientState
 from finetune_opt.checkpoint import find_checkpoint
 from finetune_opt.config import RunConfig
 from finetune_opt.engine import fit, make_accelerator, step_optimizer
-from finetune_opt.errors import ConfigError, TrainingStopped
+from finetune_opt.errors import ConfigError, Interrupted, TrainingStopped
 from finetune_opt.optim import REGISTRY, create_optimizer
 from finetune_opt.results import load_results, write_json_atomic
 from tests.conftest import DATA_DIR, REPO
@@ -32,10 +32,10 @@ def fresh_accelerate_state():
 class Toy(torch.nn.Module):
     """Regression with dropout (so RNG state matters); can inject NaN losses or a SIGTERM."""
 
-    def __init__(self, nan_at=(), sigterm_at=None):
+    def __init__(self, nan_at=(), sigterm_at=None, signum=signal.SIGTERM):
         super().__init__()
         self.lin, self.drop = torch.nn.Linear(4, 1), torch.nn.Dropout(0.3)
-        self.nan_at, self.sigterm_at, self.calls = set(nan_at), sigterm_at, 0
+        self.nan_at, self.sigterm_at, self.signum, self.calls = set(nan_at), sigterm_at, signum, 0
 
     def forward(self, input_ids, labels):
         self.calls += 1
@@ -43,7 +43,7 @@ class Toy(torch.nn.Module):
         if self.calls in self.nan_at:
             loss = loss * float("nan")
         if self.calls == self.sigterm_at:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), self.signum)
         return SimpleNamespace(loss=loss)
 
 
@@ -67,9 +67,20 @@ def losses(result):
     return [h["loss"] for h in result.history]
 
 
-def test_sigterm_checkpoints_and_resume_matches_uninterrupted(tmp_path):
+def stopped(tmp_path, toy=None, **overrides):
+    """toy_fit that a signal stops: the Interrupted it raises."""
+    with pytest.raises(Interrupted) as stop:
+        toy_fit(tmp_path, {"sigterm_at": 5, **(toy or {})}, **overrides)
+    return stop.value
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_checkpoints_and_resume_matches_uninterrupted(tmp_path, signum):
     full = toy_fit(tmp_path / "full")
-    assert toy_fit(tmp_path / "cut", {"sigterm_at": 5}) is None  # stopped cleanly after step 5
+    stop = stopped(tmp_path / "cut", {"signum": signum})  # stopped cleanly after step 5
+    assert str(stop) == (f"{signal.Signals(signum).name}: stopped after step 5; checkpoint "
+                         f"{tmp_path / 'cut/checkpoints/step-0000005'}; continue with resume={tmp_path / 'cut'}")
+    assert stop.exit_code == {signal.SIGTERM: 143, signal.SIGINT: 130}[signum]
     assert os.path.basename(find_checkpoint(str(tmp_path / "cut"))) == "step-0000005"
     resumed = toy_fit(tmp_path / "cut", resume=str(tmp_path / "cut"))
     assert resumed.resumed_from_step == 5
@@ -83,9 +94,10 @@ def test_compiled_checkpoint_resumes_with_foreach(tmp_path):
     first resumed step used to fail ("lr as a Tensor is not supported for capturable=False and
     foreach=True"); now it trains on, within rounding of the compiled run."""
     full = toy_fit(tmp_path / "full", optimizer="adamw", implementation="compiled")
-    assert toy_fit(tmp_path / "cut", {"sigterm_at": 5}, optimizer="adamw", implementation="compiled") is None
+    stopped(tmp_path / "cut", optimizer="adamw", implementation="compiled")
     resumed = toy_fit(tmp_path / "cut", optimizer="adamw", implementation="foreach", resume=str(tmp_path / "cut"))
     assert resumed.optimizer["implementation"] == "foreach"
+    assert resumed.resumed_with_changes == {"implementation": ["compiled", "foreach"]}
     assert losses(resumed) == pytest.approx(losses(full), rel=1e-5)
 
 
@@ -95,7 +107,7 @@ def test_every_optimizer_resumes_exactly_through_the_engine(tmp_path, name):
     (schedule-free checkpoints its averaged weights in eval mode and resumes in train mode;
     torchao's state and tensor lr round-trip through Accelerate's checkpoint)."""
     full = toy_fit(tmp_path / "full", optimizer=name)
-    assert toy_fit(tmp_path / "cut", {"sigterm_at": 5}, optimizer=name) is None
+    stopped(tmp_path / "cut", optimizer=name)
     resumed = toy_fit(tmp_path / "cut", optimizer=name, resume=str(tmp_path / "cut"))
     assert losses(resumed) == pytest.approx(losses(full), abs=1e-6, rel=0)
     assert resumed.optimizer["name"] == name and resumed.optimizer["lr"] == pytest.approx(1e-2)
@@ -145,7 +157,7 @@ def test_atomic_writes_leave_nothing_half_written(tmp_path):
     # An interrupted checkpoint save (".tmp") is never taken for a checkpoint.
     (tmp_path / "checkpoints/step-0000009.tmp").mkdir(parents=True)
     (tmp_path / "checkpoints/step-0000009.tmp/loop_state.json").write_text("{}")
-    with pytest.raises(ConfigError, match="holds no checkpoint"):
+    with pytest.raises(ConfigError, match="holds no complete checkpoint"):
         find_checkpoint(str(tmp_path))
 
 

@@ -96,8 +96,9 @@ INDUCTOR_DEVICES = ("cpu", "cuda", "xpu")  # devices with an Inductor backend
 
 # torch.optim's flag names; classes that accept both foreach and fused (Adam, AdamW, SGD).
 TORCH_MULTI_TENSOR = {
-    # for-loop Adam: the denominator sqrt(v)/bc + eps and the update, one tensor at a time
-    "for-loop": Implementation({"foreach": False, "fused": False}, temporaries=("tensor", 2.0)),
+    # for-loop Adam: sqrt(v) and sqrt(v)/bc of one tensor, while the previous tensor's denominator
+    # is still bound to its loop variable: at most 3 tensors' worth (exact for equal tensors)
+    "for-loop": Implementation({"foreach": False, "fused": False}, temporaries=("tensor", 3.0)),
     "foreach": Implementation({"foreach": True, "fused": False}, temporaries=("group", 1.0)),
     "fused": Implementation({"foreach": False, "fused": True}, devices=fused_devices(), temporaries=(None, 0.0)),
     "compiled": Implementation({"foreach": False, "fused": False}, compile_step=True, devices=INDUCTOR_DEVICES,
