@@ -5,6 +5,9 @@ import math
 import numpy as np
 from scipy import stats
 
+# Differences this small are float rounding of equal values (0.0115 - 0.0115 = 1e-16), not spread.
+TIE = 1e-12
+
 
 def mean_std_ci(values, confidence: float = 0.95) -> dict:
     """n, mean, sample std (ddof=1) and the t-interval mean +/- t_{n-1} * std / sqrt(n).
@@ -17,7 +20,7 @@ def mean_std_ci(values, confidence: float = 0.95) -> dict:
     if n == 1:
         return {"n": 1, "mean": mean, "std": None, "ci_low": None, "ci_high": None, "values": values}
     std = float(np.std(values, ddof=1))
-    if std == 0 or math.isnan(std):  # scipy's interval is NaN for zero spread; it is the point itself
+    if std <= TIE or math.isnan(std):  # scipy's interval is NaN for zero spread; it is the point itself
         low = high = mean
     else:
         low, high = (float(x) for x in stats.t.interval(confidence, n - 1, loc=mean, scale=std / math.sqrt(n)))
@@ -41,6 +44,10 @@ def verdict(diff: dict, higher_is_better: bool = True) -> str:
         return f"not enough seeds (n={n})"
     if any(math.isnan(x) for x in (diff["mean"], diff["ci_low"], diff["ci_high"])):
         return "undefined (a run's metric is NaN)"
+    if diff["std"] <= TIE:  # e.g. 10/872 more dev examples right at both seeds: a collapsed interval
+        if abs(diff["mean"]) <= TIE:
+            return f"no detectable difference at {n} seeds"
+        return f"the same difference at all {n} seeds: spread unknown"
     if diff["ci_low"] > 0:
         return "better" if higher_is_better else "worse"
     if diff["ci_high"] < 0:

@@ -59,7 +59,9 @@ def test_paired_difference_on_known_numbers():
     ([0.01, 0.02, 0.03], "no detectable difference at 3 seeds"),       # [-0.0048, +0.0448]: straddles 0
     ([-0.02, -0.03, -0.04], "worse"),
     ([0.05, -0.05], "no detectable difference at 2 seeds"),
-    ([0.01, 0.01, 0.01], "better"),                                   # no spread: the interval is the point
+    ([0.01, 0.01, 0.01], "the same difference at all 3 seeds: spread unknown"),  # a collapsed interval
+    ([0.7924311926605505 - 0.7809633027522935, 0.7912844036697247 - 0.7798165137614679],  # 10/872 at both seeds
+     "the same difference at all 2 seeds: spread unknown"),
     ([0.0, 0.0, 0.0], "no detectable difference at 3 seeds"),
     ([0.05], "not enough seeds (n=1)"),
     ([float("nan"), 0.1], "undefined (a run's metric is NaN)"),
