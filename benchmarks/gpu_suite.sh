@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU suite: one command, no network, under 9 minutes on one H100 / H200. It writes every result
 # under one folder (default benchmarks/results/<gpu name>/):
-#   env.json                      device, driver, torch / transformers / accelerate, date, commit
+#   env.json                      device, driver, torch / transformers / accelerate, date
 #   optimizer_step/               every registry entry's step on MiniLM, BERT-base, GPT-2 and a 1.1B
 #                                 Llama shape, fp32 and bf16, against copy / in-place-add bandwidth
 #                                 and a bf16 matmul measured in the same processes
@@ -83,15 +83,14 @@ else
 fi
 
 python3 - "$OUT/env.json" "$DEVICE" <<'PY'
-import json, subprocess, sys, time
+import json, subprocess, sys, time  # (no git commit: a copied working tree's HEAD can be stale)
 import accelerate, torch, transformers
 device = sys.argv[2]
 env = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu (dry run)",
        "driver": subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                                 capture_output=True, text=True).stdout.strip() if device == "cuda" else None,
        "torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__,
-       "accelerate": accelerate.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-       "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or None}
+       "accelerate": accelerate.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 json.dump(env, open(sys.argv[1], "w"), indent=1)
 print(env)
 PY

@@ -271,6 +271,9 @@ class TrainingStep:
     def clip_gradients(self) -> torch.Tensor:
         """The norm of the synchronised (all-reduced, unscaled) gradients; max_grad_norm None: no clipping."""
         accelerator = self.run.accelerator
+        if self.run.cfg.optimizer_in_backward:  # every gradient was applied and freed during backward
+            # (clip_grad_norm_ of no gradients is a CPU zero, which a CUDA run cannot stack with its flags)
+            return torch.zeros((), device=accelerator.device)
         grad_norm = accelerator.clip_grad_norm_(self.run.model.parameters(), self.run.cfg.max_grad_norm or math.inf)
         if grad_norm is None:  # DeepSpeed clips inside its engine and returns no norm
             return torch.zeros((), device=accelerator.device)
