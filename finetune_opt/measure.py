@@ -52,7 +52,7 @@ class StepTimer:
         self._opt += self._now() - self._t_opt
 
     def end_step(self, samples: int, tokens: int):
-        elapsed = self._now() - self._t0
+        elapsed = self.last_step_s = self._now() - self._t0  # (last_step_s: warm-up steps too, for logging)
         self.steps_seen += 1
         if self.steps_seen > self.warmup_steps:
             self.step_s.append(elapsed)
