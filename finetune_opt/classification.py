@@ -39,7 +39,9 @@ def classification_model(cfg, data: TaskData):
 
 
 def collator(tokenizer, cfg):
-    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if cfg.mixed_precision != "no" else None)
+    # Multiples of 8: tensor-core tiles under mixed precision, and few distinct shapes for a compiled model.
+    bucket = cfg.mixed_precision != "no" or cfg.compile_model
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if bucket else None)
 
 
 def metric_prefix(split: str) -> str:

@@ -16,11 +16,12 @@ import yaml
 
 from finetune_opt.errors import ConfigError, TrainingStopped, one_of
 from finetune_opt.optim import get_optimizer_spec
+from finetune_opt.precision import resolve_mixed_precision
 from finetune_opt.sft_config import check_sft_fields
 from finetune_opt.tasks import check_task_fields, get_task
 
 SCHEDULERS = ("linear", "cosine", "constant")
-MIXED_PRECISION = ("no", "fp16", "bf16")
+MIXED_PRECISION = ("no", "fp16", "bf16", "auto")  # auto: bf16 where the device computes it natively
 
 
 @dataclass
@@ -52,6 +53,8 @@ class RunConfig:
     warmup_ratio: float = 0.1
     max_grad_norm: float | None = 1.0
     mixed_precision: str = "no"
+    group_by_length: bool = True     # classification recipes: batches of similar length (finetune_opt.batching)
+    compile_model: bool = False      # torch.compile the model (dynamic shapes; lengths padded to multiples of 8)
     seed: int = 42
     train_examples: int | None = None  # a seeded subset of the train split
     eval_examples: int | None = None
@@ -107,6 +110,10 @@ class RunConfig:
             raise ConfigError(f"max_grad_norm must be > 0 or null, got {self.max_grad_norm!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise one_of("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        self.mixed_precision = resolve_mixed_precision(self.mixed_precision)  # the config says what ran
+        for name in ("group_by_length", "compile_model"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         check_sft_fields(self)
         if self.data_dir is None and task.local and os.environ.get("FINETUNE_OPT_DATA") and not self.dataset:
             self.data_dir = os.path.join(os.environ["FINETUNE_OPT_DATA"], self.task)

@@ -11,15 +11,16 @@ from contextlib import contextmanager
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, DistributedType, GradientAccumulationPlugin, set_seed
+from accelerate.utils import (DataLoaderConfiguration, DistributedType, GradientAccumulationPlugin, TorchDynamoPlugin,
+                               set_seed)
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from finetune_opt.checkpoint import find_checkpoint, load_checkpoint, read_loop_state, save_checkpoint
 from finetune_opt.config import RunConfig
 from finetune_opt.errors import ConfigError, TrainingStopped
-from finetune_opt.measure import (StepTimer, current_rss_bytes, optimizer_state_bytes, peak_bytes, peak_memory,
-                                  reset_peak_memory)
+from finetune_opt.measure import (StepTimer, current_rss_bytes, optimizer_state_bytes, padding_share, peak_bytes,
+                                  peak_memory, reset_peak_memory)
 from finetune_opt.optim import create_optimizer, describe_optimizer, get_optimizer_spec
 from finetune_opt.peft_setup import model_to_save
 
@@ -37,6 +38,8 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
                                                                 sync_with_dataloader=False),
         # Shuffle order = f(seed, epoch): the same on every rank, and reproducible on resume.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # Compiled in prepare(); dynamic shapes, so batches of new lengths do not recompile.
+        dynamo_plugin=TorchDynamoPlugin(backend="inductor", dynamic=True) if cfg.compile_model else None,
     )
     set_seed(cfg.seed)
     return accelerator
@@ -51,12 +54,13 @@ def _batches(loader, accelerator, consumed: int):
         epoch, offset = epoch + 1, 0
 
 
-def _batch_size_and_tokens(batch) -> tuple[int, int]:
+def _batch_size_and_tokens(batch) -> tuple[int, int, int]:
+    """Examples, real tokens, and token positions computed (real + padding)."""
     ids = batch["input_ids"]
     mask = batch.get("attention_mask")
     if mask is None and "position_ids" in batch:  # packed (finetune_opt.packing): one example per position 0
-        return int((batch["position_ids"] == 0).sum()), ids.numel()
-    return ids.shape[0], int(mask.sum()) if mask is not None else ids.numel()
+        return int((batch["position_ids"] == 0).sum()), ids.numel(), ids.numel()
+    return ids.shape[0], int(mask.sum()) if mask is not None else ids.numel(), ids.numel()
 
 
 @contextmanager
@@ -150,12 +154,12 @@ def fit(cfg: RunConfig, accelerator: Accelerator, model, train_loader, evaluate,
     with _sigterm_requested() as sigterm:
         for step in range(start + 1, cfg.max_steps + 1):
             timer.begin_step()
-            samples = tokens = 0
+            samples = tokens = positions = 0
             losses = []
             for _ in range(cfg.grad_accum):
                 batch = next(batches)
-                n, t = _batch_size_and_tokens(batch)
-                samples, tokens = samples + n, tokens + t
+                n, t, p = _batch_size_and_tokens(batch)
+                samples, tokens, positions = samples + n, tokens + t, positions + p
                 with accelerator.accumulate(model):
                     loss = model(**batch).loss
                     accelerator.backward(loss)
@@ -187,7 +191,7 @@ def fit(cfg: RunConfig, accelerator: Accelerator, model, train_loader, evaluate,
                 timer.end_optimizer()
                 optimizer.zero_grad(set_to_none=True)
                 window.append(torch.stack(losses).mean())
-            timer.end_step(samples, tokens)
+            timer.end_step(samples, tokens, positions)
             if on_step:
                 on_step()
 
@@ -245,13 +249,15 @@ def _save_model(accelerator, model, path, merge=False):
 
 def _global_throughput(accelerator, timer) -> dict:
     """Samples and tokens summed over ranks, divided by the slowest rank's timed seconds."""
-    local = torch.tensor([timer.samples, timer.tokens, sum(timer.step_s)], dtype=torch.float64,
+    local = torch.tensor([timer.samples, timer.tokens, timer.positions, sum(timer.step_s)], dtype=torch.float64,
                          device=accelerator.device)
-    every = accelerator.gather(local[None]).view(-1, 3)
-    seconds = every[:, 2].max().item()
+    every = accelerator.gather(local[None]).view(-1, 4)
+    samples, tokens, positions, _ = every.sum(0).tolist()
+    seconds = every[:, 3].max().item()
     return {"processes": accelerator.num_processes,
-            "samples_per_s": every[:, 0].sum().item() / seconds if seconds else None,
-            "tokens_per_s": every[:, 1].sum().item() / seconds if seconds else None}
+            "samples_per_s": samples / seconds if seconds else None,
+            "tokens_per_s": tokens / seconds if seconds else None,
+            "padding_share": padding_share(tokens, positions)}
 
 
 def _per_rank(accelerator, timing, memory) -> list[dict]:

@@ -34,8 +34,8 @@ class StepTimer:
     def __init__(self, device: torch.device, warmup_steps: int):
         self.device, self.warmup_steps = device, warmup_steps
         self.steps_seen = 0
-        self.step_s, self.optimizer_s = [], []
-        self.samples = self.tokens = 0
+        self.step_s, self.optimizer_s, self.warmup_s = [], [], []
+        self.samples = self.tokens = self.positions = 0
 
     def _now(self) -> float:
         _synchronize(self.device)
@@ -51,7 +51,8 @@ class StepTimer:
     def end_optimizer(self):
         self._opt += self._now() - self._t_opt
 
-    def end_step(self, samples: int, tokens: int):
+    def end_step(self, samples: int, tokens: int, positions: int | None = None):
+        """`tokens`: real ones; `positions`: real + padding (the model's work), default = tokens."""
         elapsed = self._now() - self._t0
         self.steps_seen += 1
         if self.steps_seen > self.warmup_steps:
@@ -59,18 +60,28 @@ class StepTimer:
             self.optimizer_s.append(self._opt)
             self.samples += samples
             self.tokens += tokens
+            self.positions += tokens if positions is None else positions
+        else:  # torch.compile's compile time lands here: reported apart from step time
+            self.warmup_s.append(elapsed)
 
     def summary(self) -> dict:
         total = sum(self.step_s)
         return {
             "timed_steps": len(self.step_s),
             "warmup_steps_excluded": min(self.warmup_steps, self.steps_seen),
+            "warmup_s": sum(self.warmup_s),
             "step_ms": {k: v and v * 1e3 for k, v in percentiles(self.step_s).items()},
             "optimizer_step_ms": {k: v and v * 1e3 for k, v in percentiles(self.optimizer_s).items()},
             "optimizer_fraction_of_step": sum(self.optimizer_s) / total if total else None,
             "samples_per_s": self.samples / total if total else None,
             "tokens_per_s": self.tokens / total if total else None,
+            "padding_share": padding_share(self.tokens, self.positions),
         }
+
+
+def padding_share(real_tokens: int, positions: int) -> float | None:
+    """Share of the token positions a model computed on that were padding."""
+    return 1 - real_tokens / positions if positions else None
 
 
 def reset_peak_memory(device: torch.device):
