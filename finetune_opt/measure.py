@@ -35,6 +35,7 @@ class StepTimer:
         self.device, self.warmup_steps = device, warmup_steps
         self.steps_seen = 0
         self.step_s, self.optimizer_s, self.warmup_s = [], [], []
+        self.step_cpu_s = []  # this process's CPU time per step: on a shared machine, what waiting for a core does not inflate
         self.samples = self.tokens = self.positions = 0
 
     def _now(self) -> float:
@@ -43,6 +44,7 @@ class StepTimer:
 
     def begin_step(self):
         self._t0 = self._now()
+        self._cpu0 = time.process_time()
         self._opt = 0.0
 
     def begin_optimizer(self):
@@ -54,9 +56,11 @@ class StepTimer:
     def end_step(self, samples: int, tokens: int, positions: int | None = None):
         """`tokens`: real ones; `positions`: real + padding (the model's work), default = tokens."""
         elapsed = self._now() - self._t0
+        cpu = time.process_time() - self._cpu0
         self.steps_seen += 1
         if self.steps_seen > self.warmup_steps:
             self.step_s.append(elapsed)
+            self.step_cpu_s.append(cpu)
             self.optimizer_s.append(self._opt)
             self.samples += samples
             self.tokens += tokens
@@ -76,6 +80,8 @@ class StepTimer:
             "samples_per_s": self.samples / total if total else None,
             "tokens_per_s": self.tokens / total if total else None,
             "padding_share": padding_share(self.tokens, self.positions),
+            # CPU-clock throughput: with one intra-op thread, immune to other processes taking the cores
+            "samples_per_cpu_s": self.samples / sum(self.step_cpu_s) if sum(self.step_cpu_s) else None,
         }
 
 
