@@ -57,20 +57,24 @@ def bare_loop(cfg):
     from finetune_opt.results import write_json_atomic
 
     torch.manual_seed(cfg.seed)
-    tokenizer = load_tokenizer(cfg.model)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
     data = load_classification(cfg, tokenizer, lambda: __import__("contextlib").nullcontext())
     collate = collator(tokenizer, cfg)
-    model = classification_model(cfg, data).train()
+    model = classification_model(cfg, data).to(device).train()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16")
     opt = create_optimizer(cfg.optimizer, model, implementation=cfg.implementation, **cfg.hyperparams)
     sched = get_scheduler(cfg.scheduler, opt, num_warmup_steps=math.ceil(cfg.warmup_ratio * cfg.max_steps),
                           num_training_steps=cfg.max_steps)
     loader = DataLoader(data.splits["train"], batch_size=cfg.batch_size, shuffle=True, collate_fn=collate)
-    timer = StepTimer(torch.device("cpu"), cfg.timing_warmup_steps)
+    timer = StepTimer(device, cfg.timing_warmup_steps)
     batches = (b for _ in range(cfg.max_steps) for b in loader)  # epochs, as many as needed
     timer.begin_step()
     for _ in range(cfg.max_steps):
-        batch = next(batches)
-        model(**batch).loss.backward()
+        batch = {k: v.to(device) for k, v in next(batches).items()}
+        with autocast:
+            loss = model(**batch).loss
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         opt.step()
         sched.step()
@@ -79,8 +83,8 @@ def bare_loop(cfg):
         timer.begin_step()
     model.eval()
     with torch.no_grad():
-        logits = [model(**b).logits for b in DataLoader(data.splits["eval"], batch_size=cfg.eval_batch_size,
-                                                         collate_fn=collate)]
+        logits = [model(**{k: v.to(device) for k, v in b.items()}).logits.float().cpu()
+                  for b in DataLoader(data.splits["eval"], batch_size=cfg.eval_batch_size, collate_fn=collate)]
     metrics = task_metrics(data.task, torch.cat(logits), torch.tensor(data.splits["eval"]["labels"]))
     timing = timer.summary()
     write_json_atomic(os.path.join(cfg.output_dir, "results.json"), {
@@ -91,7 +95,8 @@ def bare_loop(cfg):
 def run_contender(name, common, seed, out_dir, log):
     script, overrides = CONTENDERS[name]
     output_dir = os.path.join(out_dir, f"{name.replace(' ', '_')}-seed{seed}")
-    cmd = [sys.executable, script, "--config", CONFIG, *overrides, *common, f"seed={seed}", f"output_dir={output_dir}"]
+    # the contender's own overrides last: they win over the common ones
+    cmd = [sys.executable, script, "--config", CONFIG, *common, *overrides, f"seed={seed}", f"output_dir={output_dir}"]
     start = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     log.write(f"$ {' '.join(cmd)}\n{p.stderr[-2000:]}\n")
@@ -170,6 +175,9 @@ def main():
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--optimizer", default="adamw_fused")
+    p.add_argument("--model", default=None, help="model for every contender (default: the config's)")
+    p.add_argument("--precision", choices=["no", "bf16", "auto"], default=None,
+                   help="mixed_precision for every contender but those that set their own")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--contenders", nargs="+", choices=list(CONTENDERS), default=DEFAULT_CONTENDERS)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -179,6 +187,7 @@ def main():
 
     common = [f"data_dir={os.path.abspath(a.data_dir)}", f"max_steps={a.steps}", f"timing_warmup_steps={a.warmup}",
               f"optimizer={a.optimizer}", f"log_every={a.steps}", *a.set]
+    common += [f"model={a.model}"] * bool(a.model) + [f"mixed_precision={a.precision}"] * bool(a.precision)
     os.makedirs(a.out, exist_ok=True)
     runs_dir = tempfile.mkdtemp(prefix="end_to_end-")
     rounds = []

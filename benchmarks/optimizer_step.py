@@ -4,10 +4,16 @@ and set it against the roofline this device measures in the same process.
     python benchmarks/optimizer_step.py --sets minilm-22.7M bert-base-110M gpt2-124M --out benchmarks/results/cpu_2core
     python benchmarks/optimizer_step.py --device cuda --sets minilm-22.7M bert-base-110M gpt2-124M llama-1.1B
 
-Each variant runs in its own process: its own peak memory, and its own torch.compile caches
-(dynamo compiles one graph per optimizer instance and gives up after 8 per step function; a
-shared process once reported eager timings as "compiled"). Inside the process, rounds alternate
-the optimizer step with the reference kernels, so machine noise hits both alike.
+Processes. On CPU each variant (set x dtype x optimizer x implementation) runs in its own process:
+its memory figure is the process's peak RSS, which only a fresh process resets. On CUDA a process
+takes one optimizer x implementation through every set and dtype (`--process-per optimizer`):
+the step's added peak is read from the allocator's counters reset just before it, and the previous
+set's tensors are freed first, so no peak leaks; it saves a Python + CUDA start-up (~10 s on the
+GPU machine) per variant, which is what makes `benchmarks/gpu_suite.sh` fit its time. torch.compile
+caches: dynamo compiles one graph per optimizer instance and gives up after 8 per step function (a
+shared process once reported eager timings as "compiled"), so such a process raises the limit.
+Inside a process, rounds alternate the optimizer step with the reference kernels, so machine noise
+hits both alike. `--budget-s` stops starting variants after that many seconds (rows say so).
 
 Roofline. Memory-bound steps: the bytes one step must read and write come from the entry's own
 spec (`traffic_bytes`: Adam 7 parameter-sized tensors, Lion 5, Adafactor ~5, 8-bit AdamW ~4 + 2
@@ -18,7 +24,9 @@ Newton-Schulz in) timed in the same rounds.
 """
 
 import argparse
+import gc
 import json
+import math
 import os
 import subprocess
 import sys
@@ -34,7 +42,10 @@ from finetune_opt.measure import optimizer_state_bytes  # noqa: E402
 from finetune_opt.optim import REGISTRY, create_optimizer  # noqa: E402
 from finetune_opt.results import write_json_atomic  # noqa: E402
 
-MATMUL_SIZE = 1024
+
+
+def matmul_size(device) -> int:
+    return 8192 if device.type == "cuda" else 1024  # a GPU needs a big product to reach its peak
 
 
 def sync(device):
@@ -59,7 +70,8 @@ class References:
 
     def __init__(self, numel, dtype, device, with_matmul):
         self.a, self.b = (torch.ones(numel, dtype=dtype, device=device) for _ in range(2))
-        self.m = torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=device).bfloat16() if with_matmul else None
+        n = matmul_size(device)
+        self.m = torch.randn(n, n, device=device).bfloat16() if with_matmul else None
         self.device, self.add_s, self.copy_s, self.matmul_s = device, [], [], []
         self.measure(1)  # warm
 
@@ -74,18 +86,19 @@ class References:
         out = {"inplace_add_GBps": 3 * nbytes / float(np.median(self.add_s)) / 1e9,
                "copy_GBps": 2 * nbytes / float(np.median(self.copy_s)) / 1e9}
         if self.matmul_s:
-            out["matmul_bf16_TFLOPs"] = 2 * MATMUL_SIZE ** 3 / float(np.median(self.matmul_s)) / 1e12
+            out["matmul_bf16_TFLOPs"] = 2 * self.m.shape[0] ** 3 / float(np.median(self.matmul_s)) / 1e12
         return out
 
 
-def child(args) -> dict:
-    """One variant, measured in this (fresh) process; prints its row as JSON."""
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    spec = REGISTRY[args.optimizer]
-    row = {"set": args.set, "dtype": args.dtype, "optimizer": args.optimizer, "implementation": args.implementation}
-    model = make_model(args.set, dtype, device)
+def child(args, variant: dict) -> dict:
+    """One variant, measured in this process; returns its row."""
+    device, dtype = torch.device(args.device), getattr(torch, variant["dtype"])
+    spec = REGISTRY[variant["optimizer"]]
+    row = dict(variant)
+    model = make_model(variant["set"], dtype, device)
     try:
-        opt = create_optimizer(args.optimizer, model, implementation=args.implementation, weight_decay=0.01)
+        opt = create_optimizer(variant["optimizer"], model, implementation=variant["implementation"],
+                               weight_decay=0.01)
         first = timed(opt.step, device, 1)[0]  # allocates state; compiles for "compiled"
         warm = timed(opt.step, device, 2)
     except Exception as e:  # e.g. a dtype or device an implementation does not take
@@ -103,7 +116,7 @@ def child(args) -> dict:
                p90_ms=float(np.percentile(t, 90) * 1e3), steps_timed=len(t), traffic_bytes=traffic,
                GBps=traffic / median / 1e9, state_bytes=optimizer_state_bytes(opt),
                state_bytes_predicted=spec.state_bytes_for(opt.param_groups), first_step_s=first,
-               compile_s=first - min(warm) if args.implementation == "compiled" else None, **refs.result())
+               compile_s=first - min(warm) if variant["implementation"] == "compiled" else None, **refs.result())
     row["fraction_of_inplace_add"] = row["GBps"] / row["inplace_add_GBps"]
     if flops:
         row.update(step_flops=flops, TFLOPs=flops / median / 1e12)
@@ -122,10 +135,10 @@ def _status_kib(field: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
-def memory_child(args) -> int:
+def memory_child(variant: dict) -> int:
     """CPU: the peak RSS one (state-initialised) step adds, in a fresh process."""
-    model = make_model(args.set, getattr(torch, args.dtype), "cpu")
-    opt = create_optimizer(args.optimizer, model, implementation=args.implementation, weight_decay=0.01)
+    model = make_model(variant["set"], getattr(torch, variant["dtype"]), "cpu")
+    opt = create_optimizer(variant["optimizer"], model, implementation=variant["implementation"], weight_decay=0.01)
     opt.step()  # state now allocated; the next step's own transient memory is what we want
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak-RSS mark (VmHWM) to the current RSS
@@ -134,26 +147,48 @@ def memory_child(args) -> int:
     return (_status_kib("VmHWM") - before) * 1024
 
 
-def run_child(args, variant: dict, memory=False):
+def children_main(args):
+    """The child process: measure each variant given, print one JSON row per line as it ends."""
+    variants = json.loads(args.variants)
+    if len(variants) > 1:  # fresh optimizer instances each compile anew (see the module docstring)
+        torch._dynamo.config.recompile_limit = 8 * len(variants)
+    for variant in variants:
+        if time.time() > args.deadline:
+            row = {**variant, "error": "not run: the --budget-s time budget was spent"}
+        else:
+            row = memory_child(variant) if args.memory else child(args, variant)
+        print(json.dumps(row), flush=True)
+        gc.collect()
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+
+
+def run_children(args, variants: list[dict], deadline: float, memory=False) -> list:
     cmd = [sys.executable, __file__, "--child", "--device", args.device, "--rounds", str(args.rounds),
-           "--repeats", str(args.repeats)] + [f"--{k}={v}" for k, v in variant.items()]
+           "--repeats", str(args.repeats), f"--deadline={deadline}", "--variants", json.dumps(variants)]
     # A fixed mmap threshold makes glibc hand large freed blocks back to the OS, so RSS follows
     # live memory (by default it keeps them, and a step's temporaries would hide in reused heap).
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"} if memory else os.environ
     r = subprocess.run(cmd + (["--memory"] if memory else []), capture_output=True, text=True, timeout=3600, env=env)
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]  # the child prints JSON only
     if r.returncode != 0:
-        return {**variant, "error": f"child exited {r.returncode}: {r.stderr.strip().splitlines()[-1][:200]}"}
-    return json.loads(r.stdout.strip().splitlines()[-1])
+        error = f"child exited {r.returncode}: {(r.stderr.strip().splitlines() or [''])[-1][:200]}"
+        rows += [{**v, "error": error} for v in variants[len(rows):]]
+    return rows
 
 
-def variants(args) -> list[dict]:
+def process_batches(args) -> list[list[dict]]:
+    """The variants, grouped into the processes that measure them (see the module docstring)."""
     def chosen(spec):
         if args.implementations == ["default"]:
             return [spec.default_implementation]
         return [i for i in spec.implementations if i in args.implementations]
-    return [{"set": s, "dtype": d, "optimizer": name, "implementation": impl}
-            for s in args.sets for d in args.dtypes for name in args.optimizers
-            for impl in chosen(REGISTRY[name])]
+    configs = [(s, d) for s in args.sets for d in args.dtypes]
+    per_optimizer = [[{"set": s, "dtype": d, "optimizer": name, "implementation": impl} for s, d in configs]
+                     for name in args.optimizers for impl in chosen(REGISTRY[name])]
+    if args.process_per == "optimizer":
+        return per_optimizer
+    return [[v] for batch in per_optimizer for v in batch]
 
 
 def _fmt(x, spec):
@@ -210,32 +245,40 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--repeats", type=int, default=3, help="steps per round")
     p.add_argument("--no-memory", action="store_true", help="skip the CPU per-variant memory processes")
+    p.add_argument("--process-per", choices=["variant", "optimizer"], default=None,
+                   help="one process per variant (default on CPU) or per optimizer x implementation (CUDA)")
+    p.add_argument("--budget-s", type=float, default=None, help="start no variant after this many seconds")
     p.add_argument("--out", default="benchmarks/results/optimizer_step")
     # one variant in this process (used by the parent)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
-    for key in ("set", "dtype", "optimizer", "implementation"):
-        p.add_argument(f"--{key}", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    p.add_argument("--variants", help=argparse.SUPPRESS)
+    p.add_argument("--deadline", type=float, default=math.inf, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.process_per is None:
+        args.process_per = "optimizer" if args.device == "cuda" else "variant"
+    return args
 
 
 def main():
     args = parse_args()
     if args.child:
-        print(json.dumps(memory_child(args) if args.memory else child(args)))
+        children_main(args)
         return
     device = torch.device(args.device)
     env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(),
            "argv": sys.argv[1:]}
+    deadline = time.time() + args.budget_s if args.budget_s else math.inf
     rows = []
-    for variant in variants(args):
-        row = run_child(args, variant)
-        if device.type == "cpu" and not args.no_memory and "error" not in row:
-            peak = run_child(args, variant, memory=True)
-            row["step_peak_added_bytes"] = peak if isinstance(peak, int) else None
-        rows.append(row)
-        print(markdown([row], env).splitlines()[-1], flush=True)
+    for batch in process_batches(args):
+        for row in run_children(args, batch, deadline):
+            if device.type == "cpu" and not args.no_memory and "error" not in row:
+                variant = {k: row[k] for k in ("set", "dtype", "optimizer", "implementation")}
+                peak = run_children(args, [variant], math.inf, memory=True)[0]
+                row["step_peak_added_bytes"] = peak if isinstance(peak, int) else None
+            rows.append(row)
+            print(markdown([row], env).splitlines()[-1], flush=True)
     os.makedirs(args.out, exist_ok=True)
     write_json_atomic(os.path.join(args.out, "optimizer_step.json"), {"env": env, "rows": rows})
     with open(os.path.join(args.out, "optimizer_step.md"), "w") as f:

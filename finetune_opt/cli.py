@@ -60,7 +60,7 @@ def cmd_compare(args):
 def cmd_study(args):
     from finetune_opt.study import run_study
 
-    print(run_study(args.config))
+    print(run_study(args.config, args.parallel, args.overrides))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("study", help="optimizers x seeds (x hyperparameters) with a report; resumable")
-    p.add_argument("--config", required=True, help="study YAML (see examples/study_sst2_minilm.yaml)")
+    p.add_argument("--config", required=True, help="study YAML (see docs/optimizer_study/study.yaml)")
+    p.add_argument("--parallel", type=int, default=1,
+                   help="cells run at once, each its own process (a GPU box: several share the GPU)")
+    p.add_argument("overrides", nargs="*", help="key=value for every cell, over the YAML (e.g. model=DIR)")
     p.set_defaults(func=cmd_study)
     return parser
 

@@ -10,15 +10,18 @@ import math
 import os
 import re
 import sys
+import types
 from dataclasses import dataclass, field
 
 import yaml
 
-from finetune_opt.errors import ConfigError, TrainingStopped, one_of
+from finetune_opt.errors import ConfigError, Interrupted, TrainingStopped, one_of
+from finetune_opt.models import check_model_config, check_pretrained_positions
 from finetune_opt.optim import get_optimizer_spec
+from finetune_opt.optim.in_backward import refusal as in_backward_refusal
 from finetune_opt.precision import resolve_mixed_precision
 from finetune_opt.sft_config import check_sft_fields
-from finetune_opt.tasks import check_task_fields, get_task
+from finetune_opt.tasks import CLASSIFICATION, REGRESSION, check_task_fields, get_task
 
 SCHEDULERS = ("linear", "cosine", "constant")
 MIXED_PRECISION = ("no", "fp16", "bf16", "auto")  # auto: bf16 where the device computes it natively
@@ -55,10 +58,15 @@ class RunConfig:
     mixed_precision: str = "no"
     group_by_length: bool = True     # classification recipes: batches of similar length (finetune_opt.batching)
     compile_model: bool = False      # torch.compile the model (dynamic shapes; lengths padded to multiples of 8)
+    # step each parameter in its gradient's hook and free the gradient at once (finetune_opt.optim.in_backward)
+    optimizer_in_backward: bool = False
     seed: int = 42
     train_examples: int | None = None  # a seeded subset of the train split
     eval_examples: int | None = None
     train_eval_examples: int | None = None  # also evaluate on this many training examples (train-vs-dev gap)
+    # Hold this many training examples out (the same ones in every run) and evaluate on them instead
+    # of the dev set, which is then never read: for choosing hyperparameters (`finetune-opt study`).
+    holdout_examples: int | None = None
     eval_batch_size: int = 128
     eval_before_training: bool = False
     # checkpoints and faults
@@ -68,8 +76,10 @@ class RunConfig:
     max_nonfinite_steps: int = 10    # skip steps with NaN/inf loss or gradients, stop after this many
     # measurement and output
     timing_warmup_steps: int = 5     # excluded from step-time statistics
+    memory_breakdown: bool = True    # measure one warm-up step's memory by phase (finetune_opt.memory)
     log_every: int = 10
     output_dir: str = "runs/sst2-adamw"
+    overwrite: bool = False          # replace a finished (or unfinished) run in output_dir; else refused
     # instruction SFT of causal LMs (recipes/finetune_sft.py; checked in finetune_opt/sft_config.py)
     # (dataset / dataset_config above also name the Hub dataset of task instruct, e.g. tatsu-lab/alpaca)
     prompt_column: str | None = None    # null: the task's (gsm8k: question)
@@ -84,13 +94,14 @@ class RunConfig:
     max_new_tokens: int = 256
 
     def __post_init__(self):
+        _check_types(self)
         task = get_task(self.task)
         check_task_fields(task, self)
         self._validate_optimizer()
         for name in ("max_steps", "batch_size", "grad_accum", "max_length", "eval_batch_size", "log_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
-        for name in ("train_examples", "eval_examples", "train_eval_examples", "save_every"):
+        for name in ("train_examples", "eval_examples", "train_eval_examples", "holdout_examples", "save_every"):
             if getattr(self, name) is not None and (not isinstance(getattr(self, name), int) or getattr(self, name) < 1):
                 raise ConfigError(f"{name} must be an integer >= 1 or null, got {getattr(self, name)!r}")
         if not isinstance(self.timing_warmup_steps, int) or not 0 <= self.timing_warmup_steps < self.max_steps:
@@ -102,8 +113,14 @@ class RunConfig:
                                                   and all(v is not None for v in self.model_config.values())):
             raise ConfigError(f"model_config must be a mapping like {{model_type: bert, hidden_size: 32}}, "
                               f"got {self.model_config!r}")
+        if self.model_config is not None:
+            check_model_config(self.model_config, self.max_length)
+        else:
+            check_pretrained_positions(self.model, self.max_length)
         if self.scheduler not in SCHEDULERS:
             raise one_of("scheduler", self.scheduler, SCHEDULERS)
+        if self.seed < 0:
+            raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
@@ -111,10 +128,18 @@ class RunConfig:
         if self.mixed_precision not in MIXED_PRECISION:
             raise one_of("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         self.mixed_precision = resolve_mixed_precision(self.mixed_precision)  # the config says what ran
-        for name in ("group_by_length", "compile_model"):
+        for name in ("optimizer_in_backward", "memory_breakdown", "group_by_length", "compile_model"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.optimizer_in_backward:
+            reason = in_backward_refusal(get_optimizer_spec(self.optimizer), self.implementation,
+                                         grad_accum=self.grad_accum, max_grad_norm=self.max_grad_norm,
+                                         mixed_precision=self.mixed_precision, num_processes=1)
+            if reason:
+                raise ConfigError(reason)
         check_sft_fields(self)
+        if self.holdout_examples is not None and task.problem_type not in (CLASSIFICATION, REGRESSION):
+            raise ConfigError(f"holdout_examples is for classification and regression tasks, not task {task.name!r}")
         if self.data_dir is None and task.local and os.environ.get("FINETUNE_OPT_DATA") and not self.dataset:
             self.data_dir = os.path.join(os.environ["FINETUNE_OPT_DATA"], self.task)
 
@@ -154,6 +179,27 @@ class RunConfig:
 
 
 FIELDS = [f.name for f in dataclasses.fields(RunConfig)]
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping",
+               list: "a list"}
+
+
+def _accepts(kind: type, value) -> bool:
+    if kind is float:  # an int is a number; a bool is not (True == 1 in Python)
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _check_types(cfg):
+    """Every field against its annotation (`int`, `float | None`, ...), strictly: the first wrong
+    one is a one-line error naming the field, the expected type and the value."""
+    for f in dataclasses.fields(cfg):
+        kinds = f.type.__args__ if isinstance(f.type, types.UnionType) else (f.type,)
+        value = getattr(cfg, f.name)
+        if not any(value is None if k is type(None) else _accepts(k, value) for k in kinds):
+            expected = " or ".join("null" if k is type(None) else _TYPE_NAMES[k] for k in kinds)
+            raise ConfigError(f"{f.name} must be {expected}, got {value!r}")
 
 
 # Flat optimizer keys of the first config format; they still work and land in optimizer_args.
@@ -163,7 +209,7 @@ OPTIMIZER_BLOCK_FIELDS = {"name": "optimizer", "implementation": "implementation
                           "weight_decay": "weight_decay"}
 
 
-def _parse_override(text: str) -> tuple[str, object]:
+def parse_override(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     key = key.lstrip("-").replace("-", "_")
     if not sep:
@@ -201,18 +247,34 @@ def _normalise_optimizer(values: dict) -> dict:
     return values
 
 
+def _read_yaml(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path!r} is not UTF-8 text (byte {e.start})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {path!r} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path!r} must be a mapping of RunConfig fields, got a {type(values).__name__}")
+    return values
+
+
 def load_config(path: str | None, overrides: list[str]) -> RunConfig:
     values = {}
     if path:
         if not os.path.isfile(path):
             raise ConfigError(f"config file {path!r} does not exist")
-        with open(path) as f:
-            values = yaml.safe_load(f) or {}
+        values = _read_yaml(path)
         unknown = [k for k in values if k not in FIELDS and k not in LEGACY_OPTIMIZER_KEYS]
         if unknown:
             raise one_of(f"config key (in {path})", unknown[0], FIELDS)
         values = _normalise_optimizer(values)
-    values = _normalise_optimizer({**values, **dict(_parse_override(o) for o in overrides)})
+    values = _normalise_optimizer({**values, **dict(parse_override(o) for o in overrides)})
     # YAML reads 5e-5 as a string (YAML 1.1); accept it as the number it obviously is.
     for key in ("lr", "weight_decay", "warmup_ratio", "max_grad_norm"):
         if isinstance(values.get(key), str):
@@ -239,8 +301,12 @@ def recipe_main(run, description: str, argv=None):
     parser.add_argument("--config", help="YAML file with RunConfig fields")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. optimizer=adamw_fused lr=3e-5")
     args = parser.parse_args(argv)
+    from finetune_opt.run_dir import claim_output_dir  # (it reads results.py, which imports torch)
+
+    rank = int(os.environ.get("RANK", "0"))  # set by torchrun / accelerate launch; no Accelerator yet
     try:
         cfg = load_config(args.config, args.overrides)
+        claim_output_dir(cfg, is_main_process=rank == 0)
         run(cfg)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -248,3 +314,7 @@ def recipe_main(run, description: str, argv=None):
     except TrainingStopped as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except Interrupted as e:
+        if rank == 0:
+            print(e, file=sys.stderr)
+        sys.exit(e.exit_code)

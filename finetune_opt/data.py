@@ -17,6 +17,9 @@ from finetune_opt.tables import read_table, table_from_dataset
 from finetune_opt.tasks import CAUSAL_LM, REGRESSION, Task, get_task
 
 HUB_EVAL_SPLITS = ("validation", "dev", "test")  # a by-columns Hub dataset's eval split: the first present
+# holdout_examples: the slice of train held out is drawn with this seed, not the run's, so every run
+# of a study (any optimizer, lr or seed) is scored on the same examples.
+HOLDOUT_SEED = 0
 
 
 @dataclass
@@ -32,12 +35,15 @@ class TaskData:
 
 
 def load_task(cfg) -> TaskData:
-    """The task's splits for a RunConfig; seeded subsets when train_examples / eval_examples are set."""
+    """The task's splits for a RunConfig; seeded subsets when train_examples / eval_examples are set.
+    With holdout_examples, "eval" is that many examples held out of train and the dev files are not read."""
     task = get_task(cfg.task)
     if task.problem_type == CAUSAL_LM:
         data = TaskData(task, _load_text(task, cfg.data_dir), task.text_columns)
     else:
         data = _load_labelled(task, cfg)
+    if cfg.holdout_examples:
+        data.splits = _hold_out(data.splits["train"], cfg.holdout_examples)
     for split in data.splits:
         n = cfg.train_examples if split == "train" else cfg.eval_examples
         if n is not None and n < len(data.splits[split]):
@@ -45,9 +51,16 @@ def load_task(cfg) -> TaskData:
     return data
 
 
+def _hold_out(train: datasets.Dataset, n: int) -> datasets.DatasetDict:
+    if n >= len(train):
+        raise ConfigError(f"holdout_examples={n} leaves nothing to train on: the train split has {len(train)} rows")
+    shuffled = train.shuffle(seed=HOLDOUT_SEED)
+    return datasets.DatasetDict(train=shuffled.select(range(n, len(train))), eval=shuffled.select(range(n)))
+
+
 def _load_labelled(task, cfg) -> TaskData:
     text_columns = task.text_columns or tuple(cfg.text_columns)
-    tables = _tables(task, cfg, text_columns)
+    tables = _tables(task, cfg, text_columns, train_only=bool(cfg.holdout_examples))
     for split, table in tables.items():
         if not len(table):
             raise ConfigError(f"{table.source}: the {split} split has no rows")
@@ -61,31 +74,33 @@ def _load_labelled(task, cfg) -> TaskData:
     return TaskData(task, splits, text_columns, names)
 
 
-def _tables(task, cfg, text_columns) -> dict:
-    """{split: Table} with our column names, from wherever this task's data is."""
+def _tables(task, cfg, text_columns, train_only=False) -> dict:
+    """{split: Table} with our column names, from wherever this task's data is (train_only: the
+    eval files and splits are not read)."""
     if task.by_columns:
         columns = {c: c for c in text_columns} | {cfg.label_column: "label"}
         if cfg.data_files:
-            return {split: read_table(path, columns) for split, path in cfg.data_files.items()}
-        return _hub_tables((cfg.dataset, cfg.dataset_config), None, columns)
+            return {split: read_table(path, columns) for split, path in cfg.data_files.items()
+                    if split == "train" or not train_only}
+        return _hub_tables((cfg.dataset, cfg.dataset_config), {} if train_only else None, columns)
     if cfg.data_dir:
-        return _local_tables(task, cfg.data_dir)
+        return _local_tables(task, cfg.data_dir, train_only)
     columns = dict(task.hub_columns or {})
     columns |= {c: c for c in (*text_columns, "label") if c not in columns.values()}
-    return _hub_tables(task.hub, task.eval_splits, columns)
+    return _hub_tables(task.hub, {} if train_only else task.eval_splits, columns)
 
 
-def _local_tables(task, data_dir) -> dict:
+def _local_tables(task, data_dir, train_only=False) -> dict:
     if not os.path.isdir(data_dir):
         raise ConfigError(f"data dir {data_dir!r} does not exist")
     local = task.local
     return {split: read_table(_local_file(data_dir, names), local.columns, names=local.names,
                               delimiter=local.delimiter, quoting=local.quoting)
-            for split, names in local.files.items()}
+            for split, names in local.files.items() if split == "train" or not train_only}
 
 
 def _hub_tables(hub, eval_splits, columns) -> dict:
-    """Hub splits as tables; eval_splits None: the dataset's first of HUB_EVAL_SPLITS."""
+    """Hub splits as tables; eval_splits None: the dataset's first of HUB_EVAL_SPLITS ({}: train only)."""
     ds = _load_hub(hub)
     if eval_splits is None:
         present = [s for s in HUB_EVAL_SPLITS if s in ds]

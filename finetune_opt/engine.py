@@ -1,13 +1,24 @@
-"""The training loop every recipe shares: Accelerate set-up, optimizer from the registry, LR
-schedule, gradient accumulation and clipping, checkpoint/resume, fault handling, and measurement
-around each update."""
+"""The training loop every recipe shares. `fit` reads as its steps:
 
+    set_up        optimizer from the registry, LR schedule, accelerator.prepare
+    resume        the loop state and the micro-batch stream, from a checkpoint when asked
+    train         TrainingStep after TrainingStep; logging, periodic checkpoints, stop on a signal
+    finish        final evaluation, saved model, the Results
+
+`TrainingStep` is one optimizer update in phases (micro-batch forward/backward, clipping, the
+cross-rank non-finite / stop agreement, the optimizer step), so one phase can change alone.
+"""
+
+import dataclasses
 import itertools
 import math
 import os
 import signal
+import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
@@ -16,13 +27,18 @@ from accelerate.utils import (DataLoaderConfiguration, DistributedType, Gradient
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from finetune_opt.checkpoint import find_checkpoint, load_checkpoint, read_loop_state, save_checkpoint
+from finetune_opt.checkpoint import LoopState, find_checkpoint, load_checkpoint, read_loop_state, save_checkpoint
 from finetune_opt.config import RunConfig
-from finetune_opt.errors import ConfigError, TrainingStopped
-from finetune_opt.measure import (StepTimer, current_rss_bytes, optimizer_state_bytes, padding_share, peak_bytes,
+from finetune_opt.errors import ConfigError, Interrupted, TrainingStopped
+from finetune_opt.measure import (StepTimer, current_rss_bytes, global_throughput, optimizer_state_bytes, per_rank,
                                   peak_memory, reset_peak_memory)
-from finetune_opt.optim import create_optimizer, describe_optimizer, get_optimizer_spec
+from finetune_opt.memory import NO_PROBE, gradient_bytes, memory_breakdown, phase_probe
+from finetune_opt.optim import OptimizerSpec, create_optimizer, describe_optimizer, get_optimizer_spec
+from finetune_opt.optim.in_backward import refusal as in_backward_refusal
+from finetune_opt.optim.in_backward import step_in_backward
 from finetune_opt.peft_setup import model_to_save
+from finetune_opt.results import Results, new_results
+from finetune_opt.run_dir import resume_changes
 
 
 def make_accelerator(cfg: RunConfig) -> Accelerator:
@@ -83,15 +99,28 @@ def _lr_scheduler(cfg: RunConfig, optimizer, spec):
                          num_training_steps=cfg.max_steps)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextmanager
-def _sigterm_requested():
-    """Yields a callable: has SIGTERM arrived? (The loop then checkpoints and exits cleanly.)"""
+def _stop_signals():
+    """Yields a callable: the first SIGINT / SIGTERM received, or None. The loop then finishes its
+    step, checkpoints and stops. A second signal exits at once: checkpoints are renamed into
+    place, so the last complete one stays complete."""
     received = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+
+    def handler(signum, frame):
+        if received:
+            print(f"\n{signal.Signals(signum).name} again: exiting without a checkpoint", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        received.append(signum)
+
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
-        yield lambda: bool(received)
+        yield lambda: received[0] if received else None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def step_optimizer(optimizer, scheduler, scaler) -> bool:
@@ -107,133 +136,272 @@ def step_optimizer(optimizer, scheduler, scaler) -> bool:
     return not skipped
 
 
-def fit(cfg: RunConfig, accelerator: Accelerator, model, train_loader, evaluate, on_step=None) -> dict | None:
+def fit(cfg: RunConfig, accelerator: Accelerator, model, train_loader, evaluate, on_step=None) -> Results:
     """Train to cfg.max_steps optimizer updates, then `evaluate(model) -> {metric: value}`;
-    `on_step()` is called after each update (benchmarks time with it). Returns the measurement
-    part of results.json, or None if SIGTERM stopped the run."""
+    `on_step()` is called after each update (benchmarks time with it). Returns the run's Results;
+    raises Interrupted if SIGINT / SIGTERM stopped the run (after a checkpoint)."""
+    run = set_up(cfg, accelerator, model, train_loader)
+    state, batches, changes = resume(run)
+    resumed_from_step = state.step or None
+    before = evaluate(run.model) if cfg.eval_before_training and not cfg.resume else None
+    meter = Meter(run, state.step)
+    with _stop_signals() as stop_signal:
+        train(run, state, batches, meter, stop_signal, on_step)  # raises Interrupted on a signal
+        # A signal from here on lets the final evaluation finish: its results are the run's.
+        return finish(run, state, meter, evaluate, metrics_before_training=before,
+                      resumed_from_step=resumed_from_step, resumed_with_changes=changes or None)
+
+
+@dataclass
+class Training:
+    """What set-up builds; every later step reads it."""
+    cfg: RunConfig
+    accelerator: Accelerator
+    spec: OptimizerSpec
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer  # Accelerate's wrapper
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_loader: torch.utils.data.DataLoader
+
+    def save_checkpoint(self, state: LoopState) -> str:
+        with averaged_weights(self.optimizer, self.spec):  # schedule-free checkpoints in eval mode
+            return save_checkpoint(self.accelerator, self.cfg.output_dir, state, dataclasses.asdict(self.cfg))
+
+
+def _check_optimizer_runs_here(cfg: RunConfig, accelerator) -> OptimizerSpec:
     spec = get_optimizer_spec(cfg.optimizer)
     if not spec.supports(cfg.implementation, accelerator.device.type):
         here = [i for i in spec.implementations if spec.supports(i, accelerator.device.type)]
         raise ConfigError(f"{cfg.optimizer} ({cfg.implementation}) does not run on {accelerator.device.type}; "
                           f"choose implementation one of: {', '.join(here) or 'none (another optimizer)'}")
+    if cfg.optimizer_in_backward and accelerator.num_processes > 1:
+        raise ConfigError(in_backward_refusal(spec, cfg.implementation, grad_accum=1, max_grad_norm=None,
+                                              mixed_precision="no", num_processes=accelerator.num_processes))
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     if sharded and spec.needs_whole_tensors:
         raise ConfigError(f"{cfg.optimizer} updates whole matrices and cannot step FSDP / DeepSpeed shards; "
                           f"use DDP (accelerate_configs/multi_gpu.yaml) or an elementwise optimizer")
+    return spec
+
+
+def set_up(cfg: RunConfig, accelerator: Accelerator, model, train_loader) -> Training:
+    spec = _check_optimizer_runs_here(cfg, accelerator)
     # Optimizer on the model, then both prepared in one call: FSDP2 and DeepSpeed need that, as
     # they replace the optimizer's parameters with the sharded ones.
     optimizer = create_optimizer(cfg.optimizer, model, implementation=cfg.implementation, **cfg.hyperparams)
     scheduler = _lr_scheduler(cfg, optimizer, spec)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     accelerator.register_for_checkpointing(scheduler)  # stepped by us, once per real update
+    if cfg.optimizer_in_backward:  # every parameter stepped by its gradient's hook (optim/in_backward.py)
+        step_in_backward(optimizer.optimizer)
+    return Training(cfg, accelerator, spec, model, optimizer, scheduler, train_loader)
 
+
+def resume(run: Training) -> tuple[LoopState, Iterator, dict]:
+    """The loop state, the micro-batch stream and the config changes since the checkpoint
+    (run_dir.resume_changes refuses unsafe ones): fresh, or continuing cfg.resume's checkpoint."""
+    cfg = run.cfg
     checkpoint = find_checkpoint(cfg.resume) if cfg.resume else None
-    start = read_loop_state(checkpoint)["step"] if checkpoint else 0
-    consumed = start * cfg.grad_accum
-    batches = _batches(train_loader, accelerator, consumed)
-    if consumed % len(train_loader):
+    consumed = (read_loop_state(checkpoint).step if checkpoint else 0) * cfg.grad_accum
+    batches = _batches(run.train_loader, run.accelerator, consumed)
+    if consumed % len(run.train_loader):
         # Starting a DataLoader iterator draws from the global RNG. Mid-epoch, the uninterrupted
         # run started this epoch's iterator before the checkpoint, so start it before the RNG
         # states are restored; then dropout masks match. (At an epoch boundary it starts after.)
         batches = itertools.chain([next(batches)], batches)
-    loop = {"history": [], "nonfinite_skipped": 0, "overflow_skipped": 0}
-    if checkpoint:  # optimizer.load_state_dict inside re-asserts the spec's fused/foreach flags
-        loop = load_checkpoint(accelerator, checkpoint)
-        del loop["step"]
-        if spec.train_eval_modes:  # checkpoints hold the averaged weights x; training runs on y
-            optimizer.train()
-    before = evaluate(model) if cfg.eval_before_training and not checkpoint else None
+    if not checkpoint:
+        return LoopState(), batches, {}
+    changes = resume_changes(cfg, checkpoint)
+    state = load_checkpoint(run.accelerator, checkpoint)  # optimizer.load_state_dict re-asserts the spec's flags
+    if run.spec.train_eval_modes:  # checkpoints hold the averaged weights x; training runs on y
+        run.optimizer.train()
+    return state, batches, changes
 
-    reset_peak_memory(accelerator.device)
-    rss_before = current_rss_bytes()
-    timer = StepTimer(accelerator.device, cfg.timing_warmup_steps)
-    window = []
-    progress = tqdm(total=cfg.max_steps, initial=start, disable=not accelerator.is_local_main_process, desc="train")
-    train_start = time.perf_counter()
-    model.train()
-    with _sigterm_requested() as sigterm:
-        for step in range(start + 1, cfg.max_steps + 1):
-            timer.begin_step()
-            samples = tokens = positions = 0
-            losses = []
-            for _ in range(cfg.grad_accum):
-                batch = next(batches)
-                n, t, p = _batch_size_and_tokens(batch)
-                samples, tokens, positions = samples + n, tokens + t, positions + p
-                with accelerator.accumulate(model):
-                    loss = model(**batch).loss
-                    accelerator.backward(loss)
-                    losses.append(loss.detach())
-            # The norm is of the synchronised (all-reduced, unscaled) gradients; inf disables clipping.
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf)
-            if grad_norm is None:  # DeepSpeed clips inside its engine and returns no norm
-                grad_norm = torch.zeros((), device=accelerator.device)
-            elif hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
-                grad_norm = grad_norm.full_tensor()
-            flags = torch.stack([~torch.isfinite(torch.stack(losses)).all() | ~torch.isfinite(grad_norm),
-                                 torch.tensor(sigterm(), device=grad_norm.device)]).float()
-            if accelerator.num_processes > 1:  # every rank must take the same branch
-                flags = accelerator.reduce(flags, reduction="sum")
-            nonfinite, stop = (bool(f) for f in flags.tolist())
-            if nonfinite and accelerator.scaler is None:  # (fp16: GradScaler's overflow handling below)
-                optimizer.zero_grad(set_to_none=True)
-                loop["nonfinite_skipped"] += 1
-                if loop["nonfinite_skipped"] > cfg.max_nonfinite_steps:
-                    with averaged_weights(optimizer, spec):
-                        path = save_checkpoint(accelerator, cfg.output_dir, step - 1, loop)
-                    raise TrainingStopped(f"{loop['nonfinite_skipped']} steps had non-finite loss or gradients "
-                                          f"(max_nonfinite_steps={cfg.max_nonfinite_steps}); stopped at step {step}, "
-                                          f"state of step {step - 1} saved in {path}")
-            else:
-                timer.begin_optimizer()
-                if not step_optimizer(optimizer, scheduler, accelerator.scaler):
-                    loop["overflow_skipped"] += 1
-                timer.end_optimizer()
-                optimizer.zero_grad(set_to_none=True)
-                window.append(torch.stack(losses).mean())
-            timer.end_step(samples, tokens, positions)
-            if on_step:
-                on_step()
 
-            if (step % cfg.log_every == 0 or step == cfg.max_steps) and window:
-                mean_loss = accelerator.reduce(torch.stack(window).mean(), reduction="mean").item()
-                loop["history"].append({"step": step, "loss": mean_loss, "lr": float(scheduler.get_last_lr()[0])})
-                progress.set_postfix(loss=f"{mean_loss:.4f}")
-                window = []
-            progress.update(1)
-            if stop or (cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps):
-                with averaged_weights(optimizer, spec):  # schedule-free checkpoints in eval mode
-                    path = save_checkpoint(accelerator, cfg.output_dir, step, loop)
-            if stop:
-                accelerator.print(f"SIGTERM: stopped after step {step}; checkpoint {path}; "
-                                  f"continue with resume={cfg.output_dir}")
-                return None
-    progress.close()
-    train_seconds = time.perf_counter() - train_start
+@dataclass
+class StepOutcome:
+    loss: torch.Tensor | None  # mean micro-batch loss; None when the step was skipped as non-finite
+    nonfinite: bool            # NaN/inf loss or gradients on some rank: no update
+    updated: bool              # the parameters changed (False also for an fp16 overflow)
+    stop: bool                 # a stop signal arrived on some rank: every rank stops after this step
 
+
+class TrainingStep:
+    """One optimizer update: `micro_batch` (forward + backward) grad_accum times, `clip_gradients`,
+    `agree` (non-finite / stop, the same answer on every rank), `update` (optimizer step and LR
+    schedule). Each phase is a method, so an option can replace or instrument one alone."""
+
+    def __init__(self, run: Training, timer: StepTimer):
+        self.run, self.timer = run, timer
+        self.probe = NO_PROBE  # train() sets a memory probe for the one step it measures
+        self.batch_shape = None
+
+    def __call__(self, batches: Iterator, stop_requested) -> StepOutcome:
+        """`stop_requested()` is asked after the backward passes, so a signal during them stops this step."""
+        run = self.run
+        self.timer.begin_step()
+        samples = tokens = positions = 0
+        losses = []
+        for _ in range(run.cfg.grad_accum):
+            batch = next(batches)
+            n, t, p = _batch_size_and_tokens(batch)
+            samples, tokens, positions = samples + n, tokens + t, positions + p
+            losses.append(self.micro_batch(batch))
+        losses = torch.stack(losses)
+        self.probe.gradients = gradient_bytes(run.model)  # before they are freed (in backward: none left)
+        grad_norm = self.clip_gradients()
+        nonfinite, stop = self.agree(losses, grad_norm, stop_requested())
+        if nonfinite and run.accelerator.scaler is None:  # (fp16: GradScaler's overflow handling in update)
+            run.optimizer.zero_grad(set_to_none=True)
+            outcome = StepOutcome(loss=None, nonfinite=True, updated=False, stop=stop)
+        else:
+            updated = self.update()
+            run.optimizer.zero_grad(set_to_none=True)
+            outcome = StepOutcome(loss=losses.mean(), nonfinite=False, updated=updated, stop=stop)
+        self.timer.end_step(samples, tokens, positions)
+        return outcome
+
+    def micro_batch(self, batch) -> torch.Tensor:
+        self.batch_shape = tuple(batch["input_ids"].shape)
+        with self.run.accelerator.accumulate(self.run.model):
+            with self.probe.phase("forward"):
+                loss = self.run.model(**batch).loss
+            # With the step in backward, backward *is* the update: a NaN/inf loss must not reach it.
+            if not (self.run.cfg.optimizer_in_backward and not torch.isfinite(loss).item()):
+                with self.probe.phase("backward"):
+                    self.run.accelerator.backward(loss)
+        return loss.detach()
+
+    def clip_gradients(self) -> torch.Tensor:
+        """The norm of the synchronised (all-reduced, unscaled) gradients; max_grad_norm None: no clipping."""
+        accelerator = self.run.accelerator
+        if self.run.cfg.optimizer_in_backward:  # every gradient was applied and freed during backward
+            # (clip_grad_norm_ of no gradients is a CPU zero, which a CUDA run cannot stack with its flags)
+            return torch.zeros((), device=accelerator.device)
+        grad_norm = accelerator.clip_grad_norm_(self.run.model.parameters(), self.run.cfg.max_grad_norm or math.inf)
+        if grad_norm is None:  # DeepSpeed clips inside its engine and returns no norm
+            return torch.zeros((), device=accelerator.device)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+            return grad_norm.full_tensor()
+        return grad_norm
+
+    def agree(self, losses: torch.Tensor, grad_norm: torch.Tensor, stop_requested: bool) -> tuple[bool, bool]:
+        """(non-finite, stop), summed over ranks: every rank must take the same branch."""
+        flags = torch.stack([~torch.isfinite(losses).all() | ~torch.isfinite(grad_norm),
+                             torch.tensor(stop_requested, device=grad_norm.device)]).float()
+        if self.run.accelerator.num_processes > 1:
+            flags = self.run.accelerator.reduce(flags, reduction="sum")
+        nonfinite, stop = (bool(f) for f in flags.tolist())
+        return nonfinite, stop
+
+    def update(self) -> bool:
+        if self.run.cfg.optimizer_in_backward:  # the hooks stepped every parameter during backward
+            self.run.scheduler.step()
+            return True
+        self.timer.begin_optimizer()
+        with self.probe.phase("optimizer_step"):
+            updated = step_optimizer(self.run.optimizer, self.run.scheduler, self.run.accelerator.scaler)
+        self.timer.end_optimizer()
+        return updated
+
+
+class Meter:
+    """Step times (StepTimer), peak memory, the loss window between log lines, the progress bar."""
+
+    def __init__(self, run: Training, start: int):
+        self.run = run
+        reset_peak_memory(run.accelerator.device)
+        self.rss_before = current_rss_bytes()
+        self.timer = StepTimer(run.accelerator.device, run.cfg.timing_warmup_steps)
+        self.window = []
+        self.progress = tqdm(total=run.cfg.max_steps, initial=start, desc="train",
+                             disable=not run.accelerator.is_local_main_process)
+        self.train_start = time.perf_counter()
+        self.memory_breakdown = None  # finetune_opt.memory's, from the step train() probes
+
+    def after_step(self, state: LoopState, outcome: StepOutcome):
+        """Every log_every steps (and the last), the mean loss since the last log line into history."""
+        cfg = self.run.cfg
+        if outcome.loss is not None:
+            self.window.append(outcome.loss)
+        if (state.step % cfg.log_every == 0 or state.step == cfg.max_steps) and self.window:
+            mean_loss = self.run.accelerator.reduce(torch.stack(self.window).mean(), reduction="mean").item()
+            state.history.append({"step": state.step, "loss": mean_loss,
+                                  "lr": float(self.run.scheduler.get_last_lr()[0])})
+            self.progress.set_postfix(loss=f"{mean_loss:.4f}")
+            self.window = []
+        self.progress.update(1)
+
+    def close(self) -> float:
+        """Seconds since training started."""
+        self.progress.close()
+        return time.perf_counter() - self.train_start
+
+
+def _count_skip(run: Training, state: LoopState, outcome: StepOutcome, step: int):
+    """Skipped steps are counted; too many non-finite ones stop the run with the last good state saved."""
+    if outcome.nonfinite:
+        state.nonfinite_skipped += 1
+        if state.nonfinite_skipped > run.cfg.max_nonfinite_steps:
+            path = run.save_checkpoint(state)  # state.step is still step - 1
+            raise TrainingStopped(f"{state.nonfinite_skipped} steps had non-finite loss or gradients "
+                                  f"(max_nonfinite_steps={run.cfg.max_nonfinite_steps}); stopped at step {step}, "
+                                  f"state of step {step - 1} saved in {path}")
+    elif not outcome.updated:
+        state.overflow_skipped += 1
+
+
+def train(run: Training, state: LoopState, batches: Iterator, meter: Meter, stop_signal, on_step=None):
+    """Steps state.step + 1 .. max_steps. A stop signal (on any rank) ends it after the step and a
+    checkpoint, with Interrupted."""
+    cfg = run.cfg
+    training_step = TrainingStep(run, meter.timer)
+    # Memory is measured on the last warm-up step: the optimizer state exists by then, and the
+    # CPU probe's profiler slows that step, which the timings exclude anyway.
+    probe_step = state.step + max(1, min(cfg.timing_warmup_steps, cfg.max_steps - state.step))
+    run.model.train()
+    for step in range(state.step + 1, cfg.max_steps + 1):
+        probed = cfg.memory_breakdown and step == probe_step
+        training_step.probe = phase_probe(run.accelerator.device) if probed else NO_PROBE
+        with training_step.probe.step():
+            outcome = training_step(batches, lambda: stop_signal() is not None)
+        if probed:
+            meter.memory_breakdown = memory_breakdown(run, training_step)
+        _count_skip(run, state, outcome, step)
+        state.step = step
+        if on_step:
+            on_step()
+        meter.after_step(state, outcome)
+        if outcome.stop or (cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps):
+            path = run.save_checkpoint(state)
+        if outcome.stop:
+            signum = stop_signal() or signal.SIGTERM  # another rank's signal: SIGTERM's exit code
+            meter.close()
+            raise Interrupted(f"{signal.Signals(signum).name}: stopped after step {step}; checkpoint {path}; "
+                              f"continue with resume={cfg.output_dir}", exit_code=128 + signum)
+
+
+def finish(run: Training, state: LoopState, meter: Meter, evaluate, **results) -> Results:
+    """Evaluate (schedule-free: the averaged weights), measure, save the final model; the Results."""
+    cfg, accelerator = run.cfg, run.accelerator
+    train_seconds = meter.close()
     eval_start = time.perf_counter()
-    if spec.train_eval_modes:
-        optimizer.eval()  # evaluate and save the averaged weights
-    metrics = evaluate(model)
-    timing = timer.summary()
+    if run.spec.train_eval_modes:
+        run.optimizer.eval()  # evaluate and save the averaged weights
+    metrics = evaluate(run.model)
+    timing = meter.timer.summary()
     timing.update(train_seconds=train_seconds, eval_seconds=time.perf_counter() - eval_start)
     memory = peak_memory(accelerator.device)
-    memory.update(rss_before_training_bytes=rss_before, optimizer_state_bytes=optimizer_state_bytes(optimizer))
+    memory.update(rss_before_training_bytes=meter.rss_before, optimizer_state_bytes=optimizer_state_bytes(run.optimizer),
+                  breakdown=meter.memory_breakdown)
     if cfg.save_final_model:
-        _save_model(accelerator, model, os.path.join(cfg.output_dir, "model"), merge=cfg.merge_adapter)
-    return {
-        "optimizer": describe_optimizer(optimizer),
-        "metrics": metrics,
-        "metrics_before_training": before,
-        "final_train_loss": loop["history"][-1]["loss"] if loop["history"] else None,
-        "resumed_from_step": start or None,
-        "skipped_steps": {"nonfinite": loop["nonfinite_skipped"], "fp16_overflow": loop["overflow_skipped"]},
-        "timing": timing,
-        "throughput": _global_throughput(accelerator, timer),
-        "memory": memory,
-        "per_rank": _per_rank(accelerator, timing, memory),
-        "history": loop["history"],
-    }
+        _save_model(accelerator, run.model, os.path.join(cfg.output_dir, "model"), merge=cfg.merge_adapter)
+    return new_results(
+        cfg, accelerator, optimizer=describe_optimizer(run.optimizer), metrics=metrics,
+        final_train_loss=state.history[-1]["loss"] if state.history else None,
+        skipped_steps={"nonfinite": state.nonfinite_skipped, "fp16_overflow": state.overflow_skipped},
+        timing=timing, throughput=global_throughput(accelerator, meter.timer), memory=memory,
+        per_rank=per_rank(accelerator, timing, memory), history=state.history, **results)
 
 
 def _save_model(accelerator, model, path, merge=False):
@@ -245,24 +413,3 @@ def _save_model(accelerator, model, path, merge=False):
         state_dict = unwrapped.state_dict()
     unwrapped.save_pretrained(path, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
                               state_dict=state_dict)
-
-
-def _global_throughput(accelerator, timer) -> dict:
-    """Samples and tokens summed over ranks, divided by the slowest rank's timed seconds."""
-    local = torch.tensor([timer.samples, timer.tokens, timer.positions, sum(timer.step_s)], dtype=torch.float64,
-                         device=accelerator.device)
-    every = accelerator.gather(local[None]).view(-1, 4)
-    samples, tokens, positions, _ = every.sum(0).tolist()
-    seconds = every[:, 3].max().item()
-    return {"processes": accelerator.num_processes,
-            "samples_per_s": samples / seconds if seconds else None,
-            "tokens_per_s": tokens / seconds if seconds else None,
-            "padding_share": padding_share(tokens, positions)}
-
-
-def _per_rank(accelerator, timing, memory) -> list[dict]:
-    local = torch.tensor([timing["step_ms"]["median"] or 0.0, timing["optimizer_step_ms"]["median"] or 0.0,
-                          float(peak_bytes(memory))], dtype=torch.float64, device=accelerator.device)
-    every = accelerator.gather(local[None]).view(-1, 3).tolist()
-    return [{"rank": r, "step_ms_median": s, "optimizer_step_ms_median": o, "peak_memory_bytes": int(m)}
-            for r, (s, o, m) in enumerate(every)]

@@ -17,3 +17,12 @@ def one_of(kind: str, value, choices) -> ConfigError:
 
 class TrainingStopped(RuntimeError):
     """A run that cannot go on (e.g. too many non-finite steps); its state has been saved."""
+
+
+class Interrupted(Exception):
+    """SIGINT / SIGTERM stopped a run after a complete step and a checkpoint; the message says
+    how to go on. Recipes exit with 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -126,3 +126,25 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes held in optimizer state (moments, momentum buffers, factors, step counters)."""
     return sum(tensor_storage_bytes(t) for state in optimizer.state.values()
                for t in state.values() if torch.is_tensor(t))
+
+
+def global_throughput(accelerator, timer: StepTimer) -> dict:
+    """Samples and tokens summed over ranks, divided by the slowest rank's timed seconds."""
+    local = torch.tensor([timer.samples, timer.tokens, timer.positions, sum(timer.step_s)], dtype=torch.float64,
+                         device=accelerator.device)
+    every = accelerator.gather(local[None]).view(-1, 4)
+    samples, tokens, positions, _ = every.sum(0).tolist()
+    seconds = every[:, 3].max().item()
+    return {"processes": accelerator.num_processes,
+            "samples_per_s": samples / seconds if seconds else None,
+            "tokens_per_s": tokens / seconds if seconds else None,
+            "padding_share": padding_share(tokens, positions)}
+
+
+def per_rank(accelerator, timing: dict, memory: dict) -> list[dict]:
+    """Each rank's median step and optimizer-step time and peak memory (gathered: every rank calls it)."""
+    local = torch.tensor([timing["step_ms"]["median"] or 0.0, timing["optimizer_step_ms"]["median"] or 0.0,
+                          float(peak_bytes(memory))], dtype=torch.float64, device=accelerator.device)
+    every = accelerator.gather(local[None]).view(-1, 3).tolist()
+    return [{"rank": r, "step_ms_median": s, "optimizer_step_ms_median": o, "peak_memory_bytes": int(m)}
+            for r, (s, o, m) in enumerate(every)]

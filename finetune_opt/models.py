@@ -9,6 +9,8 @@ from scratch.
 import importlib
 import os
 
+import torch
+
 from finetune_opt.errors import ConfigError, one_of
 
 MODEL_HEADS = {
@@ -55,6 +57,10 @@ def load_model(name_or_path: str, task: str = "base", model_config: dict | None 
         if model_type not in transformers.CONFIG_MAPPING:
             raise one_of("model_type", model_type, sorted(transformers.CONFIG_MAPPING.keys()))
         return auto.from_config(transformers.AutoConfig.for_model(model_type, **cfg, **kwargs))
+    # transformers 5 loads a checkpoint in the dtype it was saved in ("auto"): a bf16 or fp16
+    # checkpoint would train with half-precision weights and optimizer state. Master weights are
+    # fp32; mixed_precision decides what the matmuls run in.
+    kwargs.setdefault("dtype", torch.float32)
     return _from_pretrained(auto, name_or_path, "model", **kwargs)
 
 
@@ -76,3 +82,43 @@ def with_tokenizer_tokens(model_config: dict | None, tokenizer) -> dict | None:
                "bos_token_id": tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id,
                "eos_token_id": tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id}
     return {**special, **model_config}
+
+
+def check_model_config(model_config: dict, max_length: int):
+    """A model_config is a transformers config: a known model_type, only that config's keys (a
+    misspelt one would silently build another model), heads dividing the hidden size, and room
+    for max_length positions. Cheap: no weights are built."""
+    from transformers import CONFIG_MAPPING
+
+    kind = model_config.get("model_type")
+    if kind not in CONFIG_MAPPING:
+        raise one_of("model_config model_type", kind, sorted(CONFIG_MAPPING.keys()))
+    rest = {k: v for k, v in model_config.items() if k != "model_type"}
+    known = CONFIG_MAPPING[kind]().to_dict()
+    unknown = [k for k in rest if k not in known]
+    if unknown:
+        raise ConfigError(f"model_config key {unknown[0]!r} is not a {kind} config field; "
+                          f"sizes are e.g. {', '.join(k for k in known if k.endswith(('_size', '_layers', '_heads')))}")
+    config = CONFIG_MAPPING[kind](**rest)
+    hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
+    if isinstance(hidden, int) and isinstance(heads, int) and (heads < 1 or hidden % heads):
+        raise ConfigError(f"model_config: hidden_size {hidden} is not divisible by num_attention_heads {heads}")
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and max_length > positions:
+        raise ConfigError(f"max_length {max_length} exceeds the model's {positions} positions "
+                          f"(model_config max_position_embeddings)")
+
+
+def check_pretrained_positions(name_or_path: str, max_length: int):
+    """max_length above a local pretrained model's positions would crash in its embedding mid-run."""
+    try:
+        path = os.path.join(resolve_model_path(name_or_path), "config.json")
+    except Exception:  # a Hub name or a missing package: load_model reports it
+        return
+    if os.path.isfile(path):
+        import json
+
+        with open(path) as f:
+            positions = json.load(f).get("max_position_embeddings")
+        if isinstance(positions, int) and max_length > positions:
+            raise ConfigError(f"max_length {max_length} exceeds {name_or_path}'s {positions} positions")

@@ -1,6 +1,5 @@
 """`finetune-opt compare`: a Markdown table and PNG plots across runs' results.json files."""
 
-import json
 import os
 
 import matplotlib
@@ -10,32 +9,27 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from finetune_opt.errors import ConfigError  # noqa: E402
 from finetune_opt.measure import peak_bytes  # noqa: E402
-from finetune_opt.results import format_table  # noqa: E402
+from finetune_opt.memory_report import breakdown_table, plot_breakdown  # noqa: E402
+from finetune_opt.results import Results, format_table, load_results  # noqa: E402
 from finetune_opt.tasks import get_task  # noqa: E402
 
 
-def load_runs(run_dirs: list[str]) -> list[dict]:
-    runs = []
-    for d in run_dirs:
-        path = os.path.join(d, "results.json")
-        if not os.path.isfile(path):
-            raise ConfigError(f"{d!r} has no results.json (is it a finished run directory?)")
-        with open(path) as f:
-            runs.append(json.load(f))
-    tasks = {r["task"] for r in runs}
+def load_runs(run_dirs: list[str]) -> list[Results]:
+    runs = [load_results(d) for d in run_dirs]
+    tasks = {r.task for r in runs}
     if len(tasks) > 1:
         raise ConfigError(f"runs are of different tasks ({', '.join(sorted(tasks))}); compare one task at a time")
     return runs
 
 
-def rank_runs(runs: list[dict]) -> list[dict]:
+def rank_runs(runs: list[Results]) -> list[Results]:
     """Best first by the task's headline metric, in its direction; runs without it (NaN) last."""
-    task = get_task(runs[0]["task"])
-    return sorted(runs, key=lambda r: task.rank_key(r["metrics"].get(task.headline)))
+    task = get_task(runs[0].task)
+    return sorted(runs, key=lambda r: task.rank_key(r.metrics.get(task.headline)))
 
 
 def _label(r):
-    return os.path.basename(os.path.normpath(r["config"]["output_dir"]))
+    return os.path.basename(os.path.normpath(r.config["output_dir"]))
 
 
 def _bar(ax, runs, values, title, ylabel, errors=None, color="tab:blue"):
@@ -48,31 +42,32 @@ def _bar(ax, runs, values, title, ylabel, errors=None, color="tab:blue"):
         ax.annotate(f"{v:.4g}", (i, v), ha="center", va="bottom", fontsize=8)
 
 
-def plot_runs(runs: list[dict], out_dir: str) -> list[str]:
-    metric = get_task(runs[0]["task"]).headline
+def plot_runs(runs: list[Results], out_dir: str) -> list[str]:
+    metric = get_task(runs[0].task).headline
     files = []
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, r in enumerate(runs):  # line styles cycle so that identical curves stay visible
-        ax.plot([h["step"] for h in r["history"]], [h["loss"] for h in r["history"]], label=_label(r),
+        ax.plot([h["step"] for h in r.history], [h["loss"] for h in r.history], label=_label(r),
                 linestyle=["-", "--", ":", "-."][i % 4], linewidth=1.6)
     ax.set(xlabel="optimizer step", ylabel="train loss", title="Training loss")
     ax.legend()
     files.append(_save(fig, out_dir, "loss_curves.png"))
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    _bar(axes[0], runs, [r["metrics"][metric] for r in runs], f"Dev {metric}", metric)
-    step = [r["timing"]["step_ms"] for r in runs]
+    _bar(axes[0], runs, [r.metrics[metric] for r in runs], f"Dev {metric}", metric)
+    step = [r.timing["step_ms"] for r in runs]
     _bar(axes[1], runs, [s["median"] for s in step], "Step time (median, p10-p90)", "ms",
          errors=[[s["median"] - s["p10"] for s in step], [s["p90"] - s["median"] for s in step]])
-    _bar(axes[1], runs, [r["timing"]["optimizer_step_ms"]["median"] for r in runs],
+    _bar(axes[1], runs, [r.timing["optimizer_step_ms"]["median"] for r in runs],
          "Step time (median, p10-p90); optimizer step in orange", "ms", color="tab:orange")
-    mem = [r["memory"] for r in runs]
+    mem = [r.memory for r in runs]
     _bar(axes[2], runs, [peak_bytes(m) / 2**20 for m in mem],
          "Peak GPU memory" if mem[0]["kind"] == "cuda" else "Peak RSS (process)", "MiB")
     fig.tight_layout()
     files.append(_save(fig, out_dir, "metric_time_memory.png"))
-    return files
+    breakdown = plot_breakdown(runs, os.path.join(out_dir, "memory_breakdown.png"))
+    return files + ([breakdown] if breakdown else [])
 
 
 def _save(fig, out_dir, name):
@@ -85,7 +80,7 @@ def _save(fig, out_dir, name):
 def write_comparison(run_dirs: list[str], out_dir: str) -> str:
     """Write report.md + plots to out_dir; return the Markdown."""
     runs = rank_runs(load_runs(run_dirs))
-    task = get_task(runs[0]["task"])
+    task = get_task(runs[0].task)
     os.makedirs(out_dir, exist_ok=True)
     plots = plot_runs(runs, out_dir)
     env = runs[0]
@@ -93,13 +88,15 @@ def write_comparison(run_dirs: list[str], out_dir: str) -> str:
         f"# {task.name}: {len(runs)} runs",
         "",
         f"Ranked by dev {task.headline} ({'higher' if task.higher_is_better else 'lower'} is better), best first.",
-        f"Device: {env['device']['type']} ({env['device']['name']}), {env['device']['processes']} process(es); "
-        f"torch {env['versions']['torch']}, transformers {env['versions']['transformers']}; {env['date']}.",
-        f"Step times exclude the first {env['config']['timing_warmup_steps']} steps; peak memory "
-        + ("is torch.cuda.max_memory_allocated." if env["memory"]["kind"] == "cuda"
+        f"Device: {env.device['type']} ({env.device['name']}), {env.device['processes']} process(es); "
+        f"torch {env.versions['torch']}, transformers {env.versions['transformers']}; {env.date}.",
+        f"Step times exclude the first {env.config['timing_warmup_steps']} steps; peak memory "
+        + ("is torch.cuda.max_memory_allocated." if env.memory["kind"] == "cuda"
            else "is the process's peak RSS (includes loading model and data)."),
         "",
         format_table(runs),
+        "",
+        breakdown_table(runs),
         "",
         *[f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots],
         "",

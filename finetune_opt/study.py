@@ -1,47 +1,86 @@
-"""`finetune-opt study`: optimizers x seeds (x hyperparameter axes) through a recipe, resumable.
+"""`finetune-opt study`: tasks x optimizers x seeds (x hyperparameter axes) through a recipe, resumable.
 
 Each cell is one recipe run in its own process (its own peak memory, its own Accelerate state),
-written to <output_dir>/cells/<cell id>/results.json. A cell whose results.json exists is done:
-re-running the study runs only the missing cells, then rebuilds the report from all of them.
+written to <output_dir>/cells/<cell id>/results.json. A cell whose results.json (or failed.json: its
+training stopped on non-finite losses) exists is done: re-running the study runs only the missing
+cells, then rebuilds the report from all of them.
+
+With `tuning`, each optimizer's learning rate is chosen per task before the seeds run: a grid around
+the optimizer's own default (its registry spec), each point trained and scored on examples held out
+of the training split (`holdout_examples`; the dev set is not read), then every seed runs at the
+selected lr. Seeds are shared across optimizers, so differences against the baseline are paired.
 """
 
 import itertools
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from finetune_opt.config import FIELDS, load_config
+from finetune_opt.config import FIELDS, load_config, parse_override
 from finetune_opt.errors import ConfigError, one_of
+from finetune_opt.optim import get_optimizer_spec
+from finetune_opt.results import load_results
 from finetune_opt.tasks import RECIPES, get_task
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 ENGINES = list(dict.fromkeys(engine for recipes in RECIPES.values() for engine in recipes))
+RESERVED = ("optimizer", "seed", "output_dir", "holdout_examples")  # set by the study itself, per cell
+TUNING_KEYS = ("holdout_examples", "lr_factors", "lr", "seeds", "overrides")
+SENSITIVITY_KEYS = ("task", "optimizers", "lr", "weight_decay", "seeds")
+STOPPED = 1  # a recipe's exit code when training stopped (non-finite losses): a result, not a bug
 
 
 @dataclass
 class StudyConfig:
-    base_config: str                                   # a recipe YAML (RunConfig fields)
     output_dir: str
+    base_config: str | None = None                     # a recipe YAML (RunConfig fields)
     overrides: dict = field(default_factory=dict)      # RunConfig fields for every cell
+    tasks: dict = field(default_factory=dict)          # label -> {base_config, overrides}: several tasks
     engines: list = field(default_factory=lambda: ["accelerate"])
     optimizers: list = field(default_factory=lambda: ["adam_l2", "adamw", "adamw_fused"])
     seeds: list = field(default_factory=lambda: [1, 2, 3])
     axes: dict = field(default_factory=dict)           # extra grid axes, e.g. {lr: [3e-5, 5e-5]}
-    sensitivity: dict | None = None                    # {optimizers, lr, weight_decay, seeds}: the lr x wd map
+    tuning: dict | None = None                         # {holdout_examples, lr_factors, lr, seeds, overrides}
+    baseline: str = "adamw"                            # the optimizer every other one is compared with
+    sensitivity: dict | None = None                    # {task, optimizers, lr, weight_decay, seeds}: lr x wd map
+    # `finetune-opt study ... key=value`: RunConfig fields for every cell, over the YAML's (another
+    # machine's model or data path); not a YAML key.
+    command_line: dict = field(default_factory=dict, init=False)
+
+    def task_configs(self) -> dict:
+        """label -> (base_config, overrides): the `tasks` block, else the one base_config."""
+        if not self.tasks:
+            if not self.base_config:
+                raise ConfigError("a study needs base_config (one task) or tasks: {label: {base_config, ...}}")
+            return {load_config(self.base_config, []).task: (self.base_config, {**self.overrides, **self.command_line})}
+        out = {}
+        for label, block in self.tasks.items():
+            block = block or {}
+            extra = set(block) - {"base_config", "overrides"}
+            if extra:
+                raise one_of(f"key of task {label!r}", min(extra), ["base_config", "overrides"])
+            base = block.get("base_config", self.base_config)
+            if not base:
+                raise ConfigError(f"task {label!r} has no base_config")
+            out[label] = (base, {**self.overrides, **(block.get("overrides") or {}), **self.command_line})
+        return out
 
 
-def load_study(path: str) -> StudyConfig:
+def load_study(path: str, overrides: list[str] = ()) -> StudyConfig:
     if not os.path.isfile(path):
         raise ConfigError(f"study config {path!r} does not exist")
     with open(path) as f:
         raw = yaml.safe_load(f) or {}
-    known = list(StudyConfig.__dataclass_fields__)
+    known = [name for name, f in StudyConfig.__dataclass_fields__.items() if f.init]
     unknown = [k for k in raw if k not in known]
     if unknown:
         raise one_of(f"study key (in {path})", unknown[0], known)
@@ -49,54 +88,113 @@ def load_study(path: str) -> StudyConfig:
         study = StudyConfig(**raw)
     except TypeError as e:
         raise ConfigError(f"study config {path}: {e}") from None
+    study.command_line = dict(parse_override(o) for o in overrides)
     validate(study)
     return study
 
 
+def _check_keys(block: dict, name: str, allowed):
+    extra = set(block) - set(allowed)
+    if extra:
+        raise one_of(f"{name} key", min(extra), allowed)
+
+
 def validate(study: StudyConfig):
-    base = load_config(study.base_config, [f"{k}={json.dumps(v)}" for k, v in study.overrides.items()])
-    task = get_task(base.task)
-    for engine in study.engines:
-        if engine not in ENGINES:
-            raise one_of("engine", engine, ENGINES)
-        if engine not in task.recipes:
-            raise ConfigError(f"engine {engine!r} has no recipe for task {base.task!r}; "
-                              f"its engines: {', '.join(task.recipes)}")
-    axes = dict(study.axes)
+    tasks = study.task_configs()
+    for base_config, overrides in tasks.values():
+        task = get_task(load_config(base_config, _as_overrides(overrides)).task)
+        for engine in study.engines:
+            if engine not in ENGINES:
+                raise one_of("engine", engine, ENGINES)
+            if engine not in task.recipes:
+                raise ConfigError(f"engine {engine!r} has no recipe for task {task.name!r}; "
+                                  f"its engines: {', '.join(task.recipes)}")
+    allowed = [f for f in FIELDS if f not in RESERVED]
+    for key in study.axes:
+        if key not in allowed and not key.startswith("optimizer."):
+            raise one_of("axis", key, allowed)
     if study.sensitivity:
-        extra = set(study.sensitivity) - {"optimizers", "lr", "weight_decay", "seeds"}
-        if extra:
-            raise one_of("sensitivity key", sorted(extra)[0], ["optimizers", "lr", "weight_decay", "seeds"])
-    for key in axes:
-        if key not in FIELDS or key in ("optimizer", "seed", "output_dir"):
-            raise one_of("axis", key, [f for f in FIELDS if f not in ("optimizer", "seed", "output_dir")])
-    for cell in expand(study):  # every cell's config must validate before the first one runs
-        load_config(study.base_config, cell_overrides(study, cell))
+        _check_keys(study.sensitivity, "sensitivity", SENSITIVITY_KEYS)
+        if study.sensitivity.get("task", next(iter(tasks))) not in tasks:
+            raise one_of("sensitivity task", study.sensitivity["task"], tasks)
+    if study.tuning is not None:
+        _check_keys(study.tuning, "tuning", TUNING_KEYS)
+        if not isinstance(study.tuning.get("holdout_examples"), int):
+            raise ConfigError("tuning needs holdout_examples: how many training examples to choose the lr on")
+        if "lr" in study.axes:
+            raise ConfigError("with tuning the lr is chosen per optimizer: remove 'lr' from axes")
+        for name in study.tuning.get("lr") or {}:
+            if name not in study.optimizers:
+                raise one_of("optimizer in tuning.lr", name, study.optimizers)
+    if study.baseline not in study.optimizers:
+        raise one_of("baseline (one of the study's optimizers)", study.baseline, study.optimizers)
+    # Every cell's config must validate before the first one runs (the main grid at each candidate lr).
+    lrs = lr_grid(study) if study.tuning is not None else {}
+    for cell in tuning_cells(study) + final_cells(study, {k: v[0] for k, v in lrs.items()}):
+        load_config(tasks[cell["task"]][0], cell_overrides(study, cell))
+
+
+def _as_overrides(values: dict) -> list[str]:
+    return [f"{k}={json.dumps(v)}" for k, v in values.items()]  # JSON is YAML flow syntax
 
 
 def _axis_value(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return ",".join(_axis_value(x) for x in v)
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def expand(study: StudyConfig) -> list[dict]:
-    """The cells: main grid (engine x optimizer x seed x axes), then the sensitivity map
-    (optimizer x lr x weight_decay x seed, Accelerate engine). Ids are stable across runs."""
+def _with_ids(cells: list[dict]) -> list[dict]:
+    for c in cells:
+        tail = "".join(f"-{k}{_axis_value(v)}" for k, v in c["params"].items())
+        c["id"] = f"{c['task']}-{c['group']}-{c['engine']}-{c['optimizer']}-seed{c['seed']}{tail}"
+    return cells
+
+
+def lr_grid(study: StudyConfig) -> dict:
+    """(task label, optimizer) -> candidate lrs: tuning.lr[optimizer] if given, else the spec's
+    default_lr times each of lr_factors (3 significant digits, so ids stay readable)."""
+    factors = study.tuning.get("lr_factors", [1 / 3, 1, 3])
+    explicit = study.tuning.get("lr") or {}
+    grid = {}
+    for label, opt in itertools.product(study.task_configs(), study.optimizers):
+        default = get_optimizer_spec(opt).default_lr
+        grid[label, opt] = sorted(explicit.get(opt) or {float(f"{default * f:.3g}") for f in factors})
+    return grid
+
+
+def tuning_cells(study: StudyConfig) -> list[dict]:
+    """The lr grid of each task and optimizer, scored on held-out training examples (first engine)."""
+    if study.tuning is None:
+        return []
+    seeds = study.tuning.get("seeds", study.seeds[:1])
+    cells = [{"task": label, "group": "tune", "engine": study.engines[0], "optimizer": opt, "seed": seed,
+              "params": {"lr": lr}}
+             for (label, opt), lrs in lr_grid(study).items() for lr in lrs for seed in seeds]
+    return _with_ids(cells)
+
+
+def final_cells(study: StudyConfig, selected: dict) -> list[dict]:
+    """The main grid (task x engine x optimizer x seed x axes), each optimizer at its selected lr
+    when tuned ({(task, optimizer): lr}), then the lr x weight decay map. Ids are stable across runs."""
     cells = []
     names = list(study.axes)
-    for engine, opt, seed, *values in itertools.product(study.engines, study.optimizers, study.seeds,
-                                                       *study.axes.values()):
-        params = dict(zip(names, values))
-        cells.append({"group": "main", "engine": engine, "optimizer": opt, "seed": seed, "params": params})
+    for label in study.task_configs():
+        for engine, opt, seed, *values in itertools.product(study.engines, study.optimizers, study.seeds,
+                                                           *study.axes.values()):
+            params = dict(zip(names, values))
+            if (label, opt) in selected:
+                params = {"lr": selected[label, opt], **params}
+            cells.append({"task": label, "group": "main", "engine": engine, "optimizer": opt, "seed": seed,
+                          "params": params})
     if study.sensitivity:
         s = study.sensitivity
         for opt, lr, wd, seed in itertools.product(s.get("optimizers", ["adam_l2", "adamw"]), s["lr"],
                                                    s["weight_decay"], s.get("seeds", [study.seeds[0]])):
-            cells.append({"group": "sensitivity", "engine": "accelerate", "optimizer": opt, "seed": seed,
+            cells.append({"task": s.get("task", next(iter(study.task_configs()))), "group": "sensitivity",
+                          "engine": "accelerate", "optimizer": opt, "seed": seed,
                           "params": {"lr": lr, "weight_decay": wd}})
-    for c in cells:
-        tail = "".join(f"-{k}{_axis_value(v)}" for k, v in c["params"].items())
-        c["id"] = f"{c['group']}-{c['engine']}-{c['optimizer']}-seed{c['seed']}{tail}"
-    return cells
+    return _with_ids(cells)
 
 
 def cell_dir(study: StudyConfig, cell: dict) -> Path:
@@ -104,41 +202,115 @@ def cell_dir(study: StudyConfig, cell: dict) -> Path:
 
 
 def cell_overrides(study: StudyConfig, cell: dict) -> list[str]:
-    values = {**study.overrides, **cell["params"], "optimizer": cell["optimizer"], "seed": cell["seed"],
-              "output_dir": str(cell_dir(study, cell))}
-    return [f"{k}={json.dumps(v)}" for k, v in values.items()]  # JSON is YAML flow syntax
+    overrides = study.task_configs()[cell["task"]][1]
+    if cell["group"] == "tune":
+        overrides = {**overrides, **(study.tuning.get("overrides") or {}),
+                     "holdout_examples": study.tuning["holdout_examples"]}
+    # overwrite: a cell without results.json is run from the start, over what a stopped attempt left
+    values = {**overrides, **cell["params"], "optimizer": cell["optimizer"], "seed": cell["seed"],
+              "output_dir": str(cell_dir(study, cell)), "overwrite": True}
+    return _as_overrides(values)
 
 
-def run_cell(study: StudyConfig, cell: dict, base_task: str):
-    script = RECIPES_DIR / get_task(base_task).recipes[cell["engine"]]
-    cmd = [sys.executable, str(script), "--config", study.base_config, *cell_overrides(study, cell)]
-    log_path = cell_dir(study, cell).with_suffix(".log")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+def cell_done(study: StudyConfig, cell: dict) -> bool:
+    d = cell_dir(study, cell)
+    return (d / "results.json").is_file() or (d / "failed.json").is_file()
+
+
+def load_cell(study: StudyConfig, cell: dict) -> dict:
+    """Its results.json, or for a run that stopped its failed.json ({"failed": message})."""
+    d = cell_dir(study, cell)
+    if (d / "results.json").is_file():
+        return load_results(str(d)).to_dict()  # schema checked
+    with open(d / "failed.json") as f:
+        return json.load(f)
+
+
+class CellRunner:
+    """Runs cells as subprocesses, `parallel` at a time; SIGTERM stops every running cell."""
+
+    def __init__(self, study: StudyConfig, parallel: int = 1):
+        self.study, self.parallel = study, parallel
+        self.running, self.lock, self.stopping = set(), threading.Lock(), False
+
+    def stop(self, *_):
+        self.stopping = True
+        with self.lock:
+            for proc in self.running:
+                proc.terminate()
+        sys.exit(143)
+
+    def run_all(self, cells: list[dict], phase: str):
+        todo = [c for c in cells if not cell_done(self.study, c)]
+        print(f"study ({phase}): {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run", flush=True)
+        progress = iter(range(1, len(todo) + 1))
+        with ThreadPoolExecutor(max_workers=self.parallel) as pool:
+            futures = [pool.submit(self.run_cell, c, progress, len(todo)) for c in todo]
+            errors = [str(e) for e in (f.exception() for f in futures) if e is not None]
+        if errors:
+            raise ConfigError(errors[0] + (f" (and {len(errors) - 1} more failed cells)" if len(errors) > 1 else ""))
+
+    def run_cell(self, cell: dict, progress, total: int):
+        base_config = self.study.task_configs()[cell["task"]][0]
+        task = load_config(base_config, []).task
+        script = RECIPES_DIR / get_task(task).recipes[cell["engine"]]
+        cmd = [sys.executable, str(script), "--config", base_config, *cell_overrides(self.study, cell)]
+        log_path = cell_dir(self.study, cell).parent / f"{cell['id']}.log"  # (ids hold dots: lr0.0003)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.lock:
+            if self.stopping:
+                return
+            print(f"[{next(progress)}/{total}] {cell['id']}", flush=True)
+            log = open(log_path, "w")
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            self.running.add(proc)
         try:
             code = proc.wait()
         finally:
-            if proc.poll() is None:  # the study itself was stopped: stop its cell too
-                proc.terminate()
-                proc.wait()
-    if code != 0:
-        tail = log_path.read_text().strip().splitlines()[-1:] or [""]
-        raise ConfigError(f"cell {cell['id']} failed (exit {code}): {tail[0]} (log: {log_path})")
+            log.close()
+            with self.lock:
+                self.running.discard(proc)
+        if code == 0 or self.stopping:
+            return
+        last = (log_path.read_text().strip().splitlines() or [""])[-1]
+        if code == STOPPED:  # diverged: a result of this lr, recorded so resume does not rerun it
+            cell_dir(self.study, cell).mkdir(parents=True, exist_ok=True)
+            (cell_dir(self.study, cell) / "failed.json").write_text(json.dumps({"failed": last}))
+            return
+        raise ConfigError(f"cell {cell['id']} failed (exit {code}): {last} (log: {log_path})")
 
 
-def run_study(config_path: str) -> str:
-    """Run the missing cells, then (re)build the report; returns the report's Markdown."""
+def select_lr(study: StudyConfig, cells: list[dict]) -> dict:
+    """(task label, optimizer) -> {lr, curve: {lr: mean held-out metric over tuning seeds}}.
+    The best mean in the task's direction wins; a stopped run or an undefined metric counts as worst."""
+    curves = {}
+    for c in cells:
+        r = load_cell(study, c)
+        value = r.get("metrics", {}).get(get_task(r["task"]).headline) if "failed" not in r else None
+        value = math.nan if value is None else value
+        curves.setdefault((c["task"], c["optimizer"]), {}).setdefault(c["params"]["lr"], []).append(value)
+    selected = {}
+    for key, curve in curves.items():
+        task = get_task(load_config(study.task_configs()[key[0]][0], []).task)
+        means = {lr: sum(v) / len(v) for lr, v in sorted(curve.items())}
+        best = min(means, key=lambda lr: task.rank_key(means[lr]))  # ties: the smaller lr
+        selected[key] = {"lr": best, "curve": means}
+    return selected
+
+
+def run_study(config_path: str, parallel: int = 1, overrides: list[str] = ()) -> str:
+    """Run the missing cells (tuning first, then the selected lrs' seeds), then (re)build the report."""
     from finetune_opt.study_report import write_report
 
-    study = load_study(config_path)
-    task = load_config(study.base_config, []).task
-    cells = expand(study)
-    todo = [c for c in cells if not (cell_dir(study, c) / "results.json").is_file()]
-    print(f"study: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run", flush=True)
-    # SIGTERM -> SystemExit, so the finally above stops the running cell instead of orphaning it.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    for i, cell in enumerate(todo, 1):
-        print(f"[{i}/{len(todo)}] {cell['id']}", flush=True)
-        run_cell(study, cell, task)
-    return write_report(study, cells)
+    if not isinstance(parallel, int) or parallel < 1:
+        raise ConfigError(f"--parallel must be an integer >= 1, got {parallel!r}")
+    study = load_study(config_path, overrides)
+    runner = CellRunner(study, parallel)
+    # SIGTERM -> stop the running cells, then exit; resume finishes them.
+    signal.signal(signal.SIGTERM, runner.stop)
+    tune = tuning_cells(study)
+    runner.run_all(tune, "tuning")
+    selection = select_lr(study, tune) if tune else {}
+    cells = final_cells(study, {k: v["lr"] for k, v in selection.items()})
+    runner.run_all(cells, "seeds")
+    return write_report(study, tune, cells, selection)

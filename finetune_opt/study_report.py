@@ -5,24 +5,55 @@ resumed yields a summary of the same form as one that ran straight through.
 """
 
 import json
+import math
 import os
 from collections import defaultdict
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from finetune_opt.config import RunConfig
+from finetune_opt.data import load_task
+from finetune_opt.measure import peak_bytes
+from finetune_opt.metrics import compute_metrics
+from finetune_opt.results import write_json_atomic
+from finetune_opt.stats import (
+    format_interval,
+    format_mean_std,
+    mean_std_ci,
+    paired_difference,
+)
+from finetune_opt.study import load_cell
+from finetune_opt.study_plots import plot_dots, plot_lr_curves, plot_sensitivity
+from finetune_opt.tasks import REGRESSION, get_task
 
-from finetune_opt.measure import peak_bytes  # noqa: E402
-from finetune_opt.results import write_json_atomic  # noqa: E402
-from finetune_opt.stats import format_mean_std, mean_std_ci  # noqa: E402
-from finetune_opt.tasks import get_task  # noqa: E402
+
+def _params_label(params: dict) -> str:
+    return "".join(f", {k}={v:g}" if isinstance(v, float) else f", {k}={v}" for k, v in params.items())
 
 
 def _label(row):
-    params = "".join(f", {k}={v:g}" if isinstance(v, float) else f", {k}={v}" for k, v in row["params"].items())
-    return f"{row['optimizer']} ({row['implementation']}{params})"
+    return f"{row['optimizer']} ({row['implementation']}{_params_label(row['params'])})"
+
+
+def _axes_key(params: dict) -> str:
+    """Params that define a comparison: everything but the lr (tuned per optimizer)."""
+    return json.dumps({k: v for k, v in params.items() if k != "lr"}, sort_keys=True)
+
+
+def trivial_baseline(config: dict, task) -> float:
+    """The headline metric of a constant prediction on the run's eval set: the majority class (its
+    accuracy; MCC and F1 of class 1 follow), or for regression the mean target (an undefined
+    correlation, counted as 0)."""
+    data = load_task(RunConfig(**config))
+    labels = np.asarray(data.splits["eval"]["label"])
+    constant = labels.mean() if task.problem_type == REGRESSION else np.bincount(labels).argmax()
+    value = compute_metrics([task.headline], np.full(len(labels), constant), labels)[task.headline]
+    return 0.0 if math.isnan(value) else value
+
+
+def steps_to_target(history: list, target: float):
+    """The first logged step whose mean training loss is <= target (None: never reached)."""
+    return next((h["step"] for h in history if h["loss"] <= target), None)
 
 
 def aggregate_main(cells, results, task):
@@ -30,8 +61,7 @@ def aggregate_main(cells, results, task):
     metric = task.headline
     groups = defaultdict(list)
     for c in cells:
-        if c["group"] == "main":
-            groups[(c["engine"], c["optimizer"], json.dumps(c["params"], sort_keys=True))].append(results[c["id"]])
+        groups[(c["engine"], c["optimizer"], json.dumps(c["params"], sort_keys=True))].append(results[c["id"]])
     rows = []
     for (engine, optimizer, params), runs in groups.items():
         row = {"engine": engine, "optimizer": optimizer, "implementation": runs[0]["optimizer"]["implementation"],
@@ -42,7 +72,8 @@ def aggregate_main(cells, results, task):
                "samples_per_s": mean_std_ci([r["throughput"]["samples_per_s"] for r in runs]),
                "peak_memory_bytes": mean_std_ci([peak_bytes(r["memory"]) for r in runs]),
                "memory_kind": runs[0]["memory"]["kind"],
-               "optimizer_state_bytes": runs[0]["memory"]["optimizer_state_bytes"]}
+               "optimizer_state_bytes": runs[0]["memory"]["optimizer_state_bytes"],
+               "final_train_loss": [r["final_train_loss"] for r in runs], "histories": [r["history"] for r in runs]}
         train_key = f"train_{metric}"
         if all(train_key in r["metrics"] for r in runs):
             row[train_key] = mean_std_ci([r["metrics"][train_key] for r in runs])
@@ -53,10 +84,32 @@ def aggregate_main(cells, results, task):
     return rows
 
 
+def compare_to_baseline(rows, baseline: str, task) -> None:
+    """Adds to each non-baseline row the paired difference of its dev metric from the baseline's
+    (same engine, axes and seed) with a verdict, and the steps each took to reach the baseline's
+    mean final training loss."""
+    metric = task.headline
+    base = {(r["engine"], _axes_key(r["params"])): r for r in rows if r["optimizer"] == baseline}
+    for r in rows:
+        twin = base.get((r["engine"], _axes_key(r["params"])))
+        if twin is None:
+            continue
+        target = float(np.mean(twin["final_train_loss"]))
+        reached = [steps_to_target(h, target) for h in r["histories"]]
+        r["steps_to_baseline_loss"] = {"target": target, "steps": reached}
+        if r is twin:
+            continue
+        theirs = dict(zip(twin["seeds"], twin[metric]["values"]))
+        seeds = [s for s in r["seeds"] if s in theirs]
+        ours = dict(zip(r["seeds"], r[metric]["values"]))
+        r["vs_baseline"] = {"baseline": baseline, "seeds": seeds,
+                            **paired_difference([ours[s] for s in seeds], [theirs[s] for s in seeds],
+                                                task.higher_is_better)}
+
+
 def speedups(cells, results):
     """adamw (its default, foreach) over adamw_fused, per seed and engine: same study, same data."""
-    by_key = {(c["engine"], c["optimizer"], c["seed"], json.dumps(c["params"], sort_keys=True)): results[c["id"]]
-              for c in cells if c["group"] == "main"}
+    by_key = {(c["engine"], c["optimizer"], c["seed"], _axes_key(c["params"])): results[c["id"]] for c in cells}
     out = defaultdict(lambda: {"step_time_ratio": [], "optimizer_step_ratio": []})
     for (engine, opt, seed, params), r in by_key.items():
         fused = by_key.get((engine, "adamw_fused", seed, params))
@@ -81,8 +134,10 @@ def engine_comparison(rows, metric):
     return out
 
 
-def sensitivity(cells, results, metric, higher):
-    cells = [c for c in cells if c["group"] == "sensitivity"]
+def sensitivity(cells, results, task, trivial):
+    """The lr x weight decay map per optimizer (mean over seeds), its optimum, and whether the best
+    weight decay moves with the lr."""
+    metric, higher = task.headline, task.higher_is_better
     if not cells:
         return None
     lrs = sorted({c["params"]["lr"] for c in cells})
@@ -92,115 +147,150 @@ def sensitivity(cells, results, metric, higher):
         grid = np.full((len(lrs), len(wds)), np.nan)
         for i, lr in enumerate(lrs):
             for j, wd in enumerate(wds):
-                vals = [results[c["id"]]["metrics"][metric] for c in cells
-                        if c["optimizer"] == opt and c["params"] == {"lr": lr, "weight_decay": wd}]
+                vals = [results[c["id"]]["metrics"][metric] for c in cells if c["id"] in results
+                        and c["optimizer"] == opt and c["params"] == {"lr": lr, "weight_decay": wd}]
                 grid[i, j] = np.mean(vals) if vals else np.nan
         pick = np.nanargmax if higher else np.nanargmin
         best = {lr: wds[int(pick(grid[i]))] for i, lr in enumerate(lrs)}
         spread = {lr: float(np.nanmax(grid[i]) - np.nanmin(grid[i])) for i, lr in enumerate(lrs)}
-        maps[opt] = {"grid": grid.tolist(), "best_weight_decay_per_lr": best, "spread_over_weight_decay_per_lr": spread}
+        i, j = np.unravel_index(int(pick(grid)), grid.shape)
+        optimum = {"lr": lrs[i], "weight_decay": wds[j], metric: float(grid[i, j]),
+                   "learned": bool(grid[i, j] > trivial if higher else grid[i, j] < trivial)}
+        maps[opt] = {"grid": grid.tolist(), "best_weight_decay_per_lr": best,
+                     "spread_over_weight_decay_per_lr": spread, "optimum": optimum}
         same = len(set(best.values())) == 1
         statements.append(
             f"{opt}: best weight decay per lr " + ", ".join(f"{lr:g}->{wd:g}" for lr, wd in best.items())
             + f" ({'the same at every lr' if same else 'it moves with lr'}); {metric} range across weight decays "
-            + ", ".join(f"{s:.3f}" for s in spread.values()) + " at those lrs.")
-    return {"lr": lrs, "weight_decay": wds, "maps": maps, "statement": " ".join(statements)}
+            + ", ".join(f"{s:.3f}" for s in spread.values()) + " at those lrs; optimum "
+            + f"{metric} {optimum[metric]:.3f} at lr {optimum['lr']:g}, wd {optimum['weight_decay']:g} "
+            + f"({'above' if optimum['learned'] else 'NOT above'} the trivial baseline {trivial:.3f}).")
+    return {"task": task.name, "metric": metric, "lr": lrs, "weight_decay": wds, "trivial_baseline": trivial, "maps": maps,
+            "statement": " ".join(statements)}
 
 
-def plot_main(rows, metric, out_dir):
-    labels = [f"{r['engine']}\n{_label(r)}" for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(max(9, 2.2 * len(rows)), 4.2))
-    x = np.arange(len(rows))
-    for i, r in enumerate(rows):
-        s = r[metric]
-        err = None if s["std"] is None else [[s["mean"] - s["ci_low"]], [s["ci_high"] - s["mean"]]]
-        axes[0].errorbar(i, s["mean"], yerr=err, fmt="o", color="tab:blue", capsize=5, label="dev (mean, 95% CI)" if i == 0 else None)
-        axes[0].scatter([i] * len(s["values"]), s["values"], color="tab:blue", alpha=0.35, s=12)
-        if f"train_{metric}" in r:
-            axes[0].scatter(i + 0.12, r[f"train_{metric}"]["mean"], marker="^", color="tab:green",
-                            label="train (mean)" if i == 0 else None)
-    axes[0].set(xticks=x, title=f"{metric} over seeds", ylabel=metric)
-    axes[0].set_xticklabels(labels, fontsize=7)
-    axes[0].legend(fontsize=8)
-    axes[1].bar(x - 0.2, [r["step_ms"]["mean"] for r in rows], 0.4, label="step")
-    axes[1].bar(x + 0.2, [r["optimizer_step_ms"]["mean"] for r in rows], 0.4, label="optimizer step")
-    axes[1].set(xticks=x, title="Median step time (mean over seeds)", ylabel="ms")
-    axes[1].set_xticklabels(labels, fontsize=7)
-    axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(out_dir, "optimizers.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+def summarise_task(study, label, cells, results, selection):
+    ok = {c["id"]: results[c["id"]] for c in cells if "failed" not in results[c["id"]]}
+    main = [c for c in cells if c["group"] == "main" and c["id"] in ok]
+    task = get_task(next(r["task"] for r in ok.values()))
+    rows = aggregate_main(main, ok, task)
+    compare_to_baseline(rows, study.baseline, task)
+    trivial = trivial_baseline(ok[main[0]["id"]]["config"], task) if main else None
+    for r in rows:
+        r["beats_trivial_baseline"] = bool(task.rank_key(r[task.headline]["mean"]) < task.rank_key(trivial))
+    tuned = {opt: {"lr": s["lr"], "curve": {f"{lr:g}": v for lr, v in s["curve"].items()}}
+             for (t, opt), s in selection.items() if t == label}
+    return {"label": label, "task": task.name, "metric": task.headline, "higher_is_better": task.higher_is_better,
+            "trivial_baseline": trivial, "main": rows, "tuning": tuned,
+            "speedups": speedups(main, ok), "engines": engine_comparison(rows, task.headline),
+            "failed": {c["id"]: results[c["id"]]["failed"] for c in cells if c["id"] not in ok}}
 
 
-def plot_sensitivity(sens, metric, out_dir):
-    opts = list(sens["maps"])
-    grids = [np.array(sens["maps"][o]["grid"]) for o in opts]
-    lo, hi = np.nanmin(grids), np.nanmax(grids)
-    fig, axes = plt.subplots(1, len(opts), figsize=(4.6 * len(opts), 3.8), squeeze=False)
-    for ax, opt, grid in zip(axes[0], opts, grids):
-        im = ax.imshow(grid, vmin=lo, vmax=hi, cmap="viridis", origin="lower")
-        ax.set(title=opt, xlabel="weight decay", ylabel="learning rate",
-               xticks=range(len(sens["weight_decay"])), yticks=range(len(sens["lr"])))
-        ax.set_xticklabels([f"{w:g}" for w in sens["weight_decay"]])
-        ax.set_yticklabels([f"{v:g}" for v in sens["lr"]])
-        for (i, j), v in np.ndenumerate(grid):
-            ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="w" if v < (lo + hi) / 2 else "k", fontsize=8)
-    fig.colorbar(im, ax=axes[0].tolist(), label=f"dev {metric}")
-    path = os.path.join(out_dir, "lr_wd_sensitivity.png")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+def _row_line(r, metric, mem_col_mib):
+    vs = r.get("vs_baseline")
+    reach = r.get("steps_to_baseline_loss")
+    reached = [s for s in reach["steps"] if s is not None] if reach else []
+    steps = "-" if not reach else (f"{int(np.median(reached))}" if len(reached) == len(reach["steps"])
+                                   else f"{len(reached)}/{len(reach['steps'])} seeds reach it")
+    return (f"| {r['engine']} | {_label(r)} | {len(r['seeds'])} | {format_mean_std(r[metric])} | "
+            f"{format_interval(vs) + ' ' + vs['verdict'] if vs else '(baseline)'} | "
+            f"{'yes' if r['beats_trivial_baseline'] else '**no**'} | {steps} | "
+            f"{format_mean_std(r['step_ms'], '.0f')} | {format_mean_std(r['optimizer_step_ms'], '.1f')} | "
+            f"{mem_col_mib(r):,.0f} | {r['optimizer_state_bytes'] / 2**20:,.1f} |")
 
 
-def write_report(study, cells) -> str:
-    results = {}
-    for c in cells:
-        with open(os.path.join(study.output_dir, "cells", c["id"], "results.json")) as f:
-            results[c["id"]] = json.load(f)
-    task = get_task(next(iter(results.values()))["task"])
-    metric, higher = task.headline, task.higher_is_better
-    rows = aggregate_main(cells, results, task)
-    summary = {"task": task.name, "metric": metric, "higher_is_better": higher, "cells": [c["id"] for c in cells],
-               "main": rows, "speedups": speedups(cells, results), "engines": engine_comparison(rows, metric),
-               "sensitivity": sensitivity(cells, results, metric, higher)}
+def _summary_table(tasks, study):
+    labels = list(tasks)
+    lines = ["| optimizer | " + " | ".join(f"{t} ({tasks[t]['metric']})" for t in labels) + " |",
+             "|---|" + "---|" * len(labels)]
+    for opt in study.optimizers:
+        cells = []
+        for t in labels:
+            r = next((r for r in tasks[t]["main"] if r["optimizer"] == opt), None)
+            if r is None:
+                cells.append("-")
+                continue
+            vs = r.get("vs_baseline")
+            cells.append(f"{format_interval(r[tasks[t]['metric']], '.3f')}"
+                         + (f"; Δ {format_interval(vs)}: {vs['verdict']}" if vs else " (baseline)"))
+        lines.append(f"| {opt} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_report(study, tune, cells, selection) -> str:
+    results = {c["id"]: load_cell(study, c) for c in tune + cells}
+    labels = list(dict.fromkeys(c["task"] for c in cells))
+    tasks = {label: summarise_task(study, label, [c for c in cells if c["task"] == label and c["group"] == "main"],
+                                   results, selection) for label in labels}
+    sens_cells = [c for c in cells if c["group"] == "sensitivity"]
+    sens = None
+    if sens_cells:
+        ok = {c["id"]: results[c["id"]] for c in sens_cells if "failed" not in results[c["id"]]}
+        task = get_task(next(iter(ok.values()))["task"])
+        sens = sensitivity(sens_cells, ok, task, trivial_baseline(next(iter(ok.values()))["config"], task))
+    summary = {"baseline": study.baseline, "optimizers": study.optimizers, "seeds": study.seeds,
+               "holdout_examples": (study.tuning or {}).get("holdout_examples"),
+               "cells": [c["id"] for c in tune + cells], "tasks": tasks, "sensitivity": sens}
+    for t in tasks.values():  # the per-run loss histories stay in the cells, not in the summary
+        for r in t["main"]:
+            r.pop("histories")
     write_json_atomic(os.path.join(study.output_dir, "summary.json"), summary)
 
-    any_run = next(iter(results.values()))
-    plots = [plot_main(rows, metric, study.output_dir)]
-    if summary["sensitivity"]:
-        plots.append(plot_sensitivity(summary["sensitivity"], metric, study.output_dir))
-    mem_col = "peak GPU MiB" if rows[0]["memory_kind"] == "cuda" else "peak RSS MiB"
-    lines = [f"# Optimizer study: {task.name}", "",
-             f"{len(cells)} runs; device {any_run['device']['type']} ({any_run['device']['name']}); "
+    any_run = next(r for r in results.values() if "failed" not in r)
+    plots = [plot_dots(tasks, study.baseline, study.output_dir)]
+    if selection:
+        plots.append(plot_lr_curves(tasks, study.output_dir))
+    if sens:
+        plots.append(plot_sensitivity(sens, study.output_dir))
+    lines = [f"# Optimizer study: {', '.join(t['task'] for t in tasks.values())}", "",
+             f"{len(tune) + len(cells)} runs; device {any_run['device']['type']} ({any_run['device']['name']}); "
              f"torch {any_run['versions']['torch']}, transformers {any_run['versions']['transformers']}. "
-             f"Values are mean ± std [95% t-interval] over seeds; times are each run's median step. "
-             f"Rows are ranked by dev {metric} ({'higher' if higher else 'lower'} is better).", "",
-             f"| engine | optimizer | seeds | dev {metric} | train {metric} | gap | step ms | optimizer ms | samples/s | {mem_col} |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: task.rank_key(r[metric]["mean"])):
-        train = r.get(f"train_{metric}")
-        lines.append(f"| {r['engine']} | {_label(r)} | {len(r['seeds'])} | {format_mean_std(r[metric])} | "
-                     f"{format_mean_std(train) if train else '-'} | "
-                     f"{format_mean_std(r['generalisation_gap']) if train else '-'} | "
-                     f"{format_mean_std(r['step_ms'], '.0f')} | {format_mean_std(r['optimizer_step_ms'], '.1f')} | "
-                     f"{r['samples_per_s']['mean']:.1f} | {r['peak_memory_bytes']['mean'] / 2**20:,.0f} |")
-    if summary["speedups"]:
-        lines += ["", "Fused vs foreach, measured in this study (ratio > 1: fused is faster):", ""]
-        for pair, s in summary["speedups"].items():
-            lines.append(f"- {pair}: step time {format_mean_std(s['step_time_ratio'], '.3f')}, "
-                         f"optimizer step {format_mean_std(s['optimizer_step_ratio'], '.2f')}")
-    if summary["engines"]:
-        lines += ["", "Accelerate engine vs HF Trainer (same task and config):", ""]
-        for e in summary["engines"]:
-            lines.append(f"- {e['optimizer']}: {metric} {e[f'{metric}_accelerate']:.4f} (accelerate) vs "
-                         f"{e[f'{metric}_trainer']:.4f} (trainer); samples/s ratio accelerate/trainer "
-                         f"{e['samples_per_s_ratio_accelerate_over_trainer']:.3f}")
-    if summary["sensitivity"]:
-        lines += ["", "## Learning rate x weight decay", "", summary["sensitivity"]["statement"]]
+             f"Values are mean ± std [95% t-interval] over seeds; Δ is the mean paired difference from "
+             f"{study.baseline} (same seed) with its 95% t-interval; the verdict reads the interval only.", ""]
+    if selection:
+        lines += [f"Each optimizer's lr was chosen per task on {study.tuning['holdout_examples']} examples held "
+                  f"out of the training split (the dev set reported below was not read), from a grid around "
+                  f"its registry default; then seeds {', '.join(map(str, study.seeds))} ran at that lr.", ""]
+    lines += ["## Summary", ""] + _summary_table(tasks, study)
+    for t in tasks.values():
+        lines += _task_section(t, study)
+    if sens:
+        lines += ["", f"## Learning rate x weight decay ({sens['task']})", "", sens["statement"]]
     lines += [""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots] + [""]
     markdown = "\n".join(lines)
     with open(os.path.join(study.output_dir, "report.md"), "w") as f:
         f.write(markdown)
     return markdown
+
+
+def _task_section(t, study):
+    metric = t["metric"]
+    kind = t["main"][0]["memory_kind"] if t["main"] else "cpu"
+
+    def mem(r):
+        return r["peak_memory_bytes"]["mean"] / 2**20
+
+    lines = ["", f"## {t['label']}: dev {metric} ({'higher' if t['higher_is_better'] else 'lower'} is better)", "",
+             f"Trivial baseline (a constant prediction on the dev set): {t['trivial_baseline']:.4f}. "
+             f"'steps to loss' is the median logged step at which a run's training loss first fell to "
+             f"{study.baseline}'s mean final loss.", "",
+             f"| engine | optimizer | seeds | dev {metric} | Δ vs {study.baseline} | beats trivial | steps to loss | "
+             f"step ms | optimizer ms | {'peak GPU MiB' if kind == 'cuda' else 'peak RSS MiB'} | state MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = sorted(t["main"], key=lambda r: get_task(t["task"]).rank_key(r[metric]["mean"]))
+    lines += [_row_line(r, metric, mem) for r in rows]
+    if t["tuning"]:
+        lines += ["", "Learning-rate selection (held-out " + metric + ", mean over tuning seeds; chosen in bold):", ""]
+        for opt, s in t["tuning"].items():
+            lines.append(f"- {opt}: " + ", ".join(
+                (f"**{lr}: {v:.4f}**" if float(lr) == s["lr"] else f"{lr}: {v:.4f}") for lr, v in s["curve"].items()))
+    for pair, s in t["speedups"].items():
+        lines.append(f"- {pair}: step time {format_mean_std(s['step_time_ratio'], '.3f')}, "
+                     f"optimizer step {format_mean_std(s['optimizer_step_ratio'], '.2f')}")
+    for e in t["engines"]:
+        lines.append(f"- {e['optimizer']}: {metric} {e[f'{metric}_accelerate']:.4f} (accelerate) vs "
+                     f"{e[f'{metric}_trainer']:.4f} (trainer); samples/s ratio accelerate/trainer "
+                     f"{e['samples_per_s_ratio_accelerate_over_trainer']:.3f}")
+    for cell, message in t["failed"].items():
+        lines.append(f"- stopped: {cell}: {message}")
+    return lines

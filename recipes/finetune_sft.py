@@ -22,10 +22,9 @@ def run(cfg):
     tokenizer, data = prepare_data(cfg, accelerator)
     model, parameters = build_model(cfg, tokenizer, data, accelerator)
     evaluate = make_evaluate(cfg, accelerator, data, tokenizer)
-    measured = fit(cfg, accelerator, model, train_loader(cfg, data, tokenizer, model), evaluate)
-    if measured is not None:  # None: SIGTERM stopped the run, a checkpoint was saved
-        measured.update(parameters=parameters, data=data.report)
-    save_results(cfg, accelerator, measured)
+    results = fit(cfg, accelerator, model, train_loader(cfg, data, tokenizer, model), evaluate)
+    results.parameters, results.data = parameters, data.report
+    save_results(cfg, accelerator, results)
 
 
 if __name__ == "__main__":

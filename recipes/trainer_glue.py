@@ -16,26 +16,28 @@ from finetune_opt.classification import (classification_model, collator, eval_sp
                                          metric_prefix, task_metrics)
 from finetune_opt.config import recipe_main
 from finetune_opt.errors import ConfigError
-from finetune_opt.measure import (StepTimer, current_rss_bytes, optimizer_state_bytes, peak_bytes, peak_memory,
-                                  reset_peak_memory)
+from finetune_opt.measure import (StepTimer, current_rss_bytes, global_throughput, optimizer_state_bytes, per_rank,
+                                  peak_memory, reset_peak_memory)
 from finetune_opt.models import load_tokenizer
 from finetune_opt.optim import describe_optimizer, get_optimizer_spec, trainer_optimizer_cls_and_kwargs
-from finetune_opt.results import save_results
+from finetune_opt.results import new_results, save_results
 from finetune_opt.tasks import check_recipe
 
 
 class Measure(TrainerCallback):
     """Step and optimizer-step times with the engine's StepTimer; each step runs from the end of
-    the previous one, so data loading and the Trainer's per-step work count, as in our engine."""
+    the previous one, so data loading and the Trainer's per-step work count, as in our engine.
+    Samples and tokens are this rank's (the Trainer's token count is global: divided by the ranks)."""
 
     def __init__(self, cfg, device):
         self.timer = StepTimer(device, cfg.timing_warmup_steps)
         self.samples_per_step = cfg.batch_size * cfg.grad_accum
         self.tokens_seen = 0
         self.positions = self.positions_seen = 0  # token positions (real + padding), counted by PositionCounting
+        self.world_size = 1
 
     def on_train_begin(self, args, state, control, **kw):
-        self.samples_per_step *= args.world_size
+        self.world_size = args.world_size
         self.timer.begin_step()
 
     def on_pre_optimizer_step(self, args, state, control, **kw):
@@ -45,7 +47,7 @@ class Measure(TrainerCallback):
         self.timer.end_optimizer()
 
     def on_step_end(self, args, state, control, **kw):
-        self.timer.end_step(self.samples_per_step, state.num_input_tokens_seen - self.tokens_seen,
+        self.timer.end_step(self.samples_per_step, (state.num_input_tokens_seen - self.tokens_seen) // self.world_size,
                             self.positions - self.positions_seen)
         self.tokens_seen, self.positions_seen = state.num_input_tokens_seen, self.positions
         self.timer.begin_step()
@@ -108,18 +110,13 @@ def run(cfg):
     memory.update(rss_before_training_bytes=rss_before, optimizer_state_bytes=optimizer_state_bytes(optimizer))
     history = [{"step": h["step"], "loss": h["loss"], "lr": h["learning_rate"]}
                for h in trainer.state.log_history if "loss" in h]
-    measured = {
-        "optimizer": {**describe_optimizer(optimizer), "engine": "trainer"},
-        "metrics": metrics, "metrics_before_training": None, "final_train_loss": history[-1]["loss"],
-        "resumed_from_step": None, "skipped_steps": None, "timing": timing,
-        "throughput": {"processes": args.world_size, "samples_per_s": timing["samples_per_s"],
-                       "tokens_per_s": timing["tokens_per_s"], "padding_share": timing["padding_share"]},
-        "memory": memory,
-        "per_rank": [{"rank": 0, "step_ms_median": timing["step_ms"]["median"],
-                      "optimizer_step_ms_median": timing["optimizer_step_ms"]["median"], "peak_memory_bytes": peak_bytes(memory)}],
-        "history": history,
-    }
-    save_results(cfg, trainer.accelerator, measured)
+    accelerator = trainer.accelerator  # per-rank figures gathered as the engine gathers them
+    results = new_results(
+        cfg, accelerator, optimizer={**describe_optimizer(optimizer), "engine": "trainer"}, metrics=metrics,
+        final_train_loss=history[-1]["loss"] if history else None, timing=timing,
+        throughput=global_throughput(accelerator, measure.timer), memory=memory,
+        per_rank=per_rank(accelerator, timing, memory), history=history)
+    save_results(cfg, accelerator, results)
 
 
 if __name__ == "__main__":

@@ -82,3 +82,20 @@ def test_end_to_end_runs_each_contender_per_seed_and_tables_it(tmp_path):
     md = (tmp_path / "end_to_end.md").read_text()
     assert f"| engine grouped | {rows['engine grouped']['samples_per_s_median']:.1f} |" in md
     assert f"{rows['engine']['padding_share_mean'] * 100:.1f} |" in md
+
+
+def test_gpu_suite_dry_run_passes_every_section(tmp_path):
+    """benchmarks/gpu_suite.sh --dry-run: the GPU suite's every section on CPU with tiny shapes."""
+    r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "--dry-run", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    sections = [line.split("\t") for line in (tmp_path / "sections.tsv").read_text().splitlines()[1:]]
+    assert [name for name, _, _ in sections] == ["sst2", "sst2_compare", "end_to_end", "optimizer_step",
+                                                 "optimizer_step_lowbit", "optimizer_step_adamw_kernels"]
+    assert all(rc == "0" for _, rc, _ in sections), sections
+    report = (tmp_path / "sst2/report/report.md").read_text()
+    assert "Memory of one step, measured (predicted)" in report and "adamw in backward (foreach)" in report
+    assert (tmp_path / "sst2/report/memory_breakdown.png").stat().st_size > 0
+    rows = json.loads((tmp_path / "optimizer_step/optimizer_step.json").read_text())["rows"]
+    assert [r["optimizer"] for r in rows] == ["adamw", "muon"]
+    assert json.loads((tmp_path / "env.json").read_text())["device"] == "cpu (dry run)"

@@ -49,7 +49,7 @@ def test_warmup_ratio_becomes_schedule_free_warmup_steps(tmp_path):
 
 @pytest.mark.parametrize("text,message", [
     ("optimizer: {lr: 0.1}\n", "the optimizer block needs a 'name', got keys: lr"),
-    ("optimizer: 5\n", "optimizer must be a registry name or a block with 'name', got 5"),
+    ("optimizer: 5\n", "optimizer must be a string, got 5"),
     ("optimizer: adamw\noptimizer_args: [1]\n", "optimizer_args must be a mapping, got [1]"),
     ("optimizer: {name: adafactor, betas: [0.9, 0.99]}\n",
      "optimizer 'adafactor' has no hyperparameter 'betas'; its hyperparameters: lr, weight_decay, beta2_decay, d, eps"),

@@ -17,9 +17,9 @@ from finetune_opt.batching import LengthGroupedSampler
 from finetune_opt.checkpoint import find_checkpoint
 from finetune_opt.config import RunConfig
 from finetune_opt.engine import fit, make_accelerator, step_optimizer
-from finetune_opt.errors import ConfigError, TrainingStopped
+from finetune_opt.errors import ConfigError, Interrupted, TrainingStopped
 from finetune_opt.optim import REGISTRY, create_optimizer
-from finetune_opt.results import write_json_atomic
+from finetune_opt.results import load_results, write_json_atomic
 from tests.conftest import DATA_DIR, REPO
 
 
@@ -33,10 +33,10 @@ def fresh_accelerate_state():
 class Toy(torch.nn.Module):
     """Regression with dropout (so RNG state matters); can inject NaN losses or a SIGTERM."""
 
-    def __init__(self, nan_at=(), sigterm_at=None):
+    def __init__(self, nan_at=(), sigterm_at=None, signum=signal.SIGTERM):
         super().__init__()
         self.lin, self.drop = torch.nn.Linear(4, 1), torch.nn.Dropout(0.3)
-        self.nan_at, self.sigterm_at, self.calls = set(nan_at), sigterm_at, 0
+        self.nan_at, self.sigterm_at, self.signum, self.calls = set(nan_at), sigterm_at, signum, 0
 
     def forward(self, input_ids, labels):
         self.calls += 1
@@ -44,7 +44,7 @@ class Toy(torch.nn.Module):
         if self.calls in self.nan_at:
             loss = loss * float("nan")
         if self.calls == self.sigterm_at:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), self.signum)
         return SimpleNamespace(loss=loss)
 
 
@@ -68,18 +68,29 @@ def toy_fit(tmp_path, toy=None, group_by_length=False, **overrides):
 
 
 def losses(result):
-    return [h["loss"] for h in result["history"]]
+    return [h["loss"] for h in result.history]
 
 
-def test_sigterm_checkpoints_and_resume_matches_uninterrupted(tmp_path):
+def stopped(tmp_path, toy=None, **overrides):
+    """toy_fit that a signal stops: the Interrupted it raises."""
+    with pytest.raises(Interrupted) as stop:
+        toy_fit(tmp_path, {"sigterm_at": 5, **(toy or {})}, **overrides)
+    return stop.value
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_checkpoints_and_resume_matches_uninterrupted(tmp_path, signum):
     full = toy_fit(tmp_path / "full")
-    assert toy_fit(tmp_path / "cut", {"sigterm_at": 5}) is None  # stopped cleanly after step 5
+    stop = stopped(tmp_path / "cut", {"signum": signum})  # stopped cleanly after step 5
+    assert str(stop) == (f"{signal.Signals(signum).name}: stopped after step 5; checkpoint "
+                         f"{tmp_path / 'cut/checkpoints/step-0000005'}; continue with resume={tmp_path / 'cut'}")
+    assert stop.exit_code == {signal.SIGTERM: 143, signal.SIGINT: 130}[signum]
     assert os.path.basename(find_checkpoint(str(tmp_path / "cut"))) == "step-0000005"
     resumed = toy_fit(tmp_path / "cut", resume=str(tmp_path / "cut"))
-    assert resumed["resumed_from_step"] == 5
-    assert [h["step"] for h in resumed["history"]] == list(range(1, 13))
+    assert resumed.resumed_from_step == 5
+    assert [h["step"] for h in resumed.history] == list(range(1, 13))
     assert losses(resumed) == pytest.approx(losses(full), abs=1e-6, rel=0)
-    assert resumed["history"][-1]["lr"] == full["history"][-1]["lr"]
+    assert resumed.history[-1]["lr"] == full.history[-1]["lr"]
 
 
 def test_length_grouped_resume_mid_epoch_matches_uninterrupted(tmp_path):
@@ -98,9 +109,10 @@ def test_compiled_checkpoint_resumes_with_foreach(tmp_path):
     first resumed step used to fail ("lr as a Tensor is not supported for capturable=False and
     foreach=True"); now it trains on, within rounding of the compiled run."""
     full = toy_fit(tmp_path / "full", optimizer="adamw", implementation="compiled")
-    assert toy_fit(tmp_path / "cut", {"sigterm_at": 5}, optimizer="adamw", implementation="compiled") is None
+    stopped(tmp_path / "cut", optimizer="adamw", implementation="compiled")
     resumed = toy_fit(tmp_path / "cut", optimizer="adamw", implementation="foreach", resume=str(tmp_path / "cut"))
-    assert resumed["optimizer"]["implementation"] == "foreach"
+    assert resumed.optimizer["implementation"] == "foreach"
+    assert resumed.resumed_with_changes == {"implementation": ["compiled", "foreach"]}
     assert losses(resumed) == pytest.approx(losses(full), rel=1e-5)
 
 
@@ -110,18 +122,18 @@ def test_every_optimizer_resumes_exactly_through_the_engine(tmp_path, name):
     (schedule-free checkpoints its averaged weights in eval mode and resumes in train mode;
     torchao's state and tensor lr round-trip through Accelerate's checkpoint)."""
     full = toy_fit(tmp_path / "full", optimizer=name)
-    assert toy_fit(tmp_path / "cut", {"sigterm_at": 5}, optimizer=name) is None
+    stopped(tmp_path / "cut", optimizer=name)
     resumed = toy_fit(tmp_path / "cut", optimizer=name, resume=str(tmp_path / "cut"))
     assert losses(resumed) == pytest.approx(losses(full), abs=1e-6, rel=0)
-    assert resumed["optimizer"]["name"] == name and resumed["optimizer"]["lr"] == pytest.approx(1e-2)
+    assert resumed.optimizer["name"] == name and resumed.optimizer["lr"] == pytest.approx(1e-2)
 
 
 def test_nonfinite_steps_are_skipped_and_do_not_advance_schedule(tmp_path):
     result = toy_fit(tmp_path, {"nan_at": {3, 7}}, scheduler="linear")
-    assert result["skipped_steps"] == {"nonfinite": 2, "fp16_overflow": 0}
+    assert result.skipped_steps == {"nonfinite": 2, "fp16_overflow": 0}
     # 10 real updates of 12: linear decay from 1e-2 stands at 1e-2 * (1 - 10/12).
-    assert result["history"][-1]["lr"] == pytest.approx(1e-2 * 2 / 12)
-    assert [h["step"] for h in result["history"]] == [1, 2, 4, 5, 6, 8, 9, 10, 11, 12]  # no NaN logged
+    assert result.history[-1]["lr"] == pytest.approx(1e-2 * 2 / 12)
+    assert [h["step"] for h in result.history] == [1, 2, 4, 5, 6, 8, 9, 10, 11, 12]  # no NaN logged
 
 
 def test_too_many_nonfinite_steps_stop_with_saved_state(tmp_path):
@@ -160,7 +172,7 @@ def test_atomic_writes_leave_nothing_half_written(tmp_path):
     # An interrupted checkpoint save (".tmp") is never taken for a checkpoint.
     (tmp_path / "checkpoints/step-0000009.tmp").mkdir(parents=True)
     (tmp_path / "checkpoints/step-0000009.tmp/loop_state.json").write_text("{}")
-    with pytest.raises(ConfigError, match="holds no checkpoint"):
+    with pytest.raises(ConfigError, match="holds no complete checkpoint"):
         find_checkpoint(str(tmp_path))
 
 
@@ -181,11 +193,11 @@ def test_resume_in_a_new_process_gives_the_same_losses(tmp_path):
     recipe([sys.executable], model, "eval_examples=8", "save_every=3", f"output_dir={tmp_path / 'full'}")
     recipe([sys.executable], model, "eval_examples=8", f"resume={tmp_path / 'full/checkpoints/step-0000003'}",
            f"output_dir={tmp_path / 'resumed'}")
-    full, resumed = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("full", "resumed"))
-    assert full["config"]["group_by_length"] is True  # 48 examples, batch 32: step 3 resumes mid-epoch
+    full, resumed = (load_results(str(tmp_path / d)) for d in ("full", "resumed"))
+    assert full.config["group_by_length"] is True  # 48 examples, batch 32: step 3 resumes mid-epoch
     assert sorted(os.listdir(tmp_path / "full/checkpoints")) == ["step-0000003", "step-0000006"]
-    assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in full["history"]], abs=1e-6)
-    assert resumed["metrics"]["eval_loss"] == pytest.approx(full["metrics"]["eval_loss"], abs=1e-6)
+    assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in full.history], abs=1e-6)
+    assert resumed.metrics["eval_loss"] == pytest.approx(full.metrics["eval_loss"], abs=1e-6)
 
 
 def test_two_gloo_processes_match_one_process_with_double_batch(tmp_path):

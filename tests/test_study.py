@@ -2,15 +2,28 @@
 
 import json
 import math
+import re
 import subprocess
-import sys
 
 import pytest
+import scipy.stats
 import yaml
 
+from finetune_opt.config import RunConfig
+from finetune_opt.data import load_task
 from finetune_opt.errors import ConfigError
-from finetune_opt.stats import mean_std_ci
-from finetune_opt.study import StudyConfig, cell_overrides, expand, load_study
+from finetune_opt.results import Results
+from finetune_opt.stats import mean_std_ci, paired_difference
+from finetune_opt.study import (
+    StudyConfig,
+    cell_dir,
+    cell_overrides,
+    final_cells,
+    load_study,
+    lr_grid,
+    select_lr,
+    tuning_cells,
+)
 from tests.conftest import DATA_DIR, REPO
 
 
@@ -27,22 +40,136 @@ def test_mean_std_ci_on_known_numbers():
     json.dumps(s)  # plain floats
 
 
+def test_paired_difference_on_known_numbers():
+    # differences 0.02, 0.03, 0.04: mean 0.03, std 0.01, t_{0.975, 2} = 4.302652730 -> half-width 0.024841
+    base = [0.80, 0.81, 0.82]
+    d = paired_difference([0.82, 0.84, 0.86], base)
+    assert d["mean"] == pytest.approx(0.03) and d["std"] == pytest.approx(0.01)
+    assert d["ci_low"] == pytest.approx(0.03 - 4.302652730 * 0.01 / math.sqrt(3), rel=1e-8)
+    assert d["ci_high"] == pytest.approx(0.03 + 4.302652730 * 0.01 / math.sqrt(3), rel=1e-8)
+    # the same interval as scipy's paired t-test
+    ci = scipy.stats.ttest_rel([0.82, 0.84, 0.86], base).confidence_interval(0.95)
+    assert (d["ci_low"], d["ci_high"]) == pytest.approx((ci.low, ci.high), abs=1e-12)
+    assert d["verdict"] == "better"  # interval [0.0052, 0.0548] excludes 0 above
+    assert paired_difference([0.82, 0.84, 0.86], base, higher_is_better=False)["verdict"] == "worse"  # perplexity
+
+
+@pytest.mark.parametrize("diffs,verdict", [
+    ([0.02, 0.03, 0.04], "better"),                                   # [+0.0052, +0.0548]
+    ([0.01, 0.02, 0.03], "no detectable difference at 3 seeds"),       # [-0.0048, +0.0448]: straddles 0
+    ([-0.02, -0.03, -0.04], "worse"),
+    ([0.05, -0.05], "no detectable difference at 2 seeds"),
+    ([0.01, 0.01, 0.01], "the same difference at all 3 seeds: spread unknown"),  # a collapsed interval
+    ([0.7924311926605505 - 0.7809633027522935, 0.7912844036697247 - 0.7798165137614679],  # 10/872 at both seeds
+     "the same difference at all 2 seeds: spread unknown"),
+    ([0.0, 0.0, 0.0], "no detectable difference at 3 seeds"),
+    ([0.05], "not enough seeds (n=1)"),
+    ([float("nan"), 0.1], "undefined (a run's metric is NaN)"),
+])
+def test_verdict_thresholds(diffs, verdict):
+    assert paired_difference(diffs, [0.0] * len(diffs))["verdict"] == verdict
+
+
+def test_verdict_edge_is_the_interval_bound():
+    # mean chosen so that the lower bound sits just above / below 0
+    half = scipy.stats.t.ppf(0.975, 2) * 0.01 / math.sqrt(3)
+    assert paired_difference([half + 1e-9 - 0.01, half + 1e-9, half + 1e-9 + 0.01], [0, 0, 0])["verdict"] == "better"
+    assert paired_difference([half - 1e-9 - 0.01, half - 1e-9, half - 1e-9 + 0.01], [0, 0, 0])["verdict"].startswith("no ")
+    with pytest.raises(ValueError, match="paired values need the same seeds: 2 vs 3"):
+        paired_difference([1, 2], [1, 2, 3])
+
+
+SST2 = str(REPO / "recipes/configs/sst2.yaml")
+
+
 def test_grid_expansion():
-    study = StudyConfig(base_config="x.yaml", output_dir="out", engines=["accelerate", "trainer"],
+    study = StudyConfig(base_config=SST2, output_dir="out", engines=["accelerate", "trainer"],
                         optimizers=["adam_l2", "adamw"], seeds=[1, 2], axes={"lr": [1e-5, 3e-5]},
                         sensitivity={"optimizers": ["adam_l2", "adamw"], "lr": [1e-5, 1e-4],
                                      "weight_decay": [0.0, 0.1, 1.0]})
-    cells = expand(study)
+    cells = final_cells(study, {})
     main = [c for c in cells if c["group"] == "main"]
     sens = [c for c in cells if c["group"] == "sensitivity"]
     assert len(main) == 2 * 2 * 2 * 2 and len(sens) == 2 * 2 * 3 * 1  # sensitivity defaults to the first seed
     assert len({c["id"] for c in cells}) == len(cells)
-    assert "main-trainer-adamw-seed2-lr3e-05" in {c["id"] for c in cells}
-    assert "sensitivity-accelerate-adam_l2-seed1-lr0.0001-weight_decay1" in {c["id"] for c in cells}
-    assert expand(study) == cells  # stable: resume finds the same cells
+    assert "sst2-main-trainer-adamw-seed2-lr3e-05" in {c["id"] for c in cells}
+    assert "sst2-sensitivity-accelerate-adam_l2-seed1-lr0.0001-weight_decay1" in {c["id"] for c in cells}
+    assert final_cells(study, {}) == cells  # stable: resume finds the same cells
     over = cell_overrides(study, main[0])
     assert "optimizer=\"adam_l2\"" in over and "seed=1" in over and "lr=1e-05" in over
-    assert any(o.startswith("output_dir=") and "cells/main-accelerate-adam_l2-seed1-lr1e-05" in o for o in over)
+    assert any(o.startswith("output_dir=") and "cells/sst2-main-accelerate-adam_l2-seed1-lr1e-05" in o for o in over)
+    # an optimizer's own hyperparameter is an axis too
+    study = StudyConfig(base_config=SST2, output_dir="out", optimizers=["lion"], seeds=[1],
+                        axes={"optimizer.betas": [[0.9, 0.99], [0.95, 0.98]]})
+    cells = final_cells(study, {})
+    assert [c["id"] for c in cells] == ["sst2-main-accelerate-lion-seed1-optimizer.betas0.9,0.99",
+                                        "sst2-main-accelerate-lion-seed1-optimizer.betas0.95,0.98"]
+    assert "optimizer.betas=[0.95, 0.98]" in cell_overrides(study, cells[1])
+
+
+def test_tuning_grid_is_around_each_optimizers_own_default():
+    study = StudyConfig(output_dir="out", tasks={"sst2": {"base_config": SST2}, "rte": {"base_config": SST2,
+                        "overrides": {"task": "rte"}}}, optimizers=["adamw", "lion", "sgd"], seeds=[1, 2, 3],
+                        tuning={"holdout_examples": 500, "seeds": [0], "lr": {"sgd": [0.1, 0.2]}})
+    grid = lr_grid(study)
+    assert grid["sst2", "adamw"] == [1.67e-05, 5e-05, 1.5e-04]   # default 5e-5 / 3, x1, x3
+    assert grid["rte", "lion"] == [5e-06, 1.5e-05, 4.5e-05]      # Lion's own default 1.5e-5
+    assert grid["sst2", "sgd"] == [0.1, 0.2]                     # an explicit grid wins
+    tune = tuning_cells(study)
+    assert len(tune) == 2 * (3 + 3 + 2) and {c["seed"] for c in tune} == {0}
+    over = cell_overrides(study, next(c for c in tune if c["task"] == "rte"))
+    assert "holdout_examples=500" in over and 'task="rte"' in over
+    main = final_cells(study, {("sst2", "adamw"): 5e-05, ("rte", "adamw"): 1.5e-4})
+    assert "holdout_examples=500" not in cell_overrides(study, main[0])  # seeds run on the full train split
+    ids = {c["id"] for c in main}
+    assert "rte-main-accelerate-adamw-seed3-lr0.00015" in ids and "sst2-main-accelerate-lion-seed1" in ids
+
+
+def fake_cell(study, cell, metric=None, failed=None):
+    d = cell_dir(study, cell)
+    d.mkdir(parents=True)
+    if failed:
+        (d / "failed.json").write_text(json.dumps({"failed": failed}))
+    else:
+        Results(task="sst2", config={}, device={}, versions={}, date="", optimizer={}, metrics={"accuracy": metric},
+                history=[], timing={}, throughput={}, memory={}).save(str(d))
+
+
+def test_selection_reads_only_the_held_out_runs(tmp_path):
+    study = StudyConfig(output_dir=str(tmp_path), base_config=SST2, optimizers=["adamw", "lion"], seeds=[1, 2],
+                        tuning={"holdout_examples": 100, "seeds": [7, 8], "lr_factors": [0.5, 1, 2]})
+    tune = tuning_cells(study)
+    held_out = {  # (optimizer, lr) -> held-out accuracy of seeds 7 and 8
+        ("adamw", 2.5e-05): (0.80, 0.82), ("adamw", 5e-05): (0.85, 0.83), ("adamw", 1e-04): (0.86, None),
+        ("lion", 7.5e-06): (0.70, 0.70), ("lion", 1.5e-05): (0.75, 0.73), ("lion", 3e-05): (0.74, 0.74)}
+    for c in tune:
+        value = held_out[c["optimizer"], c["params"]["lr"]][c["seed"] - 7]
+        fake_cell(study, c, value, failed=None if value is not None else "error: 11 steps had non-finite loss")
+    # Dev results that would pick differently must not matter: selection reads only the tuning cells.
+    for c in final_cells(study, {("sst2", "adamw"): 2.5e-05, ("sst2", "lion"): 7.5e-06}):
+        fake_cell(study, c, 0.99)
+    selected = select_lr(study, tune)
+    assert selected["sst2", "adamw"]["lr"] == 5e-05       # 1e-4 had one diverged seed: worst
+    assert math.isnan(selected["sst2", "adamw"]["curve"][1e-04])
+    assert selected["sst2", "lion"]["lr"] == 1.5e-05 and selected["sst2", "lion"]["curve"][3e-05] == 0.74
+    assert all(c["group"] == "tune" for c in tune)
+
+
+def test_holdout_is_carved_from_train_and_never_reads_dev(tmp_path):
+    rows = (DATA_DIR / "sst2/train.tsv").read_text().splitlines()
+    (tmp_path / "train.tsv").write_text("\n".join(rows[:301]) + "\n")  # header + 300; no dev.tsv at all
+    cfg = RunConfig(task="sst2", data_dir=str(tmp_path), holdout_examples=50, train_examples=200, seed=3)
+    data = load_task(cfg).splits
+    assert set(data) == {"train", "eval"} and len(data["eval"]) == 50 and len(data["train"]) == 200
+    held, trained = set(data["eval"]["sentence"]), set(data["train"]["sentence"])
+    assert not held & trained and held <= {r.split("\t")[0] for r in rows[1:301]}
+    # the same examples whatever the run's seed, so every lr and optimizer is scored alike
+    assert set(load_task(RunConfig(task="sst2", data_dir=str(tmp_path), holdout_examples=50, seed=9))
+               .splits["eval"]["sentence"]) == held
+    with pytest.raises(ConfigError, match="holdout_examples=300 leaves nothing to train on: the train split has 300 rows"):
+        load_task(RunConfig(task="sst2", data_dir=str(tmp_path), holdout_examples=300))
+    with pytest.raises(ConfigError, match="data dir .* has no dev.tsv"):  # without holdout, dev is read
+        load_task(RunConfig(task="sst2", data_dir=str(tmp_path)))
 
 
 def write_study(tmp_path, **extra):
@@ -58,8 +185,8 @@ def write_study(tmp_path, **extra):
     return path
 
 
-def study_cli(path, timeout=900):
-    return subprocess.Popen(["finetune-opt", "study", "--config", str(path)], stdout=subprocess.PIPE,
+def study_cli(path, *extra):
+    return subprocess.Popen(["finetune-opt", "study", "--config", str(path), *extra], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=REPO)
 
 
@@ -69,10 +196,17 @@ def study_cli(path, timeout=900):
     ({"axes": {"learning_rate": [1e-4]}}, "unknown axis 'learning_rate'"),
     ({"axes": {"lr": [-1.0]}}, "lr must be a finite number > 0"),
     ({"colour": "blue"}, "unknown study key"),
+    ({"axes": {"optimizer.momentum": [0.9]}}, "optimizer 'adamw' has no hyperparameter 'momentum'"),
+    ({"baseline": "sgd"}, "unknown baseline (one of the study's optimizers) 'sgd'; choose one of: adamw, adamw_fused"),
+    ({"tuning": {"lr_factors": [1, 3]}}, "tuning needs holdout_examples"),
+    ({"tuning": {"holdout_examples": 8, "lr": {"lion": [1e-5]}}}, "unknown optimizer in tuning.lr 'lion'"),
+    ({"tuning": {"holdout_examples": 8}, "axes": {"lr": [1e-4]}}, "with tuning the lr is chosen per optimizer"),
+    ({"tuning": {"holdout_exemples": 8}}, "unknown tuning key 'holdout_exemples'"),
+    ({"tasks": {"sst2": {"base_cfg": "x"}}}, "unknown key of task 'sst2' 'base_cfg'"),
 ])
 def test_bad_study_config_is_rejected_before_running(tmp_path, change, message):
     path = write_study(tmp_path, **change)
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_study(str(path))
     r = subprocess.run(["finetune-opt", "study", "--config", str(path)], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and message in r.stderr and not (tmp_path / "study").exists()
@@ -95,19 +229,53 @@ def test_interrupted_study_resumes_only_missing_cells(tmp_path):
     r = subprocess.run(["finetune-opt", "study", "--config", str(path)], capture_output=True, text=True, cwd=REPO,
                        timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "study: 8 cells, 2 done, 6 to run" in r.stdout
+    assert "study (seeds): 8 cells, 2 done, 6 to run" in r.stdout
     assert {d: (cells_dir / d / "results.json").stat().st_mtime for d in done} == mtimes  # not re-run
     summary = json.loads((tmp_path / "study/summary.json").read_text())
-    assert len(summary["cells"]) == 8 and len(summary["main"]) == 4
-    row = next(r for r in summary["main"] if r["engine"] == "accelerate" and r["optimizer"] == "adamw")
+    sst2 = summary["tasks"]["sst2"]
+    assert len(summary["cells"]) == 8 and len(sst2["main"]) == 4
+    row = next(r for r in sst2["main"] if r["engine"] == "accelerate" and r["optimizer"] == "adamw")
     assert row["seeds"] == [1, 2] and row["accuracy"]["n"] == 2 and 0 <= row["accuracy"]["mean"] <= 1
     assert row["train_accuracy"]["n"] == 2 and "generalisation_gap" in row
-    assert set(summary["speedups"]) == {"accelerate: adamw (foreach) / adamw_fused (fused)",
-                                        "trainer: adamw (foreach) / adamw_fused (fused)"}
-    assert [e["optimizer"] for e in summary["engines"]] == ["adamw", "adamw_fused"]
+    fused = next(r for r in sst2["main"] if r["engine"] == "accelerate" and r["optimizer"] == "adamw_fused")
+    diffs = [a - b for a, b in zip(fused["accuracy"]["values"], row["accuracy"]["values"])]
+    assert fused["vs_baseline"]["mean"] == pytest.approx(sum(diffs) / 2) and fused["vs_baseline"]["seeds"] == [1, 2]
+    assert set(sst2["speedups"]) == {"accelerate: adamw (foreach) / adamw_fused (fused)",
+                                     "trainer: adamw (foreach) / adamw_fused (fused)"}
+    assert [e["optimizer"] for e in sst2["engines"]] == ["adamw", "adamw_fused"]
+    # 32 dev examples drawn with seed 42 from SST-2 dev: the majority class share is the trivial baseline
+    dev = load_task(RunConfig(task="sst2", data_dir=str(DATA_DIR / "sst2"), eval_examples=32)).splits["eval"]["label"]
+    assert sst2["trivial_baseline"] == max(dev.count(0), dev.count(1)) / 32
     report = (tmp_path / "study/report.md").read_text()
     assert "| accelerate | adamw (foreach) | 2 |" in report and "![optimizers.png](optimizers.png)" in report
     assert (tmp_path / "study/optimizers.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tuned_study_selects_on_held_out_data_in_parallel(tmp_path):
+    path = write_study(tmp_path, optimizers=["adamw", "lion"], seeds=[1, 2],
+                       tuning={"holdout_examples": 24, "seeds": [5], "lr_factors": [1, 30]})
+    r = subprocess.run(["finetune-opt", "study", "--config", str(path), "--parallel", "2"], capture_output=True,
+                       text=True, cwd=REPO, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "study (tuning): 4 cells, 0 done, 4 to run" in r.stdout and "study (seeds): 4 cells" in r.stdout
+    cells = tmp_path / "study/cells"
+    tuned_runs = list(cells.glob("sst2-tune-*/results.json"))
+    assert len(tuned_runs) == 4 and len(list(cells.glob("*.log"))) == 8  # one log per cell
+    for path in tuned_runs:  # scored on 24 held-out training examples, not on dev
+        run = json.loads(path.read_text())
+        assert run["config"]["holdout_examples"] == 24 and run["metrics"]["eval_examples"] == 24
+    summary = json.loads((tmp_path / "study/summary.json").read_text())
+    tuned = summary["tasks"]["sst2"]["tuning"]
+    for opt, s in tuned.items():
+        held = {lr: json.loads((cells / f"sst2-tune-accelerate-{opt}-seed5-lr{lr}/results.json").read_text())
+                ["metrics"]["accuracy"] for lr in s["curve"]}
+        assert s["curve"] == held and s["lr"] == float(max(held, key=lambda lr: (held[lr], -float(lr))))
+        for seed in (1, 2):  # the seeds ran at the selected lr, on dev
+            run = json.loads((cells / f"sst2-main-accelerate-{opt}-seed{seed}-lr{s['lr']:g}/results.json").read_text())
+            assert run["config"]["lr"] == s["lr"] and run["config"]["holdout_examples"] is None
+            assert run["metrics"]["eval_examples"] == 32
+    assert (tmp_path / "study/lr_sensitivity.png").is_file()
+    assert "Each optimizer's lr was chosen per task on 24 examples held out" in (tmp_path / "study/report.md").read_text()
 
 
 def test_sensitivity_map(tmp_path):
@@ -122,5 +290,8 @@ def test_sensitivity_map(tmp_path):
         grid = sens["maps"][opt]["grid"]
         assert len(grid) == 2 and len(grid[0]) == 2 and all(0 <= v <= 1 for row in grid for v in row)
         assert set(sens["maps"][opt]["best_weight_decay_per_lr"].values()) <= {0.0, 1.0}
+        best = sens["maps"][opt]["optimum"]  # the map's maximum, and whether it beats the trivial baseline
+        assert best["accuracy"] == max(max(row) for row in grid)
+        assert best["learned"] == (best["accuracy"] > sens["trivial_baseline"])
     assert sens["statement"].startswith("adam_l2: best weight decay per lr 0.0001->")
     assert (tmp_path / "study/lr_wd_sensitivity.png").is_file()

@@ -95,7 +95,8 @@ def _torchao_spec(bits: int, block_size: int) -> OptimizerSpec:
         {k: ADAM_HYPERPARAMS[k] for k in ("betas", "eps")},
         default_lr=5e-5,
         # torchao compiles its own per-tensor step; there is no eager or fused variant to pick.
-        implementations={"compiled": Implementation(devices=("cpu", "cuda"))},
+        # torchao compiles one step per tensor: its dequantised fp32 m and v are that tensor's temporaries
+        implementations={"compiled": Implementation(devices=("cpu", "cuda"), temporaries=("tensor", 2.0))},
         default_implementation="compiled",
         state_bytes=state, traffic_bytes=traffic,
         paper="AdamW (Loshchilov & Hutter 2019) with quantised states; parity against float64 AdamW "

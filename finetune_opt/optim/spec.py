@@ -81,6 +81,11 @@ class Implementation:
     flags: dict = field(default_factory=dict)
     compile_step: bool = False  # run the class's own step under torch.compile (tensor lr inside)
     devices: tuple = ("any",)
+    # What one step allocates beyond the state, as (scope, multiple): a multi-tensor (foreach) step
+    # holds intermediates for a whole parameter group at once ("group"), a per-tensor step for one
+    # tensor at a time ("tensor", so its largest), a fused kernel none. finetune_opt.memory predicts
+    # the step's temporaries from it; measured values sit beside it in every results.json.
+    temporaries: tuple = ("tensor", 1.0)
 
 
 def fused_devices() -> tuple:
@@ -91,14 +96,17 @@ INDUCTOR_DEVICES = ("cpu", "cuda", "xpu")  # devices with an Inductor backend
 
 # torch.optim's flag names; classes that accept both foreach and fused (Adam, AdamW, SGD).
 TORCH_MULTI_TENSOR = {
-    "for-loop": Implementation({"foreach": False, "fused": False}),
-    "foreach": Implementation({"foreach": True, "fused": False}),
-    "fused": Implementation({"foreach": False, "fused": True}, devices=fused_devices()),
-    "compiled": Implementation({"foreach": False, "fused": False}, compile_step=True, devices=INDUCTOR_DEVICES),
+    # for-loop Adam: sqrt(v) and sqrt(v)/bc of one tensor, while the previous tensor's denominator
+    # is still bound to its loop variable: at most 3 tensors' worth (exact for equal tensors)
+    "for-loop": Implementation({"foreach": False, "fused": False}, temporaries=("tensor", 3.0)),
+    "foreach": Implementation({"foreach": True, "fused": False}, temporaries=("group", 1.0)),
+    "fused": Implementation({"foreach": False, "fused": True}, devices=fused_devices(), temporaries=(None, 0.0)),
+    "compiled": Implementation({"foreach": False, "fused": False}, compile_step=True, devices=INDUCTOR_DEVICES,
+                               temporaries=(None, 0.0)),  # Inductor fuses the update into one kernel
 }
 FOREACH_OR_LOOP = {  # classes with a foreach flag but no fused one (Adafactor, schedule-free, ours)
-    "for-loop": Implementation({"foreach": False}),
-    "foreach": Implementation({"foreach": True}),
+    "for-loop": Implementation({"foreach": False}, temporaries=("tensor", 1.0)),
+    "foreach": Implementation({"foreach": True}, temporaries=("group", 1.0)),
 }
 IMPLEMENTATION_NAMES = ("for-loop", "foreach", "fused", "compiled")
 

@@ -1,0 +1,239 @@
+"""Where one training step's memory goes, measured and predicted.
+
+Components (bytes): parameters, gradients, optimizer state (by dtype), the optimizer step's
+temporaries (what `step()` allocates above the state and frees again: foreach's per-group
+intermediates, none for a fused kernel), and activations + workspace (what the forward pass holds
+at its peak above the step's start: tensors saved for backward, attention scores, kernel
+workspace).
+
+Measured around one step's phases (forward, backward, optimizer step):
+- CUDA: the caching allocator's own counters (`memory_allocated`, a peak reset at each phase).
+- CPU: torch's CPU allocations as the profiler records them (`profile_memory=True`: every
+  allocation and free with its size and time), summed into a running total. Peak RSS of the
+  process would include loading the model and data, and glibc's reuse of freed heap, so it cannot
+  show a step's temporaries.
+Both see allocations relative to the phase's start; parameters, gradients and state are read from
+the tensors themselves (exact bytes).
+
+Predicted: parameters and gradients from the model, state from the optimizer spec's cost model,
+temporaries from the implementation (see `predict_step_temporaries`), activations from Korthikanti
+et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models", Sec. 4.1) per layer:
+sbh(16e+2) + a s^2 b (2e+1) bytes for sequence s, batch b, hidden h, heads a, activation element
+size e (their 34 sbh + 5 a s^2 b at e = 2), which assumes eager attention that keeps the scores.
+"""
+
+from collections import defaultdict
+from contextlib import contextmanager, nullcontext
+
+import torch
+from torch._C._autograd import DeviceType
+
+from finetune_opt.measure import tensor_storage_bytes
+
+PHASES = ("forward", "backward", "optimizer_step")
+
+
+# --- measurement ------------------------------------------------------------------------------------
+
+class CudaPhaseProbe:
+    """Allocated bytes at each phase's start and end, and its peak, from the CUDA allocator."""
+    method = "cuda caching allocator (memory_allocated, peak reset per phase)"
+
+    def __init__(self, device):
+        self.device, self.phases, self.gradients = device, {}, None
+        self.peak_above_step_start = None
+
+    @contextmanager
+    def step(self):
+        torch.cuda.synchronize(self.device)
+        start = torch.cuda.memory_allocated(self.device)
+        yield
+        self.peak_above_step_start = max(ph["start"] + ph["peak_above_start"] for ph in self.phases.values()) - start
+
+    @contextmanager
+    def phase(self, name):
+        torch.cuda.synchronize(self.device)
+        start = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        yield
+        torch.cuda.synchronize(self.device)
+        self.phases[name] = {"start": start, "peak_above_start": torch.cuda.max_memory_allocated(self.device) - start,
+                             "end_above_start": torch.cuda.memory_allocated(self.device) - start}
+
+
+class CpuPhaseProbe:
+    """The same figures from the profiler's record of every CPU allocation and free. Absolute
+    allocated bytes are unknown to the profiler (it starts counting at zero), so `start` is None."""
+    method = "torch.profiler CPU allocation events (profile_memory=True)"
+
+    def __init__(self, device=None):
+        self.phases, self._marks, self.gradients = {}, [], None
+        self.peak_above_step_start = None
+
+    @contextmanager
+    def step(self):
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            yield
+        self._read(prof.profiler.kineto_results.events())
+
+    @contextmanager
+    def phase(self, name):
+        from torch.profiler import record_function
+        with record_function(f"finetune_opt::{name}"):
+            yield
+        self._marks.append(name)
+
+    def _read(self, events):
+        ranges = {e.name().removeprefix("finetune_opt::"): (e.start_ns(), e.start_ns() + e.duration_ns())
+                  for e in events if e.name().startswith("finetune_opt::")}
+        allocations = sorted((e.start_ns(), e.nbytes()) for e in events
+                             if e.name() == "[memory]" and e.device_type() == DeviceType.CPU)
+        def peak_and_end(begin, end) -> tuple[int, int]:  # above the running total at `begin`
+            total = peak = 0
+            for t, n in allocations:
+                if begin <= t <= end:
+                    total += n
+                    peak = max(peak, total)
+            return peak, total
+
+        for name, (begin, end) in ranges.items():
+            peak, end_total = peak_and_end(begin, end)
+            self.phases[name] = {"start": None, "peak_above_start": peak, "end_above_start": end_total}
+        if ranges:  # from the first phase's start (forward) to the last phase's end
+            self.peak_above_step_start = peak_and_end(min(b for b, _ in ranges.values()),
+                                                      max(e for _, e in ranges.values()))[0]
+
+
+def phase_probe(device: torch.device):
+    return CudaPhaseProbe(device) if device.type == "cuda" else CpuPhaseProbe(device)
+
+
+class NoProbe:
+    """What the engine uses on every step but the measured one."""
+    gradients = peak_above_step_start = None
+
+    @contextmanager
+    def step(self):
+        yield
+
+    def phase(self, name):
+        return nullcontext()
+
+
+NO_PROBE = NoProbe()
+
+
+def _storages(t: torch.Tensor):
+    """The tensors that really hold a tensor's bytes (a torchao quantised state: its inner ones)."""
+    if hasattr(t, "__tensor_flatten__"):
+        names, _ = t.__tensor_flatten__()
+        for n in names:
+            yield from _storages(getattr(t, n))
+    else:
+        yield t
+
+
+def bytes_by_dtype(tensors) -> dict:
+    out = defaultdict(int)
+    for t in tensors:
+        for inner in _storages(t):
+            out[str(inner.dtype).removeprefix("torch.")] += inner.numel() * inner.element_size()
+    return dict(out)
+
+
+def gradient_bytes(model) -> int:
+    return sum(tensor_storage_bytes(p.grad) for p in unique_parameters(model) if p.grad is not None)
+
+
+def unique_parameters(model) -> list[torch.Tensor]:
+    return list({id(p): p for p in model.parameters()}.values())  # tied weights once
+
+
+def measured_breakdown(model, optimizer, phases: dict, gradients: int | None) -> dict:
+    """Measured components of the probed step; `gradients`: bytes of gradients alive after backward."""
+    params = unique_parameters(model)
+    state = [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+    forward, backward, step = (phases.get(p, {}) for p in PHASES)
+    out = {
+        "parameters": sum(tensor_storage_bytes(p) for p in params),
+        "parameters_by_dtype": bytes_by_dtype(params),
+        "gradients": gradients,
+        "optimizer_state": sum(tensor_storage_bytes(t) for t in state),
+        "optimizer_state_by_dtype": bytes_by_dtype(state),
+        # what the step allocates and frees again; state a first step creates is state, not temporary
+        "optimizer_step_temporaries": (step["peak_above_start"] - max(0, step["end_above_start"]) if step else None),
+        "activations_and_workspace": forward.get("peak_above_start"),
+        "backward_peak_above_forward_start": (forward.get("end_above_start", 0) + backward["peak_above_start"]
+                                              if backward else None),
+        "phases": phases,
+    }
+    return out
+
+
+# --- prediction -----------------------------------------------------------------------------------
+
+def predict_step_temporaries(spec, implementation: str, param_groups) -> int:
+    """What an optimizer step allocates beyond its state, from the implementation's rule
+    (`Implementation.temporaries`): a multiple of its largest parameter group (foreach: torch's
+    _multi_tensor_adam keeps sqrt(v) for every tensor of the group at once), of its largest tensor
+    (a per-tensor step), or nothing (a fused kernel)."""
+    scope, multiple = spec.implementations[implementation].temporaries
+    tensor_bytes = [[tensor_storage_bytes(p) for p in g["params"]] for g in param_groups]
+    if scope == "group":
+        return int(multiple * max(sum(b) for b in tensor_bytes))
+    if scope == "tensor":
+        return int(multiple * max(max(b, default=0) for b in tensor_bytes))
+    return 0
+
+
+def predict_activations(config, batch_size: int, seq_len: int, element_size: int) -> int | None:
+    """Korthikanti et al. 2022's per-layer activation bytes, times the layers; None for a model
+    whose config does not name the sizes."""
+    h = getattr(config, "hidden_size", None)
+    layers = getattr(config, "num_hidden_layers", None)
+    heads = getattr(config, "num_attention_heads", None)
+    if not (h and layers and heads):
+        return None
+    s, b, e = seq_len, batch_size, element_size
+    return layers * (s * b * h * (16 * e + 2) + heads * s * s * b * (2 * e + 1))
+
+
+def predicted_breakdown(model, optimizer, spec, implementation: str, batch_shape: tuple, mixed_precision: str,
+                        in_backward: bool = False) -> dict:
+    """In backward, each gradient is freed by its hook, so none is alive after backward and the
+    step has no separate phase."""
+    params = unique_parameters(model)
+    trainable = [p for p in params if p.requires_grad]
+    element = 2 if mixed_precision in ("bf16", "fp16") else trainable[0].element_size()
+    return {
+        "parameters": sum(tensor_storage_bytes(p) for p in params),
+        "gradients": 0 if in_backward else sum(tensor_storage_bytes(p) for p in trainable),
+        "optimizer_state": spec.state_bytes_for(optimizer.param_groups),
+        "optimizer_step_temporaries": (None if in_backward else
+                                       predict_step_temporaries(spec, implementation, optimizer.param_groups)),
+        "activations_and_workspace": predict_activations(getattr(model, "config", None), *batch_shape, element),
+    }
+
+
+COMPONENTS = ("parameters", "gradients", "optimizer_state", "optimizer_step_temporaries", "activations_and_workspace")
+
+
+def compare(predicted: dict, measured: dict) -> dict:
+    """measured / predicted per component (None where either is missing or zero)."""
+    return {k: (measured[k] / predicted[k] if predicted.get(k) and measured.get(k) is not None else None)
+            for k in COMPONENTS}
+
+
+def memory_breakdown(run, training_step) -> dict:
+    """The engine's record of its probed step: measured, predicted, and their ratio."""
+    cfg, probe = run.cfg, training_step.probe
+    model = run.accelerator.unwrap_model(run.model)
+    measured = measured_breakdown(model, run.optimizer, probe.phases, probe.gradients)
+    # the step's own peak above what it started with (parameters + state): what in-backward lowers
+    measured["step_peak_above_start"] = probe.peak_above_step_start
+    predicted = predicted_breakdown(model, run.optimizer, run.spec, cfg.implementation, training_step.batch_shape,
+                                    cfg.mixed_precision, in_backward=cfg.optimizer_in_backward)
+    return {"method": probe.method, "batch_shape": list(training_step.batch_shape),
+            "optimizer_in_backward": cfg.optimizer_in_backward, "measured": measured, "predicted": predicted,
+            "measured_over_predicted": compare(predicted, measured)}

