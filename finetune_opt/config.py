@@ -301,14 +301,17 @@ def recipe_main(run, description: str, argv=None):
     parser.add_argument("--config", help="YAML file with RunConfig fields")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. optimizer=adamw_fused lr=3e-5")
     args = parser.parse_args(argv)
-    from finetune_opt.run_dir import claim_output_dir  # (it reads results.py, which imports torch)
+    from finetune_opt.run_dir import claim_output_dir, release_output_dir  # (run_dir imports torch)
 
     rank = int(os.environ.get("RANK", "0"))  # set by torchrun / accelerate launch; no Accelerator yet
+    cfg = None
     try:
         cfg = load_config(args.config, args.overrides)
         claim_output_dir(cfg, is_main_process=rank == 0)
         run(cfg)
     except ConfigError as e:
+        if cfg is not None:
+            release_output_dir(cfg.output_dir)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except TrainingStopped as e:

@@ -7,13 +7,13 @@ checked here, before any model is built (finetune_opt.labels).
 """
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import datasets
 
 from finetune_opt.errors import ConfigError
 from finetune_opt.labels import encode_labels
-from finetune_opt.tables import read_table, table_from_dataset
+from finetune_opt.tables import read_table, read_utf8, table_from_dataset
 from finetune_opt.tasks import CAUSAL_LM, REGRESSION, Task, get_task
 
 HUB_EVAL_SPLITS = ("validation", "dev", "test")  # a by-columns Hub dataset's eval split: the first present
@@ -28,6 +28,7 @@ class TaskData:
     splits: datasets.DatasetDict
     text_columns: tuple
     label_names: tuple | None = None  # class names by id; None for regression and LM
+    sources: dict = field(default_factory=dict)  # split -> its file or Hub split, for error messages
 
     @property
     def num_labels(self) -> int:
@@ -39,7 +40,8 @@ def load_task(cfg) -> TaskData:
     With holdout_examples, "eval" is that many examples held out of train and the dev files are not read."""
     task = get_task(cfg.task)
     if task.problem_type == CAUSAL_LM:
-        data = TaskData(task, _load_text(task, cfg.data_dir), task.text_columns)
+        splits, sources = _load_text(task, cfg.data_dir)
+        data = TaskData(task, splits, task.text_columns, sources=sources)
     else:
         data = _load_labelled(task, cfg)
     if cfg.holdout_examples:
@@ -130,12 +132,40 @@ def _local_file(data_dir: str, candidates: tuple) -> str:
     raise ConfigError(f"data dir {data_dir!r} has no {' or '.join(candidates)}")
 
 
-def _load_text(task, data_dir) -> datasets.DatasetDict:
+def _load_text(task, data_dir) -> tuple[datasets.DatasetDict, dict]:
+    """Raw text splits and where each came from; a local file is checked (UTF-8, not empty) first."""
     if data_dir:
         if not os.path.isdir(data_dir):
             raise ConfigError(f"data dir {data_dir!r} does not exist")
         files = {split: _local_file(data_dir, names) for split, names in task.local.files.items()}
+        for split, path in files.items():
+            if not read_utf8(path).strip():
+                raise ConfigError(f"{path}: the {split} split has no text")
         # keep_linebreaks: one <eos>-worth of structure per line, as the WikiText release has it.
-        return datasets.load_dataset("text", data_files=files, keep_linebreaks=True)
+        return datasets.load_dataset("text", data_files=files, keep_linebreaks=True), files
     ds = _load_hub(task.hub)
-    return datasets.DatasetDict({"train": ds["train"], **{ours: ds[theirs] for ours, theirs in task.eval_splits.items()}})
+    names = {"train": "train", **task.eval_splits}
+    return (datasets.DatasetDict({ours: ds[theirs] for ours, theirs in names.items()}),
+            {ours: f"{'/'.join(task.hub)} {theirs}" for ours, theirs in names.items()})
+
+
+def lm_blocks(data: TaskData, tokenizer, block_size: int, main_process_first) -> datasets.DatasetDict:
+    """The run_clm recipe: every split tokenized, joined and cut into blocks of `block_size` tokens
+    (input_ids = labels; each 2000-line chunk's ragged tail dropped). A split without one block is refused."""
+    def tokens(batch) -> list[int]:
+        return [t for line in tokenizer(batch["text"], add_special_tokens=False)["input_ids"] for t in line]
+
+    def to_blocks(batch):
+        ids = tokens(batch)
+        n = len(ids) // block_size * block_size
+        blocks = [ids[i:i + block_size] for i in range(0, n, block_size)]
+        return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
+
+    with main_process_first():
+        blocks = data.splits.map(to_blocks, batched=True, batch_size=2000, remove_columns=["text"])
+    for split, d in blocks.items():
+        if not len(d):
+            n = len(tokens(data.splits[split][:]))
+            raise ConfigError(f"{data.sources[split]}: the {split} split has {n} tokens, fewer than one block of "
+                              f"max_length={block_size}; lower max_length")
+    return blocks

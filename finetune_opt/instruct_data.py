@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import datasets
 
 from finetune_opt.errors import ConfigError
+from finetune_opt.tables import read_utf8
 
 EXTENSIONS = {".jsonl": "json", ".json": "json", ".csv": "csv"}
 EVAL_SPLIT_NAMES = ("test", "validation", "eval", "dev")
@@ -78,6 +79,8 @@ def _load_files(files: dict) -> datasets.DatasetDict:
         raise ConfigError(f"instruction data must be .jsonl, .json or .csv files (one kind), got "
                           f"{', '.join(files.values())}")
     kind = kinds.pop()
+    for path in files.values():
+        read_utf8(path)  # a non-UTF-8 byte: its file and line, not the JSON / CSV reader's traceback
     extra = {"keep_default_na": False} if kind == "csv" else {}  # an empty CSV cell stays "", not NaN
     try:
         return datasets.load_dataset(kind, data_files=files, **extra)

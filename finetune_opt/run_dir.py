@@ -25,7 +25,7 @@ RESUME_MAY_CHANGE = ("max_steps", "log_every", "save_every", "timing_warmup_step
                      "eval_batch_size", "output_dir", "overwrite", "log_with")
 RUN_OUTPUTS = (RESULTS_FILE, "checkpoints", "model")
 
-_held = {}  # realpath -> open lock file, held until this process ends
+_held = {}  # realpath -> (open lock file, whether this process created the directory), held until it ends
 
 
 def resume_changes(cfg, checkpoint: str) -> dict:
@@ -46,20 +46,23 @@ def resume_changes(cfg, checkpoint: str) -> dict:
     return changed
 
 
-def _make_writable_dir(path: str):
+def _make_writable_dir(path: str) -> bool:
+    """True if the directory had to be created."""
     if not isinstance(path, str) or not path.strip():
         raise ConfigError(f"output_dir must be a directory path, got {path!r}")
     if os.path.exists(path) and not os.path.isdir(path):
         raise ConfigError(f"output_dir {path!r} is a file, not a directory")
+    created = not os.path.exists(path)
     try:
         os.makedirs(path, exist_ok=True)
         probe = os.path.join(path, LOCK_FILE)
         open(probe, "a").close()
     except OSError as e:
         raise ConfigError(f"output_dir {path!r} cannot be written: {e.strerror}") from None
+    return created
 
 
-def _lock(path: str):
+def _lock(path: str, created: bool):
     real = os.path.realpath(path)
     if real in _held:
         return  # this process already holds it (runs one after another in one process)
@@ -74,7 +77,18 @@ def _lock(path: str):
     f.truncate(0)
     f.write(f"pid {os.getpid()} on {socket.gethostname()}")
     f.flush()
-    _held[real] = f
+    _held[real] = (f, created)
+
+
+def release_output_dir(path) -> None:
+    """After bad input: a directory this process created and left empty (but for its lock) is
+    removed again, so a refused run leaves nothing behind."""
+    real = os.path.realpath(path) if isinstance(path, str) else None
+    if real not in _held or not _held[real][1] or os.listdir(path) != [LOCK_FILE]:
+        return
+    _held.pop(real)[0].close()
+    os.remove(os.path.join(path, LOCK_FILE))
+    os.rmdir(path)
 
 
 def _refuse_or_clear_previous_run(cfg):
@@ -112,8 +126,7 @@ def claim_output_dir(cfg, is_main_process: bool = True):
         resume_changes(cfg, checkpoint)
     if not is_main_process:
         return
-    _make_writable_dir(cfg.output_dir)
-    _lock(cfg.output_dir)
+    _lock(cfg.output_dir, created=_make_writable_dir(cfg.output_dir))
     _refuse_or_clear_previous_run(cfg)
     if checkpoint:
         _refuse_or_drop_later_steps(cfg, checkpoint)

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from transformers import default_data_collator
 
 from finetune_opt.config import recipe_main
-from finetune_opt.data import load_task
+from finetune_opt.data import lm_blocks, load_task
 from finetune_opt.engine import fit, make_accelerator
 from finetune_opt.models import load_model, load_tokenizer, with_tokenizer_tokens
 from finetune_opt.results import save_results
@@ -29,16 +29,7 @@ def run(cfg):
     accelerator = make_accelerator(cfg)
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
     tokenizer.model_max_length = 10**9  # we cut blocks ourselves; silence the length warning
-    data = load_task(cfg).splits
-
-    def to_blocks(batch):
-        ids = [t for line in tokenizer(batch["text"], add_special_tokens=False)["input_ids"] for t in line]
-        n = len(ids) // cfg.max_length * cfg.max_length  # drop the ragged tail
-        blocks = [ids[i:i + cfg.max_length] for i in range(0, n, cfg.max_length)]
-        return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
-
-    with accelerator.main_process_first():
-        data = data.map(to_blocks, batched=True, batch_size=2000, remove_columns=["text"])
+    data = lm_blocks(load_task(cfg), tokenizer, cfg.max_length, accelerator.main_process_first)
     if cfg.train_eval_examples:  # training blocks scored like validation ones: the train-vs-dev gap
         n = min(cfg.train_eval_examples, len(data["train"]))
         data["train_eval"] = data["train"].shuffle(seed=cfg.seed + 1).select(range(n))

