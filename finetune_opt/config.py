@@ -19,12 +19,13 @@ from finetune_opt.errors import ConfigError, Interrupted, TrainingStopped, one_o
 from finetune_opt.models import check_model_config, check_pretrained_positions
 from finetune_opt.optim import get_optimizer_spec
 from finetune_opt.optim.in_backward import refusal as in_backward_refusal
+from finetune_opt.precision import resolve_mixed_precision
 from finetune_opt.sft_config import check_sft_fields
 from finetune_opt.tasks import CLASSIFICATION, REGRESSION, check_task_fields, get_task
 from finetune_opt.tracking import trackers
 
 SCHEDULERS = ("linear", "cosine", "constant")
-MIXED_PRECISION = ("no", "fp16", "bf16")
+MIXED_PRECISION = ("no", "fp16", "bf16", "auto")  # auto: bf16 where the device computes it natively
 
 
 @dataclass
@@ -56,6 +57,8 @@ class RunConfig:
     warmup_ratio: float = 0.1
     max_grad_norm: float | None = 1.0
     mixed_precision: str = "no"
+    group_by_length: bool = True     # classification recipes: batches of similar length (finetune_opt.batching)
+    compile_model: bool = False      # torch.compile the model (dynamic shapes; lengths padded to multiples of 8)
     # step each parameter in its gradient's hook and free the gradient at once (finetune_opt.optim.in_backward)
     optimizer_in_backward: bool = False
     seed: int = 42
@@ -126,8 +129,9 @@ class RunConfig:
             raise ConfigError(f"max_grad_norm must be > 0 or null, got {self.max_grad_norm!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise one_of("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        self.mixed_precision = resolve_mixed_precision(self.mixed_precision)  # the config says what ran
         trackers(self.log_with)  # an unknown or uninstalled tracker: one line, now
-        for name in ("optimizer_in_backward", "memory_breakdown"):
+        for name in ("optimizer_in_backward", "memory_breakdown", "group_by_length", "compile_model"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.optimizer_in_backward:

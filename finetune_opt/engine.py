@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, DistributedType, GradientAccumulationPlugin, set_seed
+from accelerate.utils import (DataLoaderConfiguration, DistributedType, GradientAccumulationPlugin, TorchDynamoPlugin,
+                               set_seed)
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -56,6 +57,8 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         log_with=trackers(cfg.log_with) or None,  # finetune_opt.tracking; TensorBoard under output_dir/logs
         project_dir=cfg.output_dir,
+        # Compiled in prepare(); dynamic shapes, so batches of new lengths do not recompile.
+        dynamo_plugin=TorchDynamoPlugin(backend="inductor", dynamic=True) if cfg.compile_model else None,
     )
     set_seed(cfg.seed)
     return accelerator
@@ -70,12 +73,13 @@ def _batches(loader, accelerator, consumed: int):
         epoch, offset = epoch + 1, 0
 
 
-def _batch_size_and_tokens(batch) -> tuple[int, int]:
+def _batch_size_and_tokens(batch) -> tuple[int, int, int]:
+    """Examples, real tokens, and token positions computed (real + padding)."""
     ids = batch["input_ids"]
     mask = batch.get("attention_mask")
     if mask is None and "position_ids" in batch:  # packed (finetune_opt.packing): one example per position 0
-        return int((batch["position_ids"] == 0).sum()), ids.numel()
-    return ids.shape[0], int(mask.sum()) if mask is not None else ids.numel()
+        return int((batch["position_ids"] == 0).sum()), ids.numel(), ids.numel()
+    return ids.shape[0], int(mask.sum()) if mask is not None else ids.numel(), ids.numel()
 
 
 @contextmanager
@@ -240,12 +244,12 @@ class TrainingStep:
         """`stop_requested()` is asked after the backward passes, so a signal during them stops this step."""
         run = self.run
         self.timer.begin_step()
-        samples = tokens = 0
+        samples = tokens = positions = 0
         losses = []
         for _ in range(run.cfg.grad_accum):
             batch = next(batches)
-            n, t = _batch_size_and_tokens(batch)
-            samples, tokens = samples + n, tokens + t
+            n, t, p = _batch_size_and_tokens(batch)
+            samples, tokens, positions = samples + n, tokens + t, positions + p
             losses.append(self.micro_batch(batch))
         losses = torch.stack(losses)
         self.probe.gradients = gradient_bytes(run.model)  # before they are freed (in backward: none left)
@@ -258,7 +262,7 @@ class TrainingStep:
             updated = self.update()
             run.optimizer.zero_grad(set_to_none=True)
             outcome = StepOutcome(loss=losses.mean(), grad_norm=grad_norm, nonfinite=False, updated=updated, stop=stop)
-        self.timer.end_step(samples, tokens)
+        self.timer.end_step(samples, tokens, positions)
         return outcome
 
     def micro_batch(self, batch) -> torch.Tensor:

@@ -34,8 +34,9 @@ class StepTimer:
     def __init__(self, device: torch.device, warmup_steps: int):
         self.device, self.warmup_steps = device, warmup_steps
         self.steps_seen = 0
-        self.step_s, self.optimizer_s = [], []
-        self.samples = self.tokens = 0
+        self.step_s, self.optimizer_s, self.warmup_s = [], [], []
+        self.step_cpu_s = []  # this process's CPU time per step: on a shared machine, what waiting for a core does not inflate
+        self.samples = self.tokens = self.positions = 0
 
     def _now(self) -> float:
         _synchronize(self.device)
@@ -43,6 +44,7 @@ class StepTimer:
 
     def begin_step(self):
         self._t0 = self._now()
+        self._cpu0 = time.process_time()
         self._opt = 0.0
 
     def begin_optimizer(self):
@@ -51,26 +53,41 @@ class StepTimer:
     def end_optimizer(self):
         self._opt += self._now() - self._t_opt
 
-    def end_step(self, samples: int, tokens: int):
+    def end_step(self, samples: int, tokens: int, positions: int | None = None):
+        """`tokens`: real ones; `positions`: real + padding (the model's work), default = tokens."""
         elapsed = self.last_step_s = self._now() - self._t0  # (last_step_s: warm-up steps too, for logging)
+        cpu = time.process_time() - self._cpu0
         self.steps_seen += 1
         if self.steps_seen > self.warmup_steps:
             self.step_s.append(elapsed)
+            self.step_cpu_s.append(cpu)
             self.optimizer_s.append(self._opt)
             self.samples += samples
             self.tokens += tokens
+            self.positions += tokens if positions is None else positions
+        else:  # torch.compile's compile time lands here: reported apart from step time
+            self.warmup_s.append(elapsed)
 
     def summary(self) -> dict:
         total = sum(self.step_s)
         return {
             "timed_steps": len(self.step_s),
             "warmup_steps_excluded": min(self.warmup_steps, self.steps_seen),
+            "warmup_s": sum(self.warmup_s),
             "step_ms": {k: v and v * 1e3 for k, v in percentiles(self.step_s).items()},
             "optimizer_step_ms": {k: v and v * 1e3 for k, v in percentiles(self.optimizer_s).items()},
             "optimizer_fraction_of_step": sum(self.optimizer_s) / total if total else None,
             "samples_per_s": self.samples / total if total else None,
             "tokens_per_s": self.tokens / total if total else None,
+            "padding_share": padding_share(self.tokens, self.positions),
+            # CPU-clock throughput: with one intra-op thread, immune to other processes taking the cores
+            "samples_per_cpu_s": self.samples / sum(self.step_cpu_s) if sum(self.step_cpu_s) else None,
         }
+
+
+def padding_share(real_tokens: int, positions: int) -> float | None:
+    """Share of the token positions a model computed on that were padding."""
+    return 1 - real_tokens / positions if positions else None
 
 
 def reset_peak_memory(device: torch.device):
@@ -113,13 +130,15 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
 
 def global_throughput(accelerator, timer: StepTimer) -> dict:
     """Samples and tokens summed over ranks, divided by the slowest rank's timed seconds."""
-    local = torch.tensor([timer.samples, timer.tokens, sum(timer.step_s)], dtype=torch.float64,
+    local = torch.tensor([timer.samples, timer.tokens, timer.positions, sum(timer.step_s)], dtype=torch.float64,
                          device=accelerator.device)
-    every = accelerator.gather(local[None]).view(-1, 3)
-    seconds = every[:, 2].max().item()
+    every = accelerator.gather(local[None]).view(-1, 4)
+    samples, tokens, positions, _ = every.sum(0).tolist()
+    seconds = every[:, 3].max().item()
     return {"processes": accelerator.num_processes,
-            "samples_per_s": every[:, 0].sum().item() / seconds if seconds else None,
-            "tokens_per_s": every[:, 1].sum().item() / seconds if seconds else None}
+            "samples_per_s": samples / seconds if seconds else None,
+            "tokens_per_s": tokens / seconds if seconds else None,
+            "padding_share": padding_share(tokens, positions)}
 
 
 def per_rank(accelerator, timing: dict, memory: dict) -> list[dict]:

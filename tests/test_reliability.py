@@ -13,6 +13,7 @@ import torch
 from accelerate.optimizer import AcceleratedOptimizer
 from accelerate.state import AcceleratorState, GradientState
 
+from finetune_opt.batching import LengthGroupedSampler
 from finetune_opt.checkpoint import find_checkpoint
 from finetune_opt.config import RunConfig
 from finetune_opt.engine import fit, make_accelerator, step_optimizer
@@ -47,20 +48,23 @@ class Toy(torch.nn.Module):
         return SimpleNamespace(loss=loss)
 
 
-def toy_loader():
+def toy_loader(group_by_length=False):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(40, 4, generator=g)
     data = [{"input_ids": x[i], "labels": x[i].sum()} for i in range(40)]
+    if group_by_length:  # as if example i had (i * 7) % 11 tokens
+        sampler = LengthGroupedSampler([(i * 7) % 11 for i in range(40)], global_batch=8, seed=42, mega_batches=2)
+        return torch.utils.data.DataLoader(data, batch_size=8, sampler=sampler)
     return torch.utils.data.DataLoader(data, batch_size=8, shuffle=True)
 
 
-def toy_fit(tmp_path, toy=None, **overrides):
+def toy_fit(tmp_path, toy=None, group_by_length=False, **overrides):
     cfg = RunConfig(**{"max_steps": 12, "log_every": 1, "timing_warmup_steps": 0, "lr": 1e-2, "warmup_ratio": 0,
                        "output_dir": str(tmp_path), **overrides})
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     accelerator = make_accelerator(cfg)  # seeds; the model is built after it, as in the recipes
-    return fit(cfg, accelerator, Toy(**(toy or {})), toy_loader(), lambda m: {"accuracy": 0.5})
+    return fit(cfg, accelerator, Toy(**(toy or {})), toy_loader(group_by_length), lambda m: {"accuracy": 0.5})
 
 
 def losses(result):
@@ -87,6 +91,17 @@ def test_a_signal_checkpoints_and_resume_matches_uninterrupted(tmp_path, signum)
     assert [h["step"] for h in resumed.history] == list(range(1, 13))
     assert losses(resumed) == pytest.approx(losses(full), abs=1e-6, rel=0)
     assert resumed.history[-1]["lr"] == full.history[-1]["lr"]
+
+
+def test_length_grouped_resume_mid_epoch_matches_uninterrupted(tmp_path):
+    """Grouped batches, SIGTERM after step 7 (epoch 1, two of its five batches consumed): the
+    resumed run sees the same batches in the same order, so the same losses."""
+    full = toy_fit(tmp_path / "full", group_by_length=True)
+    assert losses(full) != losses(toy_fit(tmp_path / "shuffled"))  # grouping changed the batches
+    stopped(tmp_path / "cut", {"sigterm_at": 7}, group_by_length=True)
+    resumed = toy_fit(tmp_path / "cut", group_by_length=True, resume=str(tmp_path / "cut"))
+    assert resumed.resumed_from_step == 7
+    assert losses(resumed) == pytest.approx(losses(full), abs=1e-6, rel=0)
 
 
 def test_compiled_checkpoint_resumes_with_foreach(tmp_path):
@@ -179,6 +194,7 @@ def test_resume_in_a_new_process_gives_the_same_losses(tmp_path):
     recipe([sys.executable], model, "eval_examples=8", f"resume={tmp_path / 'full/checkpoints/step-0000003'}",
            f"output_dir={tmp_path / 'resumed'}")
     full, resumed = (load_results(str(tmp_path / d)) for d in ("full", "resumed"))
+    assert full.config["group_by_length"] is True  # 48 examples, batch 32: step 3 resumes mid-epoch
     assert sorted(os.listdir(tmp_path / "full/checkpoints")) == ["step-0000003", "step-0000006"]
     assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in full.history], abs=1e-6)
     assert resumed.metrics["eval_loss"] == pytest.approx(full.metrics["eval_loss"], abs=1e-6)
@@ -195,6 +211,7 @@ def test_two_gloo_processes_match_one_process_with_double_batch(tmp_path):
     one, two = (load_file(tmp_path / d / "model/model.safetensors") for d in ("one", "two"))
     assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-6
     r1, r2 = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    assert r1["config"]["group_by_length"] is r2["config"]["group_by_length"] is True  # the default, on
     assert r2["device"]["processes"] == 2 and [r["rank"] for r in r2["per_rank"]] == [0, 1]
     assert r1["metrics"]["eval_examples"] == r2["metrics"]["eval_examples"] == 17  # no duplicated samples
     assert r2["metrics"]["eval_loss"] == pytest.approx(r1["metrics"]["eval_loss"], abs=1e-5)

@@ -14,6 +14,7 @@ Hub (nyu-mll/glue).
 
 from torch.utils.data import DataLoader
 
+from finetune_opt.batching import grouped_or_shuffled_loader
 from finetune_opt.classification import (classification_model, collator, eval_splits, load_classification,
                                          metric_prefix, task_metrics)
 from finetune_opt.config import recipe_main
@@ -28,11 +29,12 @@ def run(cfg):
     task = check_recipe(cfg.task, "finetune_glue.py")
     accelerator = make_accelerator(cfg)
 
-    # Data: tokenized once (main process first, the others read its cache), padded per batch.
+    # Data: tokenized once (main process first, the others read its cache), padded per batch, and
+    # (group_by_length) batched by similar length, so that the padding is small.
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
     data = load_classification(cfg, tokenizer, accelerator.main_process_first)
     collate = collator(tokenizer, cfg)
-    train_loader = DataLoader(data.splits["train"], batch_size=cfg.batch_size, shuffle=True, collate_fn=collate)
+    train_loader = grouped_or_shuffled_loader(data.splits["train"], cfg, collate, accelerator.num_processes)
     eval_loaders = {split: accelerator.prepare(DataLoader(data.splits[split], batch_size=cfg.eval_batch_size,
                                                           collate_fn=collate))
                     for split in eval_splits(data)}

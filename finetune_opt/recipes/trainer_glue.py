@@ -33,6 +33,7 @@ class Measure(TrainerCallback):
         self.timer = StepTimer(device, cfg.timing_warmup_steps)
         self.samples_per_step = cfg.batch_size * cfg.grad_accum
         self.tokens_seen = 0
+        self.positions = self.positions_seen = 0  # token positions (real + padding), counted by PositionCounting
         self.world_size = 1
 
     def on_train_begin(self, args, state, control, **kw):
@@ -46,9 +47,24 @@ class Measure(TrainerCallback):
         self.timer.end_optimizer()
 
     def on_step_end(self, args, state, control, **kw):
-        self.timer.end_step(self.samples_per_step, (state.num_input_tokens_seen - self.tokens_seen) // self.world_size)
-        self.tokens_seen = state.num_input_tokens_seen
+        self.timer.end_step(self.samples_per_step, (state.num_input_tokens_seen - self.tokens_seen) // self.world_size,
+                            self.positions - self.positions_seen)
+        self.tokens_seen, self.positions_seen = state.num_input_tokens_seen, self.positions
         self.timer.begin_step()
+
+
+class PositionCounting(Trainer):
+    """The Trainer, counting the token positions (real + padding) of each training micro-batch: the
+    padding share in results.json. (Counting in the collator would be a batch off: the loader
+    prefetches.) This process's batches; with several processes each counts its own."""
+
+    def __init__(self, *args, measure: Measure, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.measure = measure
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        self.measure.positions += inputs["input_ids"].numel()
+        return super().training_step(model, inputs, *args, **kwargs)
 
 
 def run(cfg):
@@ -63,6 +79,8 @@ def run(cfg):
         max_grad_norm=cfg.max_grad_norm or 0.0, bf16=cfg.mixed_precision == "bf16", fp16=cfg.mixed_precision == "fp16",
         seed=cfg.seed, logging_steps=cfg.log_every, save_strategy="no", eval_strategy="no", report_to=[],
         use_cpu=not torch.cuda.is_available(), include_num_input_tokens_seen="non_padding",
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        torch_compile=cfg.compile_model,
         # schedule-free optimizers take no LR schedule (their warm-up is their own)
         lr_scheduler_type="constant" if get_optimizer_spec(cfg.optimizer).owns_lr_schedule else cfg.scheduler,
         learning_rate=cfg.lr, weight_decay=cfg.weight_decay)  # informational: our factory owns the groups
@@ -70,10 +88,11 @@ def run(cfg):
     torch.manual_seed(cfg.seed)
     model = classification_model(cfg, data)
     measure = Measure(cfg, args.device)
-    trainer = Trainer(model=model, args=args, train_dataset=data.splits["train"], data_collator=collator(tokenizer, cfg),
-                      optimizer_cls_and_kwargs=trainer_optimizer_cls_and_kwargs(
-                          cfg.optimizer, implementation=cfg.implementation, **cfg.hyperparams),
-                      callbacks=[measure])
+    trainer = PositionCounting(model=model, args=args, train_dataset=data.splits["train"],
+                               data_collator=collator(tokenizer, cfg), measure=measure,
+                               optimizer_cls_and_kwargs=trainer_optimizer_cls_and_kwargs(
+                                   cfg.optimizer, implementation=cfg.implementation, **cfg.hyperparams),
+                               callbacks=[measure])
 
     reset_peak_memory(args.device)
     rss_before = current_rss_bytes()

@@ -1,0 +1,116 @@
+"""Length-grouped batching (finetune_opt.batching): what each batch holds, determinism in (seed,
+epoch), the same batches for any number of processes, the padding it saves on SST-2, and the
+token / padding accounting in results.json."""
+
+import pytest
+import torch
+from accelerate.data_loader import BatchSamplerShard
+from torch.utils.data import BatchSampler
+
+from finetune_opt.batching import LengthGroupedSampler, example_lengths, grouped_or_shuffled_loader
+from finetune_opt.config import RunConfig
+from finetune_opt.engine import _batch_size_and_tokens
+from finetune_opt.measure import StepTimer
+from finetune_opt.precision import resolve_mixed_precision
+
+DISTINCT = [(i * 37) % 101 + 1 for i in range(101)]  # 101 distinct lengths, in no order
+
+
+def batches(sampler, batch_size, epoch=0):
+    sampler.set_epoch(epoch)
+    return list(BatchSampler(sampler, batch_size, drop_last=False))
+
+
+def test_one_mega_batch_cuts_the_sorted_lengths_into_consecutive_runs():
+    """A mega-batch as big as the data: every full batch is a run of consecutive lengths, in
+    shuffled batch order; the remainder (the shortest examples) comes last."""
+    sampler = LengthGroupedSampler(DISTINCT, global_batch=10, seed=0, mega_batches=11)
+    got = batches(sampler, 10)
+    assert sorted(i for b in got for i in b) == list(range(101))  # each example once
+    descending = sorted(range(101), key=DISTINCT.__getitem__, reverse=True)
+    runs = [descending[i:i + 10] for i in range(0, 100, 10)]
+    assert sorted(map(sorted, got[:-1])) == sorted(map(sorted, runs))
+    assert got[-1] == [descending[100]]
+    maxima = [max(DISTINCT[i] for i in b) for b in got[:-1]]
+    assert maxima != sorted(maxima, reverse=True) and maxima != sorted(maxima)  # batch order is random
+
+
+def test_mega_batches_bound_how_far_grouping_reaches():
+    """With mega-batches of 2 batches, a batch's examples come from the same 20 consecutive
+    positions of the epoch's random permutation (which the sampler draws first)."""
+    sampler = LengthGroupedSampler(DISTINCT, global_batch=10, seed=3, mega_batches=2)
+    g = torch.Generator().manual_seed(3 * 1_000_003)
+    perm = torch.randperm(101, generator=g).tolist()
+    mega_of = {i: pos // 20 for pos, i in enumerate(perm)}
+    for b in batches(sampler, 10)[:-1]:
+        assert len({mega_of[i] for i in b}) == 1
+
+
+def test_order_is_a_function_of_seed_and_epoch_only():
+    a = LengthGroupedSampler(DISTINCT, 8, seed=1)
+    b = LengthGroupedSampler(DISTINCT, 8, seed=1)
+    torch.manual_seed(123)  # the global RNG plays no part
+    first = batches(a, 8, epoch=2)
+    torch.manual_seed(456)
+    assert batches(b, 8, epoch=2) == first
+    assert batches(b, 8, epoch=3) != first
+    assert batches(LengthGroupedSampler(DISTINCT, 8, seed=2), 8, epoch=2) != first
+
+
+@pytest.mark.parametrize("processes", [2, 4])
+def test_processes_share_out_exactly_the_single_process_batches(processes):
+    """P ranks of batch B (sharded by Accelerate's own BatchSamplerShard) compute on exactly the
+    examples one process of batch P*B does, batch for batch: the gloo parity test's premise."""
+    per_rank = 3
+    sampler = LengthGroupedSampler(DISTINCT, per_rank * processes, seed=5, mega_batches=2)
+    single = batches(sampler, per_rank * processes, epoch=1)
+    shards = [list(BatchSamplerShard(BatchSampler(sampler, per_rank, False), processes, rank)) for rank in range(processes)]
+    full = len(DISTINCT) // (per_rank * processes)
+    for step in range(full):
+        assert sorted(i for shard in shards for i in shard[step]) == sorted(single[step])
+
+
+def test_grouping_removes_most_padding_of_sst2(data_dir, minilm_path):
+    """The issue's job (9.6k SST-2 examples, batch 32, length 64): measured shares of padding over
+    one epoch, shuffled vs grouped."""
+    from finetune_opt.classification import collator, load_classification
+    from finetune_opt.models import load_tokenizer
+
+    cfg = RunConfig(data_dir=str(data_dir / "sst2"), train_examples=9600)
+    tokenizer = load_tokenizer(minilm_path)
+    train = load_classification(cfg, tokenizer, lambda: __import__("contextlib").nullcontext()).splits["train"]
+    lengths = example_lengths(train)
+    assert sum(lengths) / len(lengths) == pytest.approx(13.2, abs=0.05)  # the issue's mean real length
+
+    def share(group_by_length):
+        run = RunConfig(data_dir=cfg.data_dir, group_by_length=group_by_length)
+        loader = grouped_or_shuffled_loader(train, run, collator(tokenizer, run), num_processes=1)
+        counts = [_batch_size_and_tokens(b) for b in loader]
+        assert sum(n for n, _, _ in counts) == 9600
+        return 1 - sum(t for _, t, _ in counts) / sum(p for _, _, p in counts)
+
+    assert share(False) > 0.6  # the issue measured 0.665 on 150 batches
+    assert share(True) < 0.05
+
+
+def test_token_accounting_of_a_padded_batch():
+    batch = {"input_ids": torch.zeros(3, 5, dtype=torch.long),
+             "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]])}
+    assert _batch_size_and_tokens(batch) == (3, 8, 15)
+    timer = StepTimer(torch.device("cpu"), warmup_steps=1)
+    for _ in range(3):
+        timer.begin_step()
+        timer.end_step(3, 8, 15)
+    summary = timer.summary()
+    assert summary["timed_steps"] == 2 and summary["padding_share"] == pytest.approx(7 / 15)
+    assert summary["warmup_s"] > 0  # the first (compile) step's time, kept apart
+
+
+@pytest.mark.parametrize("flags,expected", [([], "no"), (["avx512_bf16"], "bf16"), (["amx_bf16"], "bf16")])
+def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch, flags, expected):
+    import finetune_opt.precision as precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", *flags})
+    assert resolve_mixed_precision("auto") == expected
+    assert resolve_mixed_precision("no") == "no"
