@@ -1,4 +1,4 @@
-"""Train a causal LM on WikiText-2 with a registered optimizer; report validation loss and
+"""Train a causal LM on WikiText-2 with a registered optimizer.
 
 The recipe is finetune_opt/recipes/finetune_lm.py, so that an installed package has it too
 (`python -m finetune_opt.recipes.finetune_lm`); this file keeps the documented command.

@@ -1,4 +1,4 @@
-"""Supervised fine-tuning (SFT) of a causal LM on instruction data with a registered optimizer,
+"""Supervised fine-tuning (SFT) of a causal LM on instruction data, full or LoRA.
 
 The recipe is finetune_opt/recipes/finetune_sft.py, so that an installed package has it too
 (`python -m finetune_opt.recipes.finetune_sft`); this file keeps the documented command.

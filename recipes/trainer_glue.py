@@ -1,4 +1,4 @@
-"""The same GLUE job as finetune_glue.py, trained by transformers.Trainer with a registered
+"""The GLUE job of finetune_glue.py, trained by transformers.Trainer.
 
 The recipe is finetune_opt/recipes/trainer_glue.py, so that an installed package has it too
 (`python -m finetune_opt.recipes.trainer_glue`); this file keeps the documented command.
