@@ -9,6 +9,7 @@ memory in use (finetune_opt.engine.Meter); TensorBoard's event files land in <ou
 """
 
 import json
+import os
 from contextlib import contextmanager
 
 import torch
@@ -38,6 +39,20 @@ def trackers(log_with: str | None) -> list[str]:
             raise ConfigError(f"log_with={name} needs the {name!r} package: pip install {name}"
                               + (" (or 'finetune_opt[tracking]')" if name == "tensorboard" else ""))
     return names
+
+
+def trainer_reporting(log_with: str | None, output_dir: str) -> tuple[list, list]:
+    """The same trackers for transformers.Trainer: (report_to, callbacks), TensorBoard writing to
+    <output_dir>/logs as the engine's does (the Trainer's own tags: train/loss, train/learning_rate,
+    train/grad_norm)."""
+    names = trackers(log_with)
+    if "tensorboard" not in names:
+        return names, []
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    writer = SummaryWriter(os.path.join(output_dir, LOG_DIR))
+    return [n for n in names if n != "tensorboard"], [TensorBoardCallback(tb_writer=writer)]
 
 
 def _scalar_config(config: dict) -> dict:

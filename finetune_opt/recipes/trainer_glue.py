@@ -22,6 +22,7 @@ from finetune_opt.models import load_tokenizer
 from finetune_opt.optim import describe_optimizer, get_optimizer_spec, trainer_optimizer_cls_and_kwargs
 from finetune_opt.results import new_results, save_results
 from finetune_opt.tasks import check_recipe
+from finetune_opt.tracking import trainer_reporting
 
 
 class Measure(TrainerCallback):
@@ -72,12 +73,13 @@ def run(cfg):
     if cfg.resume or cfg.save_every:
         raise ConfigError("the Trainer recipe does not take resume/save_every; use recipes/finetune_glue.py")
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
+    report_to, tracker_callbacks = trainer_reporting(cfg.log_with, cfg.output_dir)
     args = TrainingArguments(
         output_dir=os.path.join(cfg.output_dir, "trainer"), per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.eval_batch_size, gradient_accumulation_steps=cfg.grad_accum,
         max_steps=cfg.max_steps, warmup_steps=math.ceil(cfg.warmup_ratio * cfg.max_steps),
         max_grad_norm=cfg.max_grad_norm or 0.0, bf16=cfg.mixed_precision == "bf16", fp16=cfg.mixed_precision == "fp16",
-        seed=cfg.seed, logging_steps=cfg.log_every, save_strategy="no", eval_strategy="no", report_to=[],
+        seed=cfg.seed, logging_steps=cfg.log_every, save_strategy="no", eval_strategy="no", report_to=report_to,
         use_cpu=not torch.cuda.is_available(), include_num_input_tokens_seen="non_padding",
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         torch_compile=cfg.compile_model,
@@ -92,7 +94,7 @@ def run(cfg):
                                data_collator=collator(tokenizer, cfg), measure=measure,
                                optimizer_cls_and_kwargs=trainer_optimizer_cls_and_kwargs(
                                    cfg.optimizer, implementation=cfg.implementation, **cfg.hyperparams),
-                               callbacks=[measure])
+                               callbacks=[measure, *tracker_callbacks])
 
     reset_peak_memory(args.device)
     rss_before = current_rss_bytes()
