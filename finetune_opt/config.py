@@ -22,6 +22,7 @@ from finetune_opt.optim.in_backward import refusal as in_backward_refusal
 from finetune_opt.precision import resolve_mixed_precision
 from finetune_opt.sft_config import check_sft_fields
 from finetune_opt.tasks import CLASSIFICATION, REGRESSION, check_task_fields, get_task
+from finetune_opt.tracking import trackers
 
 SCHEDULERS = ("linear", "cosine", "constant")
 MIXED_PRECISION = ("no", "fp16", "bf16", "auto")  # auto: bf16 where the device computes it natively
@@ -78,6 +79,7 @@ class RunConfig:
     timing_warmup_steps: int = 5     # excluded from step-time statistics
     memory_breakdown: bool = True    # measure one warm-up step's memory by phase (finetune_opt.memory)
     log_every: int = 10
+    log_with: str | None = "auto"    # trackers (finetune_opt.tracking): auto = TensorBoard if installed; none; wandb, ...
     output_dir: str = "runs/sst2-adamw"
     overwrite: bool = False          # replace a finished (or unfinished) run in output_dir; else refused
     # instruction SFT of causal LMs (recipes/finetune_sft.py; checked in finetune_opt/sft_config.py)
@@ -128,6 +130,7 @@ class RunConfig:
         if self.mixed_precision not in MIXED_PRECISION:
             raise one_of("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         self.mixed_precision = resolve_mixed_precision(self.mixed_precision)  # the config says what ran
+        trackers(self.log_with)  # an unknown or uninstalled tracker: one line, now
         for name in ("optimizer_in_backward", "memory_breakdown", "group_by_length", "compile_model"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")

@@ -39,6 +39,7 @@ from finetune_opt.optim.in_backward import step_in_backward
 from finetune_opt.peft_setup import model_to_save
 from finetune_opt.results import Results, new_results
 from finetune_opt.run_dir import resume_changes
+from finetune_opt.tracking import memory_in_use, tracking, trackers
 
 
 def make_accelerator(cfg: RunConfig) -> Accelerator:
@@ -54,6 +55,8 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
                                                                 sync_with_dataloader=False),
         # Shuffle order = f(seed, epoch): the same on every rank, and reproducible on resume.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        log_with=trackers(cfg.log_with) or None,  # finetune_opt.tracking; TensorBoard under output_dir/logs
+        project_dir=cfg.output_dir,
         # Compiled in prepare(); dynamic shapes, so batches of new lengths do not recompile.
         dynamo_plugin=TorchDynamoPlugin(backend="inductor", dynamic=True) if cfg.compile_model else None,
     )
@@ -145,7 +148,7 @@ def fit(cfg: RunConfig, accelerator: Accelerator, model, train_loader, evaluate,
     resumed_from_step = state.step or None
     before = evaluate(run.model) if cfg.eval_before_training and not cfg.resume else None
     meter = Meter(run, state.step)
-    with _stop_signals() as stop_signal:
+    with _stop_signals() as stop_signal, tracking(accelerator, dataclasses.asdict(cfg)):
         train(run, state, batches, meter, stop_signal, on_step)  # raises Interrupted on a signal
         # A signal from here on lets the final evaluation finish: its results are the run's.
         return finish(run, state, meter, evaluate, metrics_before_training=before,
@@ -221,6 +224,7 @@ def resume(run: Training) -> tuple[LoopState, Iterator, dict]:
 @dataclass
 class StepOutcome:
     loss: torch.Tensor | None  # mean micro-batch loss; None when the step was skipped as non-finite
+    grad_norm: torch.Tensor    # of the synchronised gradients, before clipping (0 with the step in backward)
     nonfinite: bool            # NaN/inf loss or gradients on some rank: no update
     updated: bool              # the parameters changed (False also for an fp16 overflow)
     stop: bool                 # a stop signal arrived on some rank: every rank stops after this step
@@ -253,11 +257,11 @@ class TrainingStep:
         nonfinite, stop = self.agree(losses, grad_norm, stop_requested())
         if nonfinite and run.accelerator.scaler is None:  # (fp16: GradScaler's overflow handling in update)
             run.optimizer.zero_grad(set_to_none=True)
-            outcome = StepOutcome(loss=None, nonfinite=True, updated=False, stop=stop)
+            outcome = StepOutcome(loss=None, grad_norm=grad_norm, nonfinite=True, updated=False, stop=stop)
         else:
             updated = self.update()
             run.optimizer.zero_grad(set_to_none=True)
-            outcome = StepOutcome(loss=losses.mean(), nonfinite=False, updated=updated, stop=stop)
+            outcome = StepOutcome(loss=losses.mean(), grad_norm=grad_norm, nonfinite=False, updated=updated, stop=stop)
         self.timer.end_step(samples, tokens, positions)
         return outcome
 
@@ -306,30 +310,38 @@ class TrainingStep:
 
 
 class Meter:
-    """Step times (StepTimer), peak memory, the loss window between log lines, the progress bar."""
+    """Step times (StepTimer), peak memory, the window of losses, gradient norms and step times
+    between log lines (into history, and to the trackers), the progress bar."""
 
     def __init__(self, run: Training, start: int):
         self.run = run
         reset_peak_memory(run.accelerator.device)
         self.rss_before = current_rss_bytes()
         self.timer = StepTimer(run.accelerator.device, run.cfg.timing_warmup_steps)
-        self.window = []
+        self.window, self.grad_norms, self.step_seconds = [], [], []
         self.progress = tqdm(total=run.cfg.max_steps, initial=start, desc="train",
                              disable=not run.accelerator.is_local_main_process)
         self.train_start = time.perf_counter()
         self.memory_breakdown = None  # finetune_opt.memory's, from the step train() probes
 
     def after_step(self, state: LoopState, outcome: StepOutcome):
-        """Every log_every steps (and the last), the mean loss since the last log line into history."""
-        cfg = self.run.cfg
+        """Every log_every steps (and the last): the mean loss since the last log line into history;
+        it, the lr, the mean gradient norm and step time, and the memory in use to the trackers."""
+        cfg, accelerator = self.run.cfg, self.run.accelerator
         if outcome.loss is not None:
             self.window.append(outcome.loss)
+            self.grad_norms.append(outcome.grad_norm)
+        self.step_seconds.append(self.timer.last_step_s)
         if (state.step % cfg.log_every == 0 or state.step == cfg.max_steps) and self.window:
-            mean_loss = self.run.accelerator.reduce(torch.stack(self.window).mean(), reduction="mean").item()
-            state.history.append({"step": state.step, "loss": mean_loss,
-                                  "lr": float(self.run.scheduler.get_last_lr()[0])})
+            mean_loss = accelerator.reduce(torch.stack(self.window).mean(), reduction="mean").item()
+            lr = float(self.run.scheduler.get_last_lr()[0])
+            state.history.append({"step": state.step, "loss": mean_loss, "lr": lr})
+            accelerator.log({"train/loss": mean_loss, "train/lr": lr,
+                             "train/grad_norm": torch.stack(self.grad_norms).float().mean().item(),
+                             "train/step_ms": 1e3 * sum(self.step_seconds) / len(self.step_seconds),
+                             "train/memory_mib": memory_in_use(accelerator.device) / 2**20}, step=state.step)
             self.progress.set_postfix(loss=f"{mean_loss:.4f}")
-            self.window = []
+            self.window, self.grad_norms, self.step_seconds = [], [], []
         self.progress.update(1)
 
     def close(self) -> float:

@@ -55,7 +55,7 @@ class StepTimer:
 
     def end_step(self, samples: int, tokens: int, positions: int | None = None):
         """`tokens`: real ones; `positions`: real + padding (the model's work), default = tokens."""
-        elapsed = self._now() - self._t0
+        elapsed = self.last_step_s = self._now() - self._t0  # (last_step_s: warm-up steps too, for logging)
         cpu = time.process_time() - self._cpu0
         self.steps_seen += 1
         if self.steps_seen > self.warmup_steps:

@@ -15,6 +15,7 @@ import socket
 from finetune_opt.checkpoint import STEP_DIR, checkpoint_dir, find_checkpoint, read_loop_state, read_run_config
 from finetune_opt.errors import ConfigError
 from finetune_opt.results import RESULTS_FILE
+from finetune_opt.tracking import LOG_DIR
 
 LOCK_FILE = ".finetune_opt.lock"
 # Fields a resumed run may change: where and how often it logs, saves and times, the kernel
@@ -23,7 +24,7 @@ LOCK_FILE = ".finetune_opt.lock"
 RESUME_MAY_CHANGE = ("max_steps", "log_every", "save_every", "timing_warmup_steps", "implementation",
                      "max_nonfinite_steps", "save_final_model", "merge_adapter", "eval_before_training",
                      "eval_batch_size", "output_dir", "overwrite", "log_with")
-RUN_OUTPUTS = (RESULTS_FILE, "checkpoints", "model")
+RUN_OUTPUTS = (RESULTS_FILE, "checkpoints", "model", LOG_DIR)
 
 _held = {}  # realpath -> (open lock file, whether this process created the directory), held until it ends
 
@@ -98,7 +99,8 @@ def _refuse_or_clear_previous_run(cfg):
     if not present or cfg.resume:
         return
     if not cfg.overwrite:
-        what = "a finished run" if RESULTS_FILE in present else "an unfinished run's checkpoints"
+        what = ("a finished run" if RESULTS_FILE in present else "an unfinished run's checkpoints"
+                if "checkpoints" in present else "an earlier run's outputs")
         raise ConfigError(f"output_dir {cfg.output_dir!r} holds {what} ({', '.join(present)}); "
                           f"resume={cfg.output_dir}, choose another output_dir, or overwrite=true")
     for name in present:

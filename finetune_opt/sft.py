@@ -7,6 +7,7 @@ import datasets
 from torch.utils.data import DataLoader
 
 from finetune_opt.errors import one_of
+from finetune_opt.evaluation import eval_mode
 from finetune_opt.instruct_data import (INSTRUCT_TASKS, Columns, PromptFormat, load_instruct, make_prompt_format,
                                         prompt_text, tokenize_instruct)
 from finetune_opt.models import load_model, load_tokenizer, with_tokenizer_tokens
@@ -81,12 +82,11 @@ def make_evaluate(cfg, accelerator, data: SFTData, tokenizer):
         references = [str(r) for r in data.raw["eval"][data.columns.response][:cfg.generation_examples]]
 
     def evaluate(model):
-        model.eval()
-        metrics = heldout_loss(model, eval_loader, accelerator)
-        if gen_loader is not None:
-            metrics.update(generation_accuracy(model, gen_loader, accelerator, tokenizer, references,
-                                               GENERATION_METRICS[metric], cfg.max_new_tokens, data.fmt.end_id))
-        model.train()
+        with eval_mode(model):
+            metrics = heldout_loss(model, eval_loader, accelerator)
+            if gen_loader is not None:
+                metrics.update(generation_accuracy(model, gen_loader, accelerator, tokenizer, references,
+                                                   GENERATION_METRICS[metric], cfg.max_new_tokens, data.fmt.end_id))
         return metrics
 
     return evaluate

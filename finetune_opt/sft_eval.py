@@ -9,6 +9,8 @@ from decimal import Decimal, InvalidOperation
 import torch
 import torch.nn.functional as F
 
+from finetune_opt.evaluation import gather_batches
+
 # "#### 1,234", "#### -5", "#### $3.50": the first number after the first `####` (the model may ramble
 # on). WordPiece tokenizers decode `####` as "# # # #", hence the optional spaces.
 GSM8K_ANSWER = re.compile(r"#\s?#\s?#\s?#\s*\$?\s*(-?\$?[\d,]*\.?\d+)")
@@ -34,18 +36,16 @@ GENERATION_METRICS = {"gsm8k": extract_gsm8k_answer}
 @torch.no_grad()
 def heldout_loss(model, loader, accelerator) -> dict:
     """Token-mean cross entropy over the response tokens (labels != -100) of every held-out example."""
-    sums, counts = [], []
-    for batch in loader:
+    def per_example(batch):  # (summed loss, response tokens) of each example
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
         labels = batch["labels"][:, 1:]
         per_token = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
-        per_example = torch.stack([per_token.sum(1), (labels != -100).sum(1).float()], dim=1)
-        gathered = accelerator.gather_for_metrics(per_example).cpu()
-        sums.append(gathered[:, 0])
-        counts.append(gathered[:, 1])
-    loss = (torch.cat(sums).sum() / torch.cat(counts).sum()).item()
-    return {"eval_loss": loss, "perplexity": math.exp(loss), "eval_examples": int(sum(len(c) for c in counts)),
-            "eval_response_tokens": int(torch.cat(counts).sum())}
+        return per_token.sum(1), (labels != -100).sum(1).float()
+
+    sums, counts = gather_batches(loader, accelerator, per_example)
+    loss = (sums.sum() / counts.sum()).item()
+    return {"eval_loss": loss, "perplexity": math.exp(loss), "eval_examples": len(counts),
+            "eval_response_tokens": int(counts.sum())}
 
 
 @torch.no_grad()

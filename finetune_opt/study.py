@@ -28,10 +28,10 @@ import yaml
 from finetune_opt.config import FIELDS, load_config, parse_override
 from finetune_opt.errors import ConfigError, one_of
 from finetune_opt.optim import get_optimizer_spec
+from finetune_opt.recipes import module as recipe_module
 from finetune_opt.results import load_results
 from finetune_opt.tasks import RECIPES, get_task
 
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 ENGINES = list(dict.fromkeys(engine for recipes in RECIPES.values() for engine in recipes))
 RESERVED = ("optimizer", "seed", "output_dir", "holdout_examples")  # set by the study itself, per cell
 TUNING_KEYS = ("holdout_examples", "lr_factors", "lr", "seeds", "overrides")
@@ -253,8 +253,8 @@ class CellRunner:
     def run_cell(self, cell: dict, progress, total: int):
         base_config = self.study.task_configs()[cell["task"]][0]
         task = load_config(base_config, []).task
-        script = RECIPES_DIR / get_task(task).recipes[cell["engine"]]
-        cmd = [sys.executable, str(script), "--config", base_config, *cell_overrides(self.study, cell)]
+        recipe = recipe_module(get_task(task).recipes[cell["engine"]])  # in the package: no checkout needed
+        cmd = [sys.executable, "-m", recipe, "--config", base_config, *cell_overrides(self.study, cell)]
         log_path = cell_dir(self.study, cell).parent / f"{cell['id']}.log"  # (ids hold dots: lr0.0003)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.lock:

@@ -1,63 +1,10 @@
-"""Fine-tune a sequence classifier (or regressor) on a GLUE task or any labelled text dataset with a
-registered optimizer; report the task's official dev metrics, step time, optimizer-step time,
-throughput and peak memory.
+"""Fine-tune a sequence classifier (or regressor) on a GLUE task or any labelled text dataset.
 
-    accelerate launch recipes/finetune_glue.py --config recipes/configs/sst2.yaml optimizer=adamw_fused
-    python recipes/finetune_glue.py --config recipes/configs/stsb.yaml data_dir=../shared/data/stsb
-    python recipes/finetune_glue.py --config recipes/configs/sst2.yaml task=text_classification data_dir=null \\
-        data_files='{train: my_train.csv, eval: my_dev.csv}' text_columns=[text] label_column=label
-
-Tasks: every entry of finetune_opt.tasks.TASKS this recipe runs (the nine GLUE tasks, text_classification,
-text_regression). GLUE data: `data_dir=<dir with the GLUE TSVs>`, else $FINETUNE_OPT_DATA/<task>, else the
-Hub (nyu-mll/glue).
+The recipe is finetune_opt/recipes/finetune_glue.py, so that an installed package has it too
+(`python -m finetune_opt.recipes.finetune_glue`); this file keeps the documented command.
 """
 
-import torch
-from torch.utils.data import DataLoader
-
-from finetune_opt.batching import grouped_or_shuffled_loader
-from finetune_opt.classification import (classification_model, collator, eval_splits, load_classification,
-                                         metric_prefix, task_metrics)
-from finetune_opt.config import recipe_main
-from finetune_opt.engine import fit, make_accelerator
-from finetune_opt.models import load_tokenizer
-from finetune_opt.results import save_results
-from finetune_opt.tasks import check_recipe
-
-
-def run(cfg):
-    task = check_recipe(cfg.task, "finetune_glue.py")
-    accelerator = make_accelerator(cfg)
-
-    # Data: tokenized once (main process first, the others read its cache), padded per batch, and
-    # (group_by_length) batched by similar length, so that the padding is small.
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
-    data = load_classification(cfg, tokenizer, accelerator.main_process_first)
-    collate = collator(tokenizer, cfg)
-    train_loader = grouped_or_shuffled_loader(data.splits["train"], cfg, collate, accelerator.num_processes)
-    eval_loaders = {split: accelerator.prepare(DataLoader(data.splits[split], batch_size=cfg.eval_batch_size,
-                                                          collate_fn=collate))
-                    for split in eval_splits(data)}
-
-    model = classification_model(cfg, data)
-
-    def evaluate(model):
-        model.eval()
-        metrics = {}
-        with torch.no_grad():
-            for split, loader in eval_loaders.items():
-                logits, labels = [], []
-                for batch in loader:
-                    # gather_for_metrics drops the samples padded onto the last batch across ranks.
-                    out, ref = accelerator.gather_for_metrics((model(**batch).logits, batch["labels"]))
-                    logits.append(out.cpu())
-                    labels.append(ref.cpu())
-                metrics.update(task_metrics(task, torch.cat(logits), torch.cat(labels), metric_prefix(split)))
-        model.train()
-        return metrics
-
-    save_results(cfg, accelerator, fit(cfg, accelerator, model, train_loader, evaluate))
-
+from finetune_opt.recipes.finetune_glue import main, run  # noqa: F401 (run: the entry point tests call in-process)
 
 if __name__ == "__main__":
-    recipe_main(run, __doc__.splitlines()[0])
+    main()

@@ -1,65 +1,10 @@
-"""Train a causal LM on WikiText-2 with a registered optimizer; report validation loss and
-perplexity (before and after), step time, optimizer-step time, tokens/s and peak memory.
+"""Train a causal LM on WikiText-2 with a registered optimizer.
 
-    accelerate launch recipes/finetune_lm.py --config recipes/configs/wikitext2.yaml data_dir=../shared/data/wikitext2
-    python recipes/finetune_lm.py --config recipes/configs/wikitext2.yaml model=gpt2 model_config=null
-
-Data: `data_dir=<dir with train.txt, valid.txt>`, else $FINETUNE_OPT_DATA/wikitext2, else the Hub
-(Salesforce/wikitext, wikitext-2-v1). The text is tokenized with the model's tokenizer, joined, and cut
-into blocks of `max_length` tokens (the run_clm recipe).
+The recipe is finetune_opt/recipes/finetune_lm.py, so that an installed package has it too
+(`python -m finetune_opt.recipes.finetune_lm`); this file keeps the documented command.
 """
 
-import math
-
-import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader
-from transformers import default_data_collator
-
-from finetune_opt.config import recipe_main
-from finetune_opt.data import lm_blocks, load_task
-from finetune_opt.engine import fit, make_accelerator
-from finetune_opt.models import load_model, load_tokenizer, with_tokenizer_tokens
-from finetune_opt.results import save_results
-from finetune_opt.tasks import check_recipe
-
-
-def run(cfg):
-    check_recipe(cfg.task, "finetune_lm.py")
-    accelerator = make_accelerator(cfg)
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
-    tokenizer.model_max_length = 10**9  # we cut blocks ourselves; silence the length warning
-    data = lm_blocks(load_task(cfg), tokenizer, cfg.max_length, accelerator.main_process_first)
-    if cfg.train_eval_examples:  # training blocks scored like validation ones: the train-vs-dev gap
-        n = min(cfg.train_eval_examples, len(data["train"]))
-        data["train_eval"] = data["train"].shuffle(seed=cfg.seed + 1).select(range(n))
-    train_loader = DataLoader(data["train"], batch_size=cfg.batch_size, shuffle=True, collate_fn=default_data_collator)
-    eval_loaders = {split: accelerator.prepare(DataLoader(data[split], batch_size=cfg.eval_batch_size,
-                                                          collate_fn=default_data_collator))
-                    for split in ("eval", "train_eval") if split in data}
-
-    model = load_model(cfg.model, task="causal-lm", model_config=with_tokenizer_tokens(cfg.model_config, tokenizer))
-
-    def evaluate(model):
-        model.eval()
-        metrics = {}
-        with torch.no_grad():
-            for split, loader in eval_loaders.items():
-                losses = []
-                for batch in loader:
-                    logits = model(input_ids=batch["input_ids"]).logits[:, :-1].float()
-                    # Per-block mean loss; all blocks are the same length, so their mean is the token mean.
-                    per_block = F.cross_entropy(logits.transpose(1, 2), batch["labels"][:, 1:], reduction="none").mean(1)
-                    losses.append(accelerator.gather_for_metrics(per_block).cpu())
-                loss = torch.cat(losses).mean().item()
-                prefix = "" if split == "eval" else "train_"
-                metrics.update({f"{prefix}eval_loss": loss, f"{prefix}perplexity": math.exp(loss),
-                                f"{prefix}eval_blocks": sum(len(x) for x in losses)})
-        model.train()
-        return metrics
-
-    save_results(cfg, accelerator, fit(cfg, accelerator, model, train_loader, evaluate))
-
+from finetune_opt.recipes.finetune_lm import main, run  # noqa: F401 (run: the entry point tests call in-process)
 
 if __name__ == "__main__":
-    recipe_main(run, __doc__.splitlines()[0])
+    main()

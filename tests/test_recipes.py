@@ -6,8 +6,10 @@ import subprocess
 import sys
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from finetune_opt.tasks import TASKS
+from finetune_opt.tracking import LOG_DIR
 from tests.conftest import DATA_DIR, REPO
 
 TINY_BERT = "{model_type: bert, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64}"
@@ -73,6 +75,10 @@ def test_trainer_recipe_writes_the_same_schema(tmp_path):
     assert {"accuracy", "train_accuracy", "eval_loss", "train_eval_loss"} <= set(b["metrics"])
     assert b["metrics"]["eval_examples"] == 40 and b["metrics"]["train_eval_examples"] == 16
     assert b["optimizer"]["engine"] == "trainer" and b["optimizer"]["implementation"] == "fused"
+    # log_with=auto: both engines' TensorBoard logs in <output_dir>/logs, each log step's loss in them
+    for d, results in (("engine", a), ("trainer", b)):
+        events = EventAccumulator(str(tmp_path / d / LOG_DIR)).Reload()
+        assert [e.step for e in events.Scalars("train/loss")] == [h["step"] for h in results["history"]], d
     assert b["timing"]["timed_steps"] == 4 and 0 < b["timing"]["optimizer_step_ms"]["median"] < b["timing"]["step_ms"]["median"]
     assert b["throughput"]["tokens_per_s"] > 0 and [h["step"] for h in b["history"]] == [2, 4, 6]
     # Both group by length (the default). The Trainer sorts within 16 examples here (its mega-batches

