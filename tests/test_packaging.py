@@ -3,6 +3,7 @@ installed without -e into a fresh virtualenv (reusing this environment's torch e
 `finetune-opt list-optimizers`, a 5-step recipe and a 1-cell study from outside the checkout."""
 
 import ast
+import importlib.util
 import json
 import os
 import re
@@ -75,8 +76,9 @@ def test_wheel_runs_outside_the_checkout(tmp_path):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing of the checkout on the path
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist", src],
-         tmp_path, env)
+    # this environment's setuptools when it has one (offline); else pip fetches the build backend
+    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-w", tmp_path / "dist", src], tmp_path, env)
     wheel = next((tmp_path / "dist").glob("finetune_opt-*.whl"))
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", "--system-site-packages", venv], tmp_path, env)
