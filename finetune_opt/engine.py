@@ -32,7 +32,7 @@ from finetune_opt.config import RunConfig
 from finetune_opt.errors import ConfigError, Interrupted, TrainingStopped
 from finetune_opt.measure import (StepTimer, current_rss_bytes, global_throughput, optimizer_state_bytes, per_rank,
                                   peak_memory, reset_peak_memory)
-from finetune_opt.memory import NO_PROBE, gradient_bytes, memory_breakdown, phase_probe
+from finetune_opt.memory import NO_PROBE, memory_breakdown, phase_probe
 from finetune_opt.optim import OptimizerSpec, create_optimizer, describe_optimizer, get_optimizer_spec
 from finetune_opt.optim.in_backward import refusal as in_backward_refusal
 from finetune_opt.optim.in_backward import step_in_backward
@@ -252,7 +252,7 @@ class TrainingStep:
             samples, tokens, positions = samples + n, tokens + t, positions + p
             losses.append(self.micro_batch(batch))
         losses = torch.stack(losses)
-        self.probe.gradients = gradient_bytes(run.model)  # before they are freed (in backward: none left)
+        self.probe.note_gradients(run.model)  # before they are freed (in backward: none left)
         grad_norm = self.clip_gradients()
         nonfinite, stop = self.agree(losses, grad_norm, stop_requested())
         if nonfinite and run.accelerator.scaler is None:  # (fp16: GradScaler's overflow handling in update)

@@ -113,13 +113,20 @@ def peak_bytes(memory: dict) -> int:
     return memory.get("peak_allocated_bytes", memory.get("peak_rss_bytes"))
 
 
-def tensor_storage_bytes(t: torch.Tensor) -> int:
-    """Bytes a tensor really holds: for a wrapper subclass (torchao's quantised states, whose
-    numel/dtype are the *logical* fp32 view) the sum over its inner tensors."""
+def storage_tensors(t: torch.Tensor):
+    """The tensors that really hold a tensor's bytes: itself, or for a wrapper subclass (torchao's
+    quantised states, whose numel/dtype are the *logical* fp32 view) its inner tensors."""
     if hasattr(t, "__tensor_flatten__"):
         names, _ = t.__tensor_flatten__()
-        return sum(tensor_storage_bytes(getattr(t, n)) for n in names)
-    return t.numel() * t.element_size()
+        for n in names:
+            yield from storage_tensors(getattr(t, n))
+    else:
+        yield t
+
+
+def tensor_storage_bytes(t: torch.Tensor) -> int:
+    """Bytes a tensor really holds (see storage_tensors)."""
+    return sum(inner.numel() * inner.element_size() for inner in storage_tensors(t))
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:

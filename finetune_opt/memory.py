@@ -28,14 +28,20 @@ from contextlib import contextmanager, nullcontext
 import torch
 from torch._C._autograd import DeviceType
 
-from finetune_opt.measure import tensor_storage_bytes
+from finetune_opt.measure import storage_tensors, tensor_storage_bytes
 
 PHASES = ("forward", "backward", "optimizer_step")
 
 
 # --- measurement ------------------------------------------------------------------------------------
 
-class CudaPhaseProbe:
+class _Recording:
+    def note_gradients(self, model):
+        """Bytes of the gradients alive after backward, read before they are freed."""
+        self.gradients = gradient_bytes(model)
+
+
+class CudaPhaseProbe(_Recording):
     """Allocated bytes at each phase's start and end, and its peak, from the CUDA allocator."""
     method = "cuda caching allocator (memory_allocated, peak reset per phase)"
 
@@ -61,13 +67,13 @@ class CudaPhaseProbe:
                              "end_above_start": torch.cuda.memory_allocated(self.device) - start}
 
 
-class CpuPhaseProbe:
+class CpuPhaseProbe(_Recording):
     """The same figures from the profiler's record of every CPU allocation and free. Absolute
     allocated bytes are unknown to the profiler (it starts counting at zero), so `start` is None."""
     method = "torch.profiler CPU allocation events (profile_memory=True)"
 
     def __init__(self, device=None):
-        self.phases, self._marks, self.gradients = {}, [], None
+        self.phases, self.gradients = {}, None
         self.peak_above_step_start = None
 
     @contextmanager
@@ -82,7 +88,6 @@ class CpuPhaseProbe:
         from torch.profiler import record_function
         with record_function(f"finetune_opt::{name}"):
             yield
-        self._marks.append(name)
 
     def _read(self, events):
         ranges = {e.name().removeprefix("finetune_opt::"): (e.start_ns(), e.start_ns() + e.duration_ns())
@@ -120,24 +125,17 @@ class NoProbe:
     def phase(self, name):
         return nullcontext()
 
+    def note_gradients(self, model):  # unprobed steps pay nothing
+        pass
+
 
 NO_PROBE = NoProbe()
-
-
-def _storages(t: torch.Tensor):
-    """The tensors that really hold a tensor's bytes (a torchao quantised state: its inner ones)."""
-    if hasattr(t, "__tensor_flatten__"):
-        names, _ = t.__tensor_flatten__()
-        for n in names:
-            yield from _storages(getattr(t, n))
-    else:
-        yield t
 
 
 def bytes_by_dtype(tensors) -> dict:
     out = defaultdict(int)
     for t in tensors:
-        for inner in _storages(t):
+        for inner in storage_tensors(t):
             out[str(inner.dtype).removeprefix("torch.")] += inner.numel() * inner.element_size()
     return dict(out)
 
