@@ -84,18 +84,7 @@ else
     SST2_OPTIMIZERS=""  # every registry entry
 fi
 
-python3 - "$OUT/env.json" "$DEVICE" <<'PY'
-import json, subprocess, sys, time  # (no git commit: a copied working tree's HEAD can be stale)
-import accelerate, torch, transformers
-device = sys.argv[2]
-env = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu (dry run)",
-       "driver": subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                capture_output=True, text=True).stdout.strip() if device == "cuda" else None,
-       "torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__,
-       "accelerate": accelerate.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-json.dump(env, open(sys.argv[1], "w"), indent=1)
-print(env)
-PY
+python3 benchmarks/write_env.py "$OUT/env.json" "$DEVICE"
 
 # 1. The SST-2 recipe per optimizer, each at its spec's default lr, with the memory breakdown;
 #    then adamw with its step in backward (no clipping: it needs every gradient first).

@@ -60,7 +60,7 @@ def cmd_compare(args):
 def cmd_study(args):
     from finetune_opt.study import run_study
 
-    print(run_study(args.config, args.parallel, args.overrides))
+    print(run_study(args.config, args.parallel, args.overrides, report_only=args.report_only))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="study YAML (see docs/optimizer_study/study.yaml)")
     p.add_argument("--parallel", type=int, default=1,
                    help="cells run at once, each its own process (a GPU box: several share the GPU)")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: report the finished cells, labelled PARTIAL when some are missing")
     p.add_argument("overrides", nargs="*", help="key=value for every cell, over the YAML (e.g. model=DIR)")
     p.set_defaults(func=cmd_study)
     return parser

@@ -176,12 +176,13 @@ def tuning_cells(study: StudyConfig) -> list[dict]:
 
 def final_cells(study: StudyConfig, selected: dict) -> list[dict]:
     """The main grid (task x engine x optimizer x seed x axes), each optimizer at its selected lr
-    when tuned ({(task, optimizer): lr}), then the lr x weight decay map. Ids are stable across runs."""
+    when tuned ({(task, optimizer): lr}), then the lr x weight decay map. Ids are stable across runs.
+    Seed-major order: a study stopped part-way has every task and optimizer at its first seeds rather
+    than a few of them at every seed."""
     cells = []
     names = list(study.axes)
-    for label in study.task_configs():
-        for engine, opt, seed, *values in itertools.product(study.engines, study.optimizers, study.seeds,
-                                                           *study.axes.values()):
+    for seed, label in itertools.product(study.seeds, study.task_configs()):
+        for engine, opt, *values in itertools.product(study.engines, study.optimizers, *study.axes.values()):
             params = dict(zip(names, values))
             if (label, opt) in selected:
                 params = {"lr": selected[label, opt], **params}
@@ -189,8 +190,9 @@ def final_cells(study: StudyConfig, selected: dict) -> list[dict]:
                           "params": params})
     if study.sensitivity:
         s = study.sensitivity
-        for opt, lr, wd, seed in itertools.product(s.get("optimizers", ["adam_l2", "adamw"]), s["lr"],
-                                                   s["weight_decay"], s.get("seeds", [study.seeds[0]])):
+        for seed, opt, lr, wd in itertools.product(s.get("seeds", [study.seeds[0]]),
+                                                   s.get("optimizers", ["adam_l2", "adamw"]), s["lr"],
+                                                   s["weight_decay"]):
             cells.append({"task": s.get("task", next(iter(study.task_configs()))), "group": "sensitivity",
                           "engine": "accelerate", "optimizer": opt, "seed": seed,
                           "params": {"lr": lr, "weight_decay": wd}})
@@ -298,13 +300,16 @@ def select_lr(study: StudyConfig, cells: list[dict]) -> dict:
     return selected
 
 
-def run_study(config_path: str, parallel: int = 1, overrides: list[str] = ()) -> str:
-    """Run the missing cells (tuning first, then the selected lrs' seeds), then (re)build the report."""
+def run_study(config_path: str, parallel: int = 1, overrides: list[str] = (), report_only: bool = False) -> str:
+    """Run the missing cells (tuning first, then the selected lrs' seeds), then (re)build the report.
+    report_only: run nothing, report the finished cells (see finished_cells)."""
     from finetune_opt.study_report import write_report
 
     if not isinstance(parallel, int) or parallel < 1:
         raise ConfigError(f"--parallel must be an integer >= 1, got {parallel!r}")
     study = load_study(config_path, overrides)
+    if report_only:
+        return write_report(study, *finished_cells(study))
     runner = CellRunner(study, parallel)
     # SIGTERM -> stop the running cells, then exit; resume finishes them.
     signal.signal(signal.SIGTERM, runner.stop)
@@ -314,3 +319,25 @@ def run_study(config_path: str, parallel: int = 1, overrides: list[str] = ()) ->
     cells = final_cells(study, {k: v["lr"] for k, v in selection.items()})
     runner.run_all(cells, "seeds")
     return write_report(study, tune, cells, selection)
+
+
+def finished_cells(study: StudyConfig) -> tuple:
+    """(tuning cells, final cells, lr selection, missing cell ids) of what has finished so far. An
+    optimizer's lr is selected only once its whole grid has finished on that task (its seed cells
+    cannot exist before); until then its cells count as missing."""
+    tune = tuning_cells(study)
+    done_tune = [c for c in tune if cell_done(study, c)]
+    complete = {key for key, lrs in lr_grid(study).items()
+                if len([c for c in done_tune if (c["task"], c["optimizer"]) == key]) == len(lrs) * len(
+                    study.tuning.get("seeds", study.seeds[:1]))} if study.tuning else set()
+    selection = select_lr(study, [c for c in done_tune if (c["task"], c["optimizer"]) in complete])
+    cells = final_cells(study, {k: v["lr"] for k, v in selection.items()})
+    if study.tuning:  # without a selected lr a tuned optimizer's seed cells are not yet defined
+        cells = [c for c in cells if c["group"] != "main" or (c["task"], c["optimizer"]) in selection]
+    done = [c for c in cells if cell_done(study, c)]
+    missing = [c["id"] for c in tune + cells if not cell_done(study, c)]
+    missing += [f"{t}-main-{o}: every seed (its lr grid has not finished)"
+                for t, o in lr_grid(study) if study.tuning and (t, o) not in selection]
+    if not done_tune and not done:
+        raise ConfigError(f"no finished cells under {study.output_dir}/cells: nothing to report")
+    return done_tune, done, selection, missing

@@ -13,6 +13,7 @@ import numpy as np
 
 from finetune_opt.config import RunConfig
 from finetune_opt.data import load_task
+from finetune_opt.errors import ConfigError
 from finetune_opt.measure import peak_bytes
 from finetune_opt.metrics import compute_metrics
 from finetune_opt.results import write_json_atomic
@@ -217,28 +218,34 @@ def _summary_table(tasks, study):
     return lines
 
 
-def write_report(study, tune, cells, selection) -> str:
+def write_report(study, tune, cells, selection, missing=()) -> str:
+    """missing: ids of the cells not finished (a --report-only report of a study stopped part-way)."""
     results = {c["id"]: load_cell(study, c) for c in tune + cells}
-    labels = list(dict.fromkeys(c["task"] for c in cells))
+    any_run = next((r for r in results.values() if "failed" not in r), None)
+    if any_run is None:
+        raise ConfigError(f"every finished cell of {study.output_dir} stopped on non-finite losses: "
+                          f"nothing to report (see the cells' failed.json)")
+    # a task whose every finished main cell stopped (non-finite losses) has nothing to summarise
+    labels = list(dict.fromkeys(c["task"] for c in cells if c["group"] == "main" and "failed" not in results[c["id"]]))
     tasks = {label: summarise_task(study, label, [c for c in cells if c["task"] == label and c["group"] == "main"],
                                    results, selection) for label in labels}
     sens_cells = [c for c in cells if c["group"] == "sensitivity"]
     sens = None
-    if sens_cells:
-        ok = {c["id"]: results[c["id"]] for c in sens_cells if "failed" not in results[c["id"]]}
+    ok = {c["id"]: results[c["id"]] for c in sens_cells if "failed" not in results[c["id"]]}
+    if ok:
         task = get_task(next(iter(ok.values()))["task"])
         sens = sensitivity(sens_cells, ok, task, trivial_baseline(next(iter(ok.values()))["config"], task))
     summary = {"baseline": study.baseline, "optimizers": study.optimizers, "seeds": study.seeds,
                "holdout_examples": (study.tuning or {}).get("holdout_examples"),
-               "cells": [c["id"] for c in tune + cells], "tasks": tasks, "sensitivity": sens}
+               "cells": [c["id"] for c in tune + cells], "missing_cells": list(missing), "partial": bool(missing),
+               "tasks": tasks, "sensitivity": sens}
     for t in tasks.values():  # the per-run loss histories stay in the cells, not in the summary
         for r in t["main"]:
             r.pop("histories")
     write_json_atomic(os.path.join(study.output_dir, "summary.json"), summary)
 
-    any_run = next(r for r in results.values() if "failed" not in r)
-    plots = [plot_dots(tasks, study.baseline, study.output_dir)]
-    if selection:
+    plots = [plot_dots(tasks, study.baseline, study.output_dir)] if tasks else []
+    if selection and tasks:
         plots.append(plot_lr_curves(tasks, study.output_dir))
     if sens:
         plots.append(plot_sensitivity(sens, study.output_dir))
@@ -247,6 +254,9 @@ def write_report(study, tune, cells, selection) -> str:
              f"torch {any_run['versions']['torch']}, transformers {any_run['versions']['transformers']}. "
              f"Values are mean ± std [95% t-interval] over seeds; Δ is the mean paired difference from "
              f"{study.baseline} (same seed) with its 95% t-interval; the verdict reads the interval only.", ""]
+    if missing:
+        lines += [f"**PARTIAL**: {len(tune) + len(cells)} cells finished, {len(missing)} not yet run (listed in "
+                  f"summary.json's missing_cells); rerun the study command to finish them.", ""]
     if selection:
         lines += [f"Each optimizer's lr was chosen per task on {study.tuning['holdout_examples']} examples held "
                   f"out of the training split (the dev set reported below was not read), from a grid around "

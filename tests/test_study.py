@@ -95,6 +95,9 @@ def test_grid_expansion():
     assert "sst2-main-trainer-adamw-seed2-lr3e-05" in {c["id"] for c in cells}
     assert "sst2-sensitivity-accelerate-adam_l2-seed1-lr0.0001-weight_decay1" in {c["id"] for c in cells}
     assert final_cells(study, {}) == cells  # stable: resume finds the same cells
+    # seed-major: a study stopped part-way has run every optimizer at seed 1 before any at seed 2
+    assert [c["seed"] for c in main] == [1] * 8 + [2] * 8
+    assert [c["seed"] for c in sens] == [1] * 12
     over = cell_overrides(study, main[0])
     assert "optimizer=\"adam_l2\"" in over and "seed=1" in over and "lr=1e-05" in over
     assert any(o.startswith("output_dir=") and "cells/sst2-main-accelerate-adam_l2-seed1-lr1e-05" in o for o in over)
