@@ -55,6 +55,22 @@ def verdict(diff: dict, higher_is_better: bool = True) -> str:
     return f"no detectable difference at {n} seeds"
 
 
+def least_significant_difference(groups, confidence: float = 0.95) -> dict | None:
+    """Fisher's least significant difference between two cells' means, from the seed-to-seed spread
+    pooled over every cell with 2+ values (one-way ANOVA's within-group variance):
+    t_{1-a/2, df} * s_pooled * sqrt(2 / n), n the cells' common seed count (the smallest, if they
+    differ). Two means closer than this are not told apart at that confidence. None: no cell has
+    two values, so the noise is unknown."""
+    groups = [[float(v) for v in g] for g in groups if len(g) >= 2]
+    if not groups:
+        return None
+    df = sum(len(g) - 1 for g in groups)
+    pooled = math.sqrt(sum(float(np.var(g, ddof=1)) * (len(g) - 1) for g in groups) / df)
+    n = min(len(g) for g in groups)
+    lsd = float(stats.t.ppf(0.5 + confidence / 2, df)) * pooled * math.sqrt(2 / n)
+    return {"pooled_std": pooled, "df": df, "seeds": n, "lsd": lsd}
+
+
 def format_mean_std(s: dict, fmt: str = ".4f") -> str:
     if s["std"] is None:
         return f"{s['mean']:{fmt}} (n=1)"

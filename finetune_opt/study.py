@@ -336,8 +336,9 @@ def finished_cells(study: StudyConfig) -> tuple:
         cells = [c for c in cells if c["group"] != "main" or (c["task"], c["optimizer"]) in selection]
     done = [c for c in cells if cell_done(study, c)]
     missing = [c["id"] for c in tune + cells if not cell_done(study, c)]
-    missing += [f"{t}-main-{o}: every seed (its lr grid has not finished)"
-                for t, o in lr_grid(study) if study.tuning and (t, o) not in selection]
+    if study.tuning:
+        missing += [f"{t}-main-{o}: every seed (its lr grid has not finished)"
+                    for t, o in lr_grid(study) if (t, o) not in selection]
     if not done_tune and not done:
         raise ConfigError(f"no finished cells under {study.output_dir}/cells: nothing to report")
     return done_tune, done, selection, missing

@@ -67,9 +67,9 @@ def plot_sensitivity(sens: dict, out_dir: str) -> str:
     grids = [np.array(sens["maps"][o]["grid"]) for o in opts]
     lo, hi = np.nanmin(grids), np.nanmax(grids)
     fig, axes = plt.subplots(1, len(opts), figsize=(4.6 * len(opts), 3.8), squeeze=False)
-    for ax, opt, grid in zip(axes[0], opts, grids):
+    for k, (ax, opt, grid) in enumerate(zip(axes[0], opts, grids)):
         im = ax.imshow(grid, vmin=lo, vmax=hi, cmap="viridis", origin="lower")
-        ax.set(title=opt, xlabel="weight decay", ylabel="learning rate",
+        ax.set(title=opt, xlabel="weight decay", ylabel="learning rate" if k == 0 else None,  # shared rows
                xticks=range(len(sens["weight_decay"])), yticks=range(len(sens["lr"])))
         ax.set_xticklabels([f"{w:g}" for w in sens["weight_decay"]])
         ax.set_yticklabels([f"{v:g}" for v in sens["lr"]])

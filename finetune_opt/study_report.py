@@ -20,6 +20,7 @@ from finetune_opt.results import write_json_atomic
 from finetune_opt.stats import (
     format_interval,
     format_mean_std,
+    least_significant_difference,
     mean_std_ci,
     paired_difference,
 )
@@ -146,26 +147,41 @@ def sensitivity(cells, results, task, trivial):
     maps, statements = {}, []
     for opt in dict.fromkeys(c["optimizer"] for c in cells):
         grid = np.full((len(lrs), len(wds)), np.nan)
+        per_cell = []  # each cell's values over seeds, for the seed noise
         for i, lr in enumerate(lrs):
             for j, wd in enumerate(wds):
                 vals = [results[c["id"]]["metrics"][metric] for c in cells if c["id"] in results
                         and c["optimizer"] == opt and c["params"] == {"lr": lr, "weight_decay": wd}]
                 grid[i, j] = np.mean(vals) if vals else np.nan
+                per_cell.append(vals)
         pick = np.nanargmax if higher else np.nanargmin
         best = {lr: wds[int(pick(grid[i]))] for i, lr in enumerate(lrs)}
         spread = {lr: float(np.nanmax(grid[i]) - np.nanmin(grid[i])) for i, lr in enumerate(lrs)}
         i, j = np.unravel_index(int(pick(grid)), grid.shape)
         optimum = {"lr": lrs[i], "weight_decay": wds[j], metric: float(grid[i, j]),
                    "learned": bool(grid[i, j] > trivial if higher else grid[i, j] < trivial)}
+        noise = least_significant_difference(per_cell)
+        # Only where the weight decays differ by more than seed noise is a "best" one determined.
+        decided = {lr: wd for lr, wd in best.items() if noise and spread[lr] > noise["lsd"]}
         maps[opt] = {"grid": grid.tolist(), "best_weight_decay_per_lr": best,
-                     "spread_over_weight_decay_per_lr": spread, "optimum": optimum}
-        same = len(set(best.values())) == 1
+                     "spread_over_weight_decay_per_lr": spread, "optimum": optimum, "seed_noise": noise,
+                     "best_weight_decay_beyond_noise": decided}
+        if noise is None:
+            moves = "one seed per cell: seed noise unknown"
+        elif not decided:
+            moves = "at no lr do the weight decays differ beyond seed noise"
+        else:
+            moves = (f"beyond seed noise at lr {', '.join(f'{lr:g}' for lr in decided)}, where it is "
+                     + ("the same" if len(set(decided.values())) == 1 else "not the same"))
         statements.append(
             f"{opt}: best weight decay per lr " + ", ".join(f"{lr:g}->{wd:g}" for lr, wd in best.items())
-            + f" ({'the same at every lr' if same else 'it moves with lr'}); {metric} range across weight decays "
-            + ", ".join(f"{s:.3f}" for s in spread.values()) + " at those lrs; optimum "
-            + f"{metric} {optimum[metric]:.3f} at lr {optimum['lr']:g}, wd {optimum['weight_decay']:g} "
-            + f"({'above' if optimum['learned'] else 'NOT above'} the trivial baseline {trivial:.3f}).")
+            + f"; {metric} range across weight decays " + ", ".join(f"{s:.3f}" for s in spread.values())
+            + " at those lrs"
+            + (f" (seed noise: differences below {noise['lsd']:.3f} are not resolved, Fisher's LSD at 95% from "
+               f"the pooled seed std {noise['pooled_std']:.4f}, df {noise['df']})" if noise else "")
+            + f"; {moves}. Optimum {metric} {optimum[metric]:.3f} at lr {optimum['lr']:g}, wd "
+            + f"{optimum['weight_decay']:g} ({'above' if optimum['learned'] else 'NOT above'} the trivial "
+            + f"baseline {trivial:.3f}).")
     return {"task": task.name, "metric": metric, "lr": lrs, "weight_decay": wds, "trivial_baseline": trivial, "maps": maps,
             "statement": " ".join(statements)}
 
@@ -179,12 +195,20 @@ def summarise_task(study, label, cells, results, selection):
     trivial = trivial_baseline(ok[main[0]["id"]]["config"], task) if main else None
     for r in rows:
         r["beats_trivial_baseline"] = bool(task.rank_key(r[task.headline]["mean"]) < task.rank_key(trivial))
-    tuned = {opt: {"lr": s["lr"], "curve": {f"{lr:g}": v for lr, v in s["curve"].items()}}
+    tuned = {opt: {"lr": s["lr"], "curve": {f"{lr:g}": v for lr, v in s["curve"].items()}, "edge": grid_edge(s)}
              for (t, opt), s in selection.items() if t == label}
     return {"label": label, "task": task.name, "metric": task.headline, "higher_is_better": task.higher_is_better,
             "trivial_baseline": trivial, "main": rows, "tuning": tuned,
             "speedups": speedups(main, ok), "engines": engine_comparison(rows, task.headline),
             "failed": {c["id"]: results[c["id"]]["failed"] for c in cells if c["id"] not in ok}}
+
+
+def grid_edge(selection: dict) -> str | None:
+    """"top" / "bottom" when the selected lr is the grid's largest / smallest point (of several)."""
+    lrs = sorted(float(lr) for lr in selection["curve"])
+    if len(lrs) < 2:
+        return None
+    return "top" if selection["lr"] == lrs[-1] else "bottom" if selection["lr"] == lrs[0] else None
 
 
 def _row_line(r, metric, mem_col_mib):
@@ -292,8 +316,10 @@ def _task_section(t, study):
     if t["tuning"]:
         lines += ["", "Learning-rate selection (held-out " + metric + ", mean over tuning seeds; chosen in bold):", ""]
         for opt, s in t["tuning"].items():
+            edge = grid_edge(s)
             lines.append(f"- {opt}: " + ", ".join(
-                (f"**{lr}: {v:.4f}**" if float(lr) == s["lr"] else f"{lr}: {v:.4f}") for lr, v in s["curve"].items()))
+                (f"**{lr}: {v:.4f}**" if float(lr) == s["lr"] else f"{lr}: {v:.4f}") for lr, v in s["curve"].items())
+                + (f" (the {edge} of the grid: the best lr may lie beyond it)" if edge else ""))
     for pair, s in t["speedups"].items():
         lines.append(f"- {pair}: step time {format_mean_std(s['step_time_ratio'], '.3f')}, "
                      f"optimizer step {format_mean_std(s['optimizer_step_ratio'], '.2f')}")

