@@ -349,3 +349,24 @@ def test_sensitivity_map(tmp_path):
         assert best["learned"] == (best["accuracy"] > sens["trivial_baseline"])
     assert sens["statement"].startswith("adam_l2: best weight decay per lr 0.0001->")
     assert (tmp_path / "study/lr_wd_sensitivity.png").is_file()
+
+
+def test_gpu_study_script_stops_hard_and_packs_only_finished_cells(tmp_path):
+    """docs/optimizer_study/gpu_study.sh on CPU: a time limit that ends mid-study kills the study and
+    its running cell, and the tarball holds each finished cell's results.json and log, nothing else."""
+    path = write_study(tmp_path, optimizers=["adamw", "lion"], seeds=[1, 2, 3])
+    out = tmp_path / "out"
+    script = str(REPO / "docs/optimizer_study/gpu_study.sh")
+    r = subprocess.run(["bash", script, "--out", str(out), "--seconds", "25", "--parallel", "1", "--config", str(path)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "stopped after 25s" in r.stdout
+    assert subprocess.run(["pgrep", "-f", str(tmp_path / "study")], capture_output=True).returncode == 1  # none left
+    listing = subprocess.run(["tar", "-tzf", str(out / "cells.tar.gz")], capture_output=True, text=True).stdout.split()
+    done = sorted(p.parent.name for p in (tmp_path / "study/cells").glob("*/results.json"))
+    assert 1 <= len(done) < 6 and sorted(listing) == sorted(
+        [f"cells/{d}/results.json" for d in done] + [f"cells/{d}.log" for d in done])
+    assert json.loads((out / "env.json").read_text())["device"] == "cpu (dry run)"
+    bad = subprocess.run(["bash", script, "--colour", "blue"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr == (
+        "gpu_study.sh: unknown option --colour; use --carry DIR, --out DIR, --seconds N, --parallel N, --config YAML\n")
