@@ -297,6 +297,7 @@ def test_readme_example_adds_a_task_in_one_entry(tmp_path, monkeypatch):
 # measured again (issue 11 stays open).
 SLOW_RUNS = {
     "stsb": (["max_steps=75", "batch_size=32", "max_length=64", "lr=1e-4", "scheduler=constant", "warmup_ratio=0"], 0.5),
+    "cola": ([], 0.1),  # its config as it is: dev MCC 0.160 measured at seed 42 (0.164 at seed 1)
 }
 
 
