@@ -104,8 +104,15 @@ def run_contender(name, common, seed, out_dir, log):
         raise SystemExit(f"{name} (seed {seed}) failed:\n{p.stderr[-3000:]}")
     with open(os.path.join(output_dir, "results.json")) as f:
         r = json.load(f)
-    t = r["throughput"]
-    return {"samples_per_s": t["samples_per_s"], "samples_per_cpu_s": r["timing"]["samples_per_cpu_s"],
+    t, timing = r["throughput"], r["timing"]
+    # Every step, the warm-up ones too: the Trainer's group_by_length puts its longest batches first
+    # (to meet an out-of-memory at once), so its timed steps, which start after the warm-up, hold
+    # shorter examples than its run does; over all steps both samplers cover the same examples.
+    per_step = r["config"]["batch_size"] * r["config"]["grad_accum"]
+    timed_s = timing["timed_steps"] * per_step / t["samples_per_s"]
+    all_steps = (timing["timed_steps"] + timing["warmup_steps_excluded"]) * per_step / (timed_s + timing["warmup_s"])
+    return {"samples_per_s": t["samples_per_s"], "samples_per_cpu_s": timing["samples_per_cpu_s"],
+            "samples_per_s_all_steps": all_steps,
             "tokens_per_s": t["tokens_per_s"],
             "padding_share": t["padding_share"], "accuracy": r["metrics"]["accuracy"],
             "warmup_s": r["timing"]["warmup_s"], "process_s": time.perf_counter() - start}
@@ -121,6 +128,7 @@ def summarise(rounds, contenders):
         rows[name] = {
             "samples_per_s_median": statistics.median(over_rounds(name, "samples_per_s")),
             "samples_per_cpu_s_median": statistics.median(over_rounds(name, "samples_per_cpu_s")),
+            "samples_per_s_all_steps_median": statistics.median(over_rounds(name, "samples_per_s_all_steps")),
             "tokens_per_s_median": statistics.median(over_rounds(name, "tokens_per_s")),
             "padding_share_mean": statistics.fmean(over_rounds(name, "padding_share")),
             "accuracy_mean": statistics.fmean(acc), "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
@@ -128,7 +136,8 @@ def summarise(rounds, contenders):
             "warmup_s_median": statistics.median(over_rounds(name, "warmup_s")),
         }
         for base in BASELINES:
-            for clock, key in (("", "samples_per_s"), (" cpu", "samples_per_cpu_s")):
+            for clock, key in (("", "samples_per_s"), (" cpu", "samples_per_cpu_s"),
+                               (" all steps", "samples_per_s_all_steps"), (" tokens", "tokens_per_s")):
                 if base in contenders:
                     ratios = [r[name][key] / r[base][key] for r in rounds]
                     rows[name][f"vs {base}{clock}"] = {"median": statistics.median(ratios), "min": min(ratios),
@@ -142,7 +151,8 @@ def markdown(rows, env, a) -> str:
              f"recipes/configs/sst2.yaml (MiniLM on SST-2, batch 32, length <= 64) for {a.steps} steps, {a.optimizer}"
              f"{', overrides: ' + ' '.join(a.set) if a.set else ''}; "
              f"{a.rounds} rounds = seeds {a.seed}..{a.seed + a.rounds - 1}, each contender in its own process, "
-             f"alternating within a round. The machine was shared with other sessions' jobs.", "",
+             f"alternating within a round. Load average (1 min) {env['load_average_1_5_15_min']['before'][0]:.1f} "
+             f"before, {env['load_average_1_5_15_min']['after'][0]:.1f} after.", "",
              "Ratios: per round, then the median (range) over rounds; wall clock, and in brackets by this "
              "process's CPU time (one intra-op thread, so waiting for a shared core does not count).", "",
              "| contender | samples/s (wall) | samples per CPU s | real tokens/s | padding % | "
@@ -159,6 +169,14 @@ def markdown(rows, env, a) -> str:
                      f"{r['tokens_per_s_median']:.0f} | "
                      f"{r['padding_share_mean'] * 100:.1f} | {r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f}; "
                      f"{r['accuracy_min']:.4f}-{r['accuracy_max']:.4f} | {ratios} | {r['warmup_s_median']:.1f} |")
+    lines += ["", "The same runs over every step, warm-up included (the grouped Trainer's timed steps exclude "
+              "its longest batches, which it runs first), and per real token:", "",
+              "| contender | samples/s, all steps | " + " | ".join(f"x {b}: all steps [real tokens/s]" for b in bases)
+              + " |", "|---|---|" + "---|" * len(bases)]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['samples_per_s_all_steps_median']:.1f} | "
+                     + " | ".join(f"{ratio(r, f'vs {b} all steps')} [{ratio(r, f'vs {b} tokens')}]" for b in bases)
+                     + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -190,6 +208,7 @@ def main():
     common += [f"model={a.model}"] * bool(a.model) + [f"mixed_precision={a.precision}"] * bool(a.precision)
     os.makedirs(a.out, exist_ok=True)
     runs_dir = tempfile.mkdtemp(prefix="end_to_end-")
+    load_before = os.getloadavg()  # how busy the machine was: other processes slow every contender
     rounds = []
     with open(os.path.join(runs_dir, "log.txt"), "w") as log:
         for r in range(a.rounds):
@@ -201,7 +220,7 @@ def main():
     rows = summarise(rounds, a.contenders)
     env = {"device": f"cpu ({os.cpu_count()} cores)", "torch": __import__("torch").__version__,
            "omp_threads": os.environ.get("OMP_NUM_THREADS", "unset"), "date": time.strftime("%Y-%m-%d"),
-           "argv": sys.argv[1:]}
+           "argv": sys.argv[1:], "load_average_1_5_15_min": {"before": load_before, "after": os.getloadavg()}}
     from finetune_opt.precision import native_bf16_flags
     from finetune_opt.results import write_json_atomic
 

@@ -56,7 +56,9 @@ class RunConfig:
     scheduler: str = "linear"
     warmup_ratio: float = 0.1
     max_grad_norm: float | None = 1.0
-    mixed_precision: str = "no"
+    # null: bf16 autocast on a CUDA GPU that computes bf16, fp32 on CPU (where bf16 is asked for: auto /
+    # bf16); validation replaces it by what runs
+    mixed_precision: str | None = None
     group_by_length: bool = True     # classification recipes: batches of similar length (finetune_opt.batching)
     compile_model: bool = False      # torch.compile the model (dynamic shapes; lengths padded to multiples of 8)
     # step each parameter in its gradient's hook and free the gradient at once (finetune_opt.optim.in_backward)
@@ -127,7 +129,7 @@ class RunConfig:
             raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ConfigError(f"max_grad_norm must be > 0 or null, got {self.max_grad_norm!r}")
-        if self.mixed_precision not in MIXED_PRECISION:
+        if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION:
             raise one_of("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         self.mixed_precision = resolve_mixed_precision(self.mixed_precision)  # the config says what ran
         trackers(self.log_with)  # an unknown or uninstalled tracker: one line, now

@@ -1,6 +1,7 @@
 """Which precision to train in: `mixed_precision=auto` means bf16 autocast where the device computes
 bf16 natively (CUDA GPUs from Ampere on; CPUs with AVX512-BF16 or AMX-BF16, or Arm's BF16
-extension), fp32 elsewhere, where emulated bf16 would be slower than fp32."""
+extension), fp32 elsewhere, where emulated bf16 would be slower than fp32. Unset (null, the default)
+means bf16 on such a GPU and fp32 on every CPU: bf16 on a CPU is asked for (`auto` or `bf16`)."""
 
 import torch
 
@@ -25,11 +26,11 @@ def native_bf16_flags() -> list[str]:
     return [f for f in CPU_BF16_FLAGS if f in cpu_flags()]
 
 
-def resolve_mixed_precision(value: str) -> str:
-    """'auto' -> 'bf16' or 'no' for the device this process trains on; other values unchanged."""
-    if value != "auto":
+def resolve_mixed_precision(value: str | None) -> str:
+    """'auto' / None -> 'bf16' or 'no' for the device this process trains on; other values unchanged."""
+    if value not in ("auto", None):
         return value
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    return "bf16" if native_bf16_flags() else "no"
+    return "bf16" if value == "auto" and native_bf16_flags() else "no"
 

@@ -114,3 +114,12 @@ def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch, flags, expected)
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", *flags})
     assert resolve_mixed_precision("auto") == expected
     assert resolve_mixed_precision("no") == "no"
+    assert resolve_mixed_precision(None) == "no"  # the default: bf16 on a CPU only when asked for
+
+
+@pytest.mark.parametrize("bf16,expected", [(True, "bf16"), (False, "no")])
+def test_default_precision_is_bf16_on_a_gpu_that_computes_it(monkeypatch, bf16, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)
+    assert resolve_mixed_precision(None) == expected == resolve_mixed_precision("auto")
+    assert resolve_mixed_precision("no") == "no"
