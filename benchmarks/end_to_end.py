@@ -88,7 +88,7 @@ def bare_loop(cfg):
     metrics = task_metrics(data.task, torch.cat(logits), torch.tensor(data.splits["eval"]["labels"]))
     timing = timer.summary()
     write_json_atomic(os.path.join(cfg.output_dir, "results.json"), {
-        "metrics": metrics, "timing": timing,
+        "metrics": metrics, "timing": timing, "config": {"batch_size": cfg.batch_size, "grad_accum": 1},
         "throughput": {k: timing[k] for k in ("samples_per_s", "tokens_per_s", "padding_share")}})
 
 

