@@ -115,7 +115,7 @@ def run_contender(name, common, seed, out_dir, log):
             "samples_per_s_all_steps": all_steps,
             "tokens_per_s": t["tokens_per_s"],
             "padding_share": t["padding_share"], "accuracy": r["metrics"]["accuracy"],
-            "warmup_s": r["timing"]["warmup_s"], "process_s": time.perf_counter() - start}
+            "warmup_s": timing["warmup_s"], "process_s": time.perf_counter() - start}
 
 
 def summarise(rounds, contenders):

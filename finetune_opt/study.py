@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -326,19 +327,18 @@ def finished_cells(study: StudyConfig) -> tuple:
     optimizer's lr is selected only once its whole grid has finished on that task (its seed cells
     cannot exist before); until then its cells count as missing."""
     tune = tuning_cells(study)
-    done_tune = [c for c in tune if cell_done(study, c)]
-    complete = {key for key, lrs in lr_grid(study).items()
-                if len([c for c in done_tune if (c["task"], c["optimizer"]) == key]) == len(lrs) * len(
-                    study.tuning.get("seeds", study.seeds[:1]))} if study.tuning else set()
-    selection = select_lr(study, [c for c in done_tune if (c["task"], c["optimizer"]) in complete])
+    done = {c["id"] for c in tune if cell_done(study, c)}
+    grids = defaultdict(list)  # (task, optimizer) -> its tuning cells
+    for c in tune:
+        grids[c["task"], c["optimizer"]].append(c)
+    complete = [key for key, grid in grids.items() if all(c["id"] in done for c in grid)]
+    selection = select_lr(study, [c for key in complete for c in grids[key]])
     cells = final_cells(study, {k: v["lr"] for k, v in selection.items()})
     if study.tuning:  # without a selected lr a tuned optimizer's seed cells are not yet defined
         cells = [c for c in cells if c["group"] != "main" or (c["task"], c["optimizer"]) in selection]
-    done = [c for c in cells if cell_done(study, c)]
-    missing = [c["id"] for c in tune + cells if not cell_done(study, c)]
-    if study.tuning:
-        missing += [f"{t}-main-{o}: every seed (its lr grid has not finished)"
-                    for t, o in lr_grid(study) if (t, o) not in selection]
-    if not done_tune and not done:
+    done |= {c["id"] for c in cells if cell_done(study, c)}
+    if not done:
         raise ConfigError(f"no finished cells under {study.output_dir}/cells: nothing to report")
-    return done_tune, done, selection, missing
+    missing = [c["id"] for c in tune + cells if c["id"] not in done]
+    missing += [f"{t}-main-{o}: every seed (its lr grid has not finished)" for t, o in grids if (t, o) not in selection]
+    return [c for c in tune if c["id"] in done], [c for c in cells if c["id"] in done], selection, missing

@@ -316,7 +316,7 @@ def _task_section(t, study):
     if t["tuning"]:
         lines += ["", "Learning-rate selection (held-out " + metric + ", mean over tuning seeds; chosen in bold):", ""]
         for opt, s in t["tuning"].items():
-            edge = grid_edge(s)
+            edge = s["edge"]  # (summarise_task's)
             lines.append(f"- {opt}: " + ", ".join(
                 (f"**{lr}: {v:.4f}**" if float(lr) == s["lr"] else f"{lr}: {v:.4f}") for lr, v in s["curve"].items())
                 + (f" (the {edge} of the grid: the best lr may lie beyond it)" if edge else ""))
