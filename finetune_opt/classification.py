@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DataCollatorWithPadding
 
+from finetune_opt import cls_only_last_layer
 from finetune_opt.data import TaskData, load_task
 from finetune_opt.metrics import compute_metrics
 from finetune_opt.models import load_model
@@ -31,11 +32,18 @@ def load_classification(cfg, tokenizer, main_process_first) -> TaskData:
 
 def classification_model(cfg, data: TaskData):
     """A sequence-classification model with the task's head: num_labels from the task or the data,
-    MSE loss for regression, and the class names in config.id2label (so a saved model predicts names)."""
+    MSE loss for regression, and the class names in config.id2label (so a saved model predicts names);
+    its last layer computes [CLS] only when cfg.last_layer_cls_only (null: where the model supports it)."""
     names = {} if data.label_names is None else {"id2label": dict(enumerate(data.label_names)),
                                                  "label2id": {n: i for i, n in enumerate(data.label_names)}}
-    return load_model(cfg.model, task="classification", model_config=cfg.model_config, num_labels=data.num_labels,
-                      problem_type=data.task.problem_type, **names)
+    model = load_model(cfg.model, task="classification", model_config=cfg.model_config, num_labels=data.num_labels,
+                       problem_type=data.task.problem_type, **names)
+    cls_only = cfg.last_layer_cls_only
+    if cls_only is None:  # a Hub model, whose type validation could not read
+        cls_only = cls_only_last_layer.refusal(model.config.model_type) is None
+    if cls_only:
+        cls_only_last_layer.apply(model)
+    return model
 
 
 def collator(tokenizer, cfg):

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import yaml
 
 from finetune_opt.errors import ConfigError, Interrupted, TrainingStopped, one_of
-from finetune_opt.models import check_model_config, check_pretrained_positions
+from finetune_opt import cls_only_last_layer
+from finetune_opt.models import check_model_config, check_pretrained_positions, local_pretrained_config
 from finetune_opt.optim import get_optimizer_spec
 from finetune_opt.optim.in_backward import refusal as in_backward_refusal
 from finetune_opt.precision import resolve_mixed_precision
@@ -61,6 +62,9 @@ class RunConfig:
     mixed_precision: str | None = None
     group_by_length: bool = True     # classification recipes: batches of similar length (finetune_opt.batching)
     compile_model: bool = False      # torch.compile the model (dynamic shapes; lengths padded to multiples of 8)
+    # classification: the last layer computes only the [CLS] position, the one the classifier reads
+    # (finetune_opt.cls_only_last_layer). null: where the model supports it; validation says which
+    last_layer_cls_only: bool | None = None
     # step each parameter in its gradient's hook and free the gradient at once (finetune_opt.optim.in_backward)
     optimizer_in_backward: bool = False
     seed: int = 42
@@ -142,11 +146,28 @@ class RunConfig:
                                          mixed_precision=self.mixed_precision, num_processes=1)
             if reason:
                 raise ConfigError(reason)
+        self.last_layer_cls_only = self._resolve_last_layer_cls_only(task)
         check_sft_fields(self)
         if self.holdout_examples is not None and task.problem_type not in (CLASSIFICATION, REGRESSION):
             raise ConfigError(f"holdout_examples is for classification and regression tasks, not task {task.name!r}")
         if self.data_dir is None and task.local and os.environ.get("FINETUNE_OPT_DATA") and not self.dataset:
             self.data_dir = os.path.join(os.environ["FINETUNE_OPT_DATA"], self.task)
+
+    def _resolve_last_layer_cls_only(self, task) -> bool | None:
+        """null -> whether the model supports it; stays null only while the model type is unknown
+        (a Hub name: decided when the model is loaded)."""
+        wanted = self.last_layer_cls_only
+        if task.problem_type not in (CLASSIFICATION, REGRESSION):
+            if wanted:
+                raise ConfigError(f"last_layer_cls_only is for classification and regression tasks, not task {task.name!r}")
+            return False
+        model_type = (self.model_config or local_pretrained_config(self.model) or {}).get("model_type")
+        if model_type is None:
+            return wanted
+        reason = cls_only_last_layer.refusal(model_type)
+        if wanted and reason:
+            raise ConfigError(reason)
+        return reason is None if wanted is None else wanted
 
     def _validate_optimizer(self):
         """Against the chosen optimizer's own schema; defaults filled in, so the config (and the

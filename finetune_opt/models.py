@@ -109,16 +109,23 @@ def check_model_config(model_config: dict, max_length: int):
                           f"(model_config max_position_embeddings)")
 
 
-def check_pretrained_positions(name_or_path: str, max_length: int):
-    """max_length above a local pretrained model's positions would crash in its embedding mid-run."""
+def local_pretrained_config(name_or_path: str) -> dict | None:
+    """A local (or `pkg:`) pretrained model's config.json, read without loading anything; None for a
+    Hub name or a missing package (load_model reports those)."""
     try:
         path = os.path.join(resolve_model_path(name_or_path), "config.json")
-    except Exception:  # a Hub name or a missing package: load_model reports it
-        return
-    if os.path.isfile(path):
-        import json
+    except Exception:
+        return None
+    if not os.path.isfile(path):
+        return None
+    import json
 
-        with open(path) as f:
-            positions = json.load(f).get("max_position_embeddings")
-        if isinstance(positions, int) and max_length > positions:
-            raise ConfigError(f"max_length {max_length} exceeds {name_or_path}'s {positions} positions")
+    with open(path) as f:
+        return json.load(f)
+
+
+def check_pretrained_positions(name_or_path: str, max_length: int):
+    """max_length above a local pretrained model's positions would crash in its embedding mid-run."""
+    positions = (local_pretrained_config(name_or_path) or {}).get("max_position_embeddings")
+    if isinstance(positions, int) and max_length > positions:
+        raise ConfigError(f"max_length {max_length} exceeds {name_or_path}'s {positions} positions")

