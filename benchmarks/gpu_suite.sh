@@ -79,7 +79,7 @@ else
     DEVICE=cuda SETS="llama-1.1B minilm-22.7M bert-base-110M gpt2-124M" DTYPES="bfloat16 float32" ROOF_BUDGET=170
     LOWBIT_SETS="llama-1.1B" LOWBIT_DTYPES="bfloat16"  # torchao compiles per tensor shape: ~30 s per set
     # each contender is a recipe in its own process (~20 s on the H200): 3 contenders x 2 rounds
-    E2E="--steps 60 --warmup 10 --rounds 2 --precision bf16" E2E_CONTENDERS=(engine trainer "bare loop")
+    E2E="--steps 60 --warmup 10 --rounds 2 --precision bf16" E2E_CONTENDERS=("engine grouped cls-only" trainer "trainer group_by_length")
     SST2="mixed_precision=bf16" JOBS=5
     SST2_OPTIMIZERS=""  # every registry entry
 fi
