@@ -51,6 +51,12 @@ def apply(model) -> None:
     last.forward = types.MethodType(_cls_only_forward, last)
 
 
+def is_applied(model) -> bool:
+    layers = getattr(getattr(getattr(model, "base_model", None), "encoder", None), "layer", None)
+    forward = getattr(layers[-1], "forward", None) if layers else None
+    return getattr(forward, "__func__", None) is _cls_only_forward
+
+
 def _attention_function(self_attention):
     implementation = self_attention.config._attn_implementation
     if implementation == "eager":  # each modeling file has its own eager_attention_forward

@@ -28,6 +28,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 from torch._C._autograd import DeviceType
 
+from finetune_opt import cls_only_last_layer
 from finetune_opt.measure import storage_tensors, tensor_storage_bytes
 
 PHASES = ("forward", "backward", "optimizer_step")
@@ -185,16 +186,25 @@ def predict_step_temporaries(spec, implementation: str, param_groups) -> int:
     return 0
 
 
-def predict_activations(config, batch_size: int, seq_len: int, element_size: int) -> int | None:
+def predict_activations(config, batch_size: int, seq_len: int, element_size: int,
+                        cls_only_last_layer: bool = False) -> int | None:
     """Korthikanti et al. 2022's per-layer activation bytes, times the layers; None for a model
-    whose config does not name the sizes."""
+    whose config does not name the sizes. A last layer computed for [CLS] only
+    (finetune_opt.cls_only_last_layer) keeps its input, keys and values for every position
+    (3 sbh e) and the rest for one position."""
     h = getattr(config, "hidden_size", None)
     layers = getattr(config, "num_hidden_layers", None)
     heads = getattr(config, "num_attention_heads", None)
     if not (h and layers and heads):
         return None
     s, b, e = seq_len, batch_size, element_size
-    return layers * (s * b * h * (16 * e + 2) + heads * s * s * b * (2 * e + 1))
+
+    def layer(queries: int) -> int:
+        return queries * b * h * (16 * e + 2) + heads * queries * s * b * (2 * e + 1)
+
+    if not cls_only_last_layer:
+        return layers * layer(s)
+    return (layers - 1) * layer(s) + layer(1) + 3 * s * b * h * e
 
 
 def predicted_breakdown(model, optimizer, spec, implementation: str, batch_shape: tuple, mixed_precision: str,
@@ -210,7 +220,8 @@ def predicted_breakdown(model, optimizer, spec, implementation: str, batch_shape
         "optimizer_state": spec.state_bytes_for(optimizer.param_groups),
         "optimizer_step_temporaries": (None if in_backward else
                                        predict_step_temporaries(spec, implementation, optimizer.param_groups)),
-        "activations_and_workspace": predict_activations(getattr(model, "config", None), *batch_shape, element),
+        "activations_and_workspace": predict_activations(getattr(model, "config", None), *batch_shape, element,
+                                                         cls_only_last_layer.is_applied(model)),
     }
 
 

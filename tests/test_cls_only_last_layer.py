@@ -85,3 +85,30 @@ def test_null_reads_a_local_pretrained_models_type(minilm_path):
     assert RunConfig(model=minilm_path).last_layer_cls_only is True  # all-MiniLM-L6-v2 is a BERT
     assert RunConfig(task="wikitext2", model=minilm_path).last_layer_cls_only is False
     assert RunConfig(model="org/some-hub-model").last_layer_cls_only is None  # decided when loaded
+
+
+def saved_activation_bytes(model, batch) -> int:
+    """Bytes of the tensors autograd saves for backward (parameters excluded)."""
+    params = {p.data_ptr() for p in model.parameters()}
+    seen = {}
+
+    def pack(t):
+        if t.data_ptr() not in params:
+            seen[t.data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(**batch).loss.backward()
+    return sum(seen.values())
+
+
+def test_saved_activations_fall_as_the_memory_prediction_says():
+    from finetune_opt.memory import predict_activations
+
+    g = torch.Generator().manual_seed(2)
+    batch = {"input_ids": torch.randint(5, 120, (8, 32), generator=g), "labels": torch.zeros(8, dtype=torch.long)}
+    whole, cls_only = (tiny_model("bert", "eager", c).train() for c in (False, True))
+    measured = saved_activation_bytes(cls_only, batch) / saved_activation_bytes(whole, batch)
+    predicted = (predict_activations(cls_only.config, 8, 32, 4, cls_only_last_layer=True)
+                 / predict_activations(whole.config, 8, 32, 4))
+    assert measured < 0.75 and measured == pytest.approx(predicted, abs=0.08)  # 2 layers: the last is half
