@@ -28,11 +28,13 @@ CLS_HEAD_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "camembert"
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")  # the mask layouts handled below
 
 
-def refusal(model_type: str | None) -> str | None:
+def refusal(model_type: str | None, is_decoder: bool = False) -> str | None:
     """Why a model of this type cannot run its last layer for [CLS] only, or None."""
     if model_type not in CLS_HEAD_MODEL_TYPES:
         return (f"last_layer_cls_only: model_type {model_type!r} is not one whose classifier reads only [CLS] "
                 f"from a BERT-style layer; valid: {', '.join(CLS_HEAD_MODEL_TYPES)} (or last_layer_cls_only=false)")
+    if is_decoder:  # causal attention: [CLS] would see only itself
+        return "last_layer_cls_only: the model is configured as a decoder (is_decoder: true)"
     return None
 
 
@@ -40,7 +42,7 @@ def apply(model) -> None:
     """Make `model`'s (a *ForSequenceClassification of CLS_HEAD_MODEL_TYPES) last layer compute [CLS] only."""
     from finetune_opt.errors import ConfigError
 
-    reason = refusal(model.config.model_type)
+    reason = refusal(model.config.model_type, getattr(model.config, "is_decoder", False))
     implementation = model.config._attn_implementation
     if reason is None and implementation not in ATTENTION_IMPLEMENTATIONS:
         reason = (f"last_layer_cls_only: attention implementation {implementation!r} is not one of "

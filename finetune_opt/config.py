@@ -161,10 +161,10 @@ class RunConfig:
             if wanted:
                 raise ConfigError(f"last_layer_cls_only is for classification and regression tasks, not task {task.name!r}")
             return False
-        model_type = (self.model_config or local_pretrained_config(self.model) or {}).get("model_type")
-        if model_type is None:
+        model = self.model_config or local_pretrained_config(self.model) or {}
+        if model.get("model_type") is None:
             return wanted
-        reason = cls_only_last_layer.refusal(model_type)
+        reason = cls_only_last_layer.refusal(model["model_type"], model.get("is_decoder", False))
         if wanted and reason:
             raise ConfigError(reason)
         return reason is None if wanted is None else wanted

