@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -249,6 +249,12 @@ class CellRunner:
         progress = iter(range(1, len(todo) + 1))
         with ThreadPoolExecutor(max_workers=self.parallel) as pool:
             futures = [pool.submit(self.run_cell, c, progress, len(todo)) for c in todo]
+            # Wake up every second: when the kernel hands SIGTERM to a worker thread, Python runs the
+            # handler in the main thread only once that thread runs again, and an untimed wait would
+            # first let the running cells finish.
+            pending = futures
+            while pending:
+                pending = wait(pending, timeout=1.0).not_done
             errors = [str(e) for e in (f.exception() for f in futures) if e is not None]
         if errors:
             raise ConfigError(errors[0] + (f" (and {len(errors) - 1} more failed cells)" if len(errors) > 1 else ""))

@@ -4,6 +4,8 @@ import json
 import math
 import re
 import subprocess
+import sys
+import time
 
 import pytest
 import scipy.stats
@@ -370,3 +372,31 @@ def test_gpu_study_script_stops_hard_and_packs_only_finished_cells(tmp_path):
     bad = subprocess.run(["bash", script, "--colour", "blue"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr == (
         "gpu_study.sh: unknown option --colour; use --carry DIR, --out DIR, --seconds N, --parallel N, --config YAML\n")
+
+
+SIGTERM_TO_A_WORKER = """
+import signal, subprocess, threading
+import finetune_opt.study as study
+
+study.cell_done = lambda s, c: False
+
+class SleepingCells(study.CellRunner):
+    def run_cell(self, cell, progress, total):
+        with self.lock:
+            proc = subprocess.Popen(["sleep", "60"])
+            self.running.add(proc)
+        # the kernel may hand a process's SIGTERM to any thread: here, deterministically, this worker
+        threading.Timer(1.0, signal.pthread_kill, (threading.get_ident(), signal.SIGTERM)).start()
+        proc.wait()
+
+runner = SleepingCells(study=None)
+signal.signal(signal.SIGTERM, runner.stop)
+runner.run_all([{"id": "a"}], "seeds")
+"""
+
+
+def test_sigterm_received_by_a_worker_thread_stops_the_running_cells_at_once():
+    start = time.monotonic()
+    r = subprocess.run([sys.executable, "-c", SIGTERM_TO_A_WORKER], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 143, r.stderr[-2000:]
+    assert time.monotonic() - start < 15  # not after the 60 s cell
