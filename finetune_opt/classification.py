@@ -40,7 +40,8 @@ def classification_model(cfg, data: TaskData):
                        problem_type=data.task.problem_type, **names)
     cls_only = cfg.last_layer_cls_only
     if cls_only is None:  # a Hub model, whose type validation could not read
-        cls_only = cls_only_last_layer.refusal(model.config.model_type, model.config.is_decoder) is None
+        config = model.config
+        cls_only = cls_only_last_layer.refusal(config.model_type, getattr(config, "is_decoder", False)) is None
     if cls_only:
         cls_only_last_layer.apply(model)
     return model

@@ -21,6 +21,8 @@ import types
 
 import torch
 
+from finetune_opt.errors import ConfigError
+
 # model_type -> its classifier reads only position 0 of the last layer, and its layer is BERT's
 # (post-LayerNorm, attention.self / attention.output / intermediate / output). Parity with the
 # unchanged model is tested for every entry (tests/test_cls_only_last_layer.py).
@@ -40,8 +42,6 @@ def refusal(model_type: str | None, is_decoder: bool = False) -> str | None:
 
 def apply(model) -> None:
     """Make `model`'s (a *ForSequenceClassification of CLS_HEAD_MODEL_TYPES) last layer compute [CLS] only."""
-    from finetune_opt.errors import ConfigError
-
     reason = refusal(model.config.model_type, getattr(model.config, "is_decoder", False))
     implementation = model.config._attn_implementation
     if reason is None and implementation not in ATTENTION_IMPLEMENTATIONS:
