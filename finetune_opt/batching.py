@@ -4,9 +4,9 @@ tokens, with the randomness of shuffling kept where it matters.
 Per epoch: a random permutation (seeded by seed and epoch, never the global RNG) is cut into
 mega-batches of `mega_batches` global batches; each mega-batch is sorted by length, cut into global
 batches (batch_size x processes examples), and those batches are shuffled. A mega-batch's batches
-stay together (as the Trainer's LengthGroupedSampler keeps them), so every run of `mega_batches`
-steps covers a random sample of the data with the data's lengths: a run of max_steps that ends
-mid-epoch computes on the data's tokens per example. Shuffling all of an epoch's batches instead
+stay together (as the Trainer's LengthGroupedSampler keeps them), so every mega-batch's run of
+`mega_batches` batches covers a random sample of the data with the data's lengths: a run of
+max_steps that ends mid-epoch computes on the data's tokens per example. Shuffling all of an epoch's batches instead
 gave the first 150 of SST-2's 300 steps 1.05-1.21x the tokens of the last 150 (seeds 42-44; now
 0.995-1.004), which made a 150-step throughput measure a draw of lengths as much as speed.
 The global batch is what is grouped, and Accelerate hands its consecutive per-process slices to the

@@ -39,9 +39,8 @@ def classification_model(cfg, data: TaskData):
     model = load_model(cfg.model, task="classification", model_config=cfg.model_config, num_labels=data.num_labels,
                        problem_type=data.task.problem_type, **names)
     cls_only = cfg.last_layer_cls_only
-    if cls_only is None:  # a Hub model, whose type validation could not read
-        config = model.config
-        cls_only = cls_only_last_layer.refusal(config.model_type, getattr(config, "is_decoder", False)) is None
+    if cls_only is None:  # a Hub model, whose type validation could not read (its results.json keeps null)
+        cls_only = cls_only_last_layer.model_refusal(model) is None
     if cls_only:
         cls_only_last_layer.apply(model)
     return model

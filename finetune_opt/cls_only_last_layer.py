@@ -13,11 +13,15 @@ instead of using stale values. Dropout draws fewer random numbers, so a seeded r
 one without this in which units are dropped, not in the distribution.
 
 The layer's `forward` is replaced on that instance only: parameter names, checkpoints, saved
-models, module hooks (FSDP, DeepSpeed) and gradient checkpointing are those of the unchanged model.
+models and module hooks (FSDP, DeepSpeed) are those of the unchanged model, and the layer is
+still recomputed under gradient checkpointing. Two things differ: `output_attentions` returns no
+attention map for the last layer, and the model object itself does not pickle (`torch.save(model)`;
+its state_dict and save_pretrained do).
 """
 
 import sys
 import types
+from functools import partial
 
 import torch
 
@@ -31,7 +35,7 @@ ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")  # the mask layouts handled below
 
 
 def refusal(model_type: str | None, is_decoder: bool = False) -> str | None:
-    """Why a model of this type cannot run its last layer for [CLS] only, or None."""
+    """Why a model of this type cannot run its last layer for [CLS] only, or None (validation: the config)."""
     if model_type not in CLS_HEAD_MODEL_TYPES:
         return (f"last_layer_cls_only: model_type {model_type!r} is not one whose classifier reads only [CLS] "
                 f"from a BERT-style layer; valid: {', '.join(CLS_HEAD_MODEL_TYPES)} (or last_layer_cls_only=false)")
@@ -40,17 +44,25 @@ def refusal(model_type: str | None, is_decoder: bool = False) -> str | None:
     return None
 
 
-def apply(model) -> None:
-    """Make `model`'s (a *ForSequenceClassification of CLS_HEAD_MODEL_TYPES) last layer compute [CLS] only."""
-    reason = refusal(model.config.model_type, getattr(model.config, "is_decoder", False))
-    implementation = model.config._attn_implementation
-    if reason is None and implementation not in ATTENTION_IMPLEMENTATIONS:
-        reason = (f"last_layer_cls_only: attention implementation {implementation!r} is not one of "
+def model_refusal(model) -> str | None:
+    """refusal() for a loaded model, which also knows its attention implementation."""
+    config = model.config
+    reason = refusal(config.model_type, getattr(config, "is_decoder", False))
+    if reason is None and config._attn_implementation not in ATTENTION_IMPLEMENTATIONS:
+        reason = (f"last_layer_cls_only: attention implementation {config._attn_implementation!r} is not one of "
                   f"{', '.join(ATTENTION_IMPLEMENTATIONS)}")
+    return reason
+
+
+def apply(model) -> None:
+    """Make `model`'s (a *ForSequenceClassification of CLS_HEAD_MODEL_TYPES) last layer compute [CLS] only;
+    a model without layers has nothing to skip."""
+    reason = model_refusal(model)
     if reason:
         raise ConfigError(reason)
-    last = model.base_model.encoder.layer[-1]
-    last.forward = types.MethodType(_cls_only_forward, last)
+    if len(model.base_model.encoder.layer):
+        last = model.base_model.encoder.layer[-1]
+        last.forward = types.MethodType(_cls_only_forward, last)
 
 
 def is_applied(model) -> bool:
@@ -71,6 +83,13 @@ def _attention_function(self_attention):
 def _cls_only_forward(layer, hidden_states, attention_mask=None, *args, **kwargs):
     """BertLayer.forward (self-attention, then feed-forward) with queries and outputs for position 0."""
     kwargs.pop("cache", None), kwargs.pop("encoder_attention_mask", None)  # encoder-only: no cache, no cross-attention
+    # The class's forward, which this replaces, is where transformers checkpoints a layer: do it here.
+    if getattr(layer, "gradient_checkpointing", False) and layer.training and torch.is_grad_enabled():
+        return layer._gradient_checkpointing_func(partial(_cls_only_layer, layer, **kwargs), hidden_states, attention_mask)
+    return _cls_only_layer(layer, hidden_states, attention_mask, **kwargs)
+
+
+def _cls_only_layer(layer, hidden_states, attention_mask, **kwargs):
     attention = layer.attention.self
     batch, length, width = hidden_states.shape
     cls = hidden_states[:, :1]

@@ -187,7 +187,7 @@ def predict_step_temporaries(spec, implementation: str, param_groups) -> int:
 
 
 def predict_activations(config, batch_size: int, seq_len: int, element_size: int,
-                        cls_only_last_layer: bool = False) -> int | None:
+                        cls_only: bool = False) -> int | None:
     """Korthikanti et al. 2022's per-layer activation bytes, times the layers; None for a model
     whose config does not name the sizes. A last layer computed for [CLS] only
     (finetune_opt.cls_only_last_layer) keeps its input, keys and values for every position
@@ -202,7 +202,7 @@ def predict_activations(config, batch_size: int, seq_len: int, element_size: int
     def layer(queries: int) -> int:
         return queries * b * h * (16 * e + 2) + heads * queries * s * b * (2 * e + 1)
 
-    if not cls_only_last_layer:
+    if not cls_only:
         return layers * layer(s)
     return (layers - 1) * layer(s) + layer(1) + 3 * s * b * h * e
 

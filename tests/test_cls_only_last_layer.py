@@ -70,7 +70,7 @@ def test_refuses_a_decoder_configured_bert():
         cls_only_last_layer.apply(model)
 
 
-def test_refuses_flash_style_attention():
+def test_refuses_flex_attention():
     model = tiny_model("bert", "sdpa", False)
     model.config._attn_implementation = "flex_attention"
     with pytest.raises(ConfigError, match="^last_layer_cls_only: attention implementation 'flex_attention' is not one "
@@ -117,6 +117,34 @@ def test_saved_activations_fall_as_the_memory_prediction_says():
     batch = {"input_ids": torch.randint(5, 120, (8, 32), generator=g), "labels": torch.zeros(8, dtype=torch.long)}
     whole, cls_only = (tiny_model("bert", "eager", c).train() for c in (False, True))
     measured = saved_activation_bytes(cls_only, batch) / saved_activation_bytes(whole, batch)
-    predicted = (predict_activations(cls_only.config, 8, 32, 4, cls_only_last_layer=True)
+    predicted = (predict_activations(cls_only.config, 8, 32, 4, cls_only=True)
                  / predict_activations(whole.config, 8, 32, 4))
     assert measured < 0.75 and measured == pytest.approx(predicted, abs=0.08)  # 2 layers: the last is half
+
+
+def test_train_mode_without_dropout_and_gradient_checkpointing_keep_the_gradients():
+    """Training mode (dropout probabilities 0, so the two runs are comparable) with gradient
+    checkpointing: every layer, the [CLS]-only one too, is recomputed, and the gradients still
+    equal the unchanged model's."""
+    batch = padded_batch()
+    models = []
+    for cls_only in (False, True):
+        torch.manual_seed(0)
+        config = AutoConfig.for_model("bert", **TINY, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        model = AutoModelForSequenceClassification.from_config(config)
+        if cls_only:
+            cls_only_last_layer.apply(model)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        models.append(model)
+    whole, cls_only = models
+    calls = []
+    for layer in cls_only.base_model.encoder.layer:
+        checkpoint = layer._gradient_checkpointing_func
+        layer._gradient_checkpointing_func = lambda *a, _f=checkpoint, **k: calls.append(1) or _f(*a, **k)
+    whole(**batch).loss.backward()
+    cls_only(**batch).loss.backward()
+    assert len(calls) == TINY["num_hidden_layers"]
+    for (name, a), b in zip(whole.named_parameters(), cls_only.parameters()):
+        if a.grad is not None:
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
