@@ -121,10 +121,12 @@ class RunConfig:
                                                   and all(v is not None for v in self.model_config.values())):
             raise ConfigError(f"model_config must be a mapping like {{model_type: bert, hidden_size: 32}}, "
                               f"got {self.model_config!r}")
+        # the model's config as validation can read it: model_config, a local config.json, or {} (a Hub name)
+        model_settings = self.model_config or local_pretrained_config(self.model) or {}
         if self.model_config is not None:
             check_model_config(self.model_config, self.max_length)
         else:
-            check_pretrained_positions(self.model, self.max_length)
+            check_pretrained_positions(self.model, model_settings, self.max_length)
         if self.scheduler not in SCHEDULERS:
             raise one_of("scheduler", self.scheduler, SCHEDULERS)
         if self.seed < 0:
@@ -146,14 +148,14 @@ class RunConfig:
                                          mixed_precision=self.mixed_precision, num_processes=1)
             if reason:
                 raise ConfigError(reason)
-        self.last_layer_cls_only = self._resolve_last_layer_cls_only(task)
+        self.last_layer_cls_only = self._resolve_last_layer_cls_only(task, model_settings)
         check_sft_fields(self)
         if self.holdout_examples is not None and task.problem_type not in (CLASSIFICATION, REGRESSION):
             raise ConfigError(f"holdout_examples is for classification and regression tasks, not task {task.name!r}")
         if self.data_dir is None and task.local and os.environ.get("FINETUNE_OPT_DATA") and not self.dataset:
             self.data_dir = os.path.join(os.environ["FINETUNE_OPT_DATA"], self.task)
 
-    def _resolve_last_layer_cls_only(self, task) -> bool | None:
+    def _resolve_last_layer_cls_only(self, task, model: dict) -> bool | None:
         """null -> whether the model supports it; stays null only while the model type is unknown
         (a Hub name: decided when the model is loaded)."""
         wanted = self.last_layer_cls_only
@@ -161,7 +163,6 @@ class RunConfig:
             if wanted:
                 raise ConfigError(f"last_layer_cls_only is for classification and regression tasks, not task {task.name!r}")
             return False
-        model = self.model_config or local_pretrained_config(self.model) or {}
         if model.get("model_type") is None:
             return wanted
         reason = cls_only_last_layer.refusal(model["model_type"], model.get("is_decoder", False))

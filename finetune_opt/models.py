@@ -124,8 +124,9 @@ def local_pretrained_config(name_or_path: str) -> dict | None:
         return json.load(f)
 
 
-def check_pretrained_positions(name_or_path: str, max_length: int):
-    """max_length above a local pretrained model's positions would crash in its embedding mid-run."""
-    positions = (local_pretrained_config(name_or_path) or {}).get("max_position_embeddings")
+def check_pretrained_positions(name_or_path: str, config: dict, max_length: int):
+    """max_length above a local pretrained model's positions (`config`: its local_pretrained_config,
+    {} when unknown) would crash in its embedding mid-run."""
+    positions = config.get("max_position_embeddings")
     if isinstance(positions, int) and max_length > positions:
         raise ConfigError(f"max_length {max_length} exceeds {name_or_path}'s {positions} positions")
