@@ -31,15 +31,16 @@ GLUE, TRAINER = os.path.join(REPO, "recipes/finetune_glue.py"), os.path.join(REP
 # name -> (command after the interpreter, overrides). Recipes take RunConfig overrides. "engine" has
 # every speed option off; the HF contenders run the model unchanged (last_layer_cls_only=false).
 OFF = ["group_by_length=false", "last_layer_cls_only=false"]
+GROUPED = ["group_by_length=true", "last_layer_cls_only=false"]
 GROUPED_CLS_ONLY = ["group_by_length=true", "last_layer_cls_only=true"]  # the engine's CPU default
 CONTENDERS = {
     "engine": (GLUE, OFF),
-    "engine grouped": (GLUE, ["group_by_length=true", "last_layer_cls_only=false"]),
+    "engine grouped": (GLUE, GROUPED),
     "engine grouped cls-only": (GLUE, GROUPED_CLS_ONLY),
     "engine grouped cls-only bf16": (GLUE, [*GROUPED_CLS_ONLY, "mixed_precision=bf16"]),
     "engine grouped cls-only compiled": (GLUE, [*GROUPED_CLS_ONLY, "compile_model=true"]),
     "trainer": (TRAINER, OFF),
-    "trainer group_by_length": (TRAINER, ["group_by_length=true", "last_layer_cls_only=false"]),
+    "trainer group_by_length": (TRAINER, GROUPED),
     "bare loop": (os.path.abspath(__file__), ["--bare", *OFF]),
 }
 DEFAULT_CONTENDERS = [c for c in CONTENDERS if not c.endswith("compiled")]
