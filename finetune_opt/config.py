@@ -243,7 +243,10 @@ def parse_override(text: str) -> tuple[str, object]:
         raise ConfigError(f"override {text!r} is not key=value")
     if key not in FIELDS and key not in LEGACY_OPTIMIZER_KEYS and not key.startswith("optimizer."):
         raise one_of("config key", key, FIELDS)
-    return key, yaml.safe_load(value)  # "1e-4" -> 1e-4, "null" -> None, "[0.9, 0.95]" -> list
+    try:
+        return key, yaml.safe_load(value)  # "1e-4" -> 1e-4, "null" -> None, "[0.9, 0.95]" -> list
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML: {getattr(e, 'problem', e)}") from None
 
 
 def _set_optimizer_value(values: dict, key: str, value):

@@ -185,6 +185,9 @@ def curated_cases(tmp: str) -> list[Case]:
              + ", ".join(f.name for f in dataclasses.fields(RunConfig)), config_text="lrr: 1\n"),
         Case("config-missing", ["--config", "{tmp}/nope.yaml"], "config file '{tmp}/nope.yaml' does not exist"),
         Case("override-no-equals", ["lr"], "override 'lr' is not key=value"),
+        Case("override-value-not-yaml", ["model_config={model_type:"],
+             "override 'model_config={model_type:': the value is not valid YAML: expected the node content, "
+             "but found '<stream end>'"),
         Case("optimizer-unknown", ["optimizer=adamx"], "unknown optimizer 'adamx'; choose one of: "
              + ", ".join(REGISTRY)),
         Case("hyperparameter-of-another-optimizer", ["optimizer=sgd", "optimizer.betas=[0.9,0.9]"],
