@@ -1,18 +1,23 @@
 """Checkpoints: Accelerate's save_state (model, optimizer, scheduler, scaler, RNG states of every
 process) plus the run's config and our loop state, written to a temp dir and renamed into place.
-loop_state.json is written last and lists every file with its size, so a checkpoint is complete
-exactly when its manifest matches: a kill mid-save, a truncated file or a corrupt loop_state.json
-makes it incomplete, and resuming from a run directory skips it for the newest complete one."""
+loop_state.json is written last and lists every file with its size and sha256, so a checkpoint is
+complete exactly when its manifest matches: a kill mid-save, a truncated or damaged file or a
+corrupt loop_state.json makes it incomplete, and resuming from a run directory skips it for the
+newest complete one. A second stop signal during a save waits for the save to finish."""
 
 import dataclasses
+import hashlib
 import json
 import os
+import functools
 import re
 import shutil
+import signal
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from finetune_opt.errors import ConfigError
+from finetune_opt.errors import ConfigError, Interrupted
 
 LOOP_STATE = "loop_state.json"
 RUN_CONFIG = "run_config.json"  # the RunConfig that wrote it: resume compares against it
@@ -32,8 +37,39 @@ def checkpoint_dir(output_dir: str, step: int) -> str:
     return os.path.join(output_dir, "checkpoints", f"step-{step:07d}")
 
 
+# A save in progress, and the second stop signal that arrived during it (engine._stop_signals).
+_save = {"active": False, "signal": None}
+
+
+def defer_exit_during_save(signum: int) -> bool:
+    """True if a checkpoint save is running: the exit waits for it (save_checkpoint then raises
+    Interrupted). Exiting mid-save would leave only a half-written step-N.tmp."""
+    if _save["active"]:
+        _save["signal"] = signum
+    return _save["active"]
+
+
+@contextmanager
+def _save_in_progress(final: str, output_dir: str):
+    _save.update(active=True, signal=None)
+    try:
+        yield
+    finally:
+        signum, _save["signal"], _save["active"] = _save["signal"], None, False
+    if signum is not None:
+        name = signal.Signals(signum).name
+        raise Interrupted(f"{name} again during a checkpoint save: stopped once it was saved; checkpoint {final}; "
+                          f"continue with resume={output_dir}", exit_code=128 + signum)
+
+
 def save_checkpoint(accelerator, output_dir: str, loop_state: LoopState, config: dict | None = None) -> str:
     final = checkpoint_dir(output_dir, loop_state.step)
+    with _save_in_progress(final, output_dir):
+        _save_to(accelerator, final, loop_state, config)
+    return final
+
+
+def _save_to(accelerator, final: str, loop_state: LoopState, config: dict | None):
     tmp, old = final + ".tmp", final + ".old"
     if accelerator.is_main_process:
         for stale in (tmp, old):  # left by a run killed while saving
@@ -45,15 +81,29 @@ def save_checkpoint(accelerator, output_dir: str, loop_state: LoopState, config:
     if accelerator.is_main_process:
         if config is not None:
             _write_json(os.path.join(tmp, RUN_CONFIG), config)
-        files = {name: os.path.getsize(os.path.join(tmp, name)) for name in sorted(os.listdir(tmp))}
-        _write_json(os.path.join(tmp, LOOP_STATE), {**dataclasses.asdict(loop_state), "files": files})
+        names = sorted(os.listdir(tmp))
+        files = {name: os.path.getsize(os.path.join(tmp, name)) for name in names}
+        digests = {name: file_sha256(os.path.join(tmp, name)) for name in names}
+        _write_json(os.path.join(tmp, LOOP_STATE), {**dataclasses.asdict(loop_state), "files": files,
+                                                    "sha256": digests})
         if os.path.isdir(final):  # re-saving a step (a resumed branch): never a moment without a complete one
             os.replace(final, old)
         os.replace(tmp, final)
         if os.path.isdir(old):
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
-    return final
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def file_sha256(path: str) -> str:
+    """Cached by size and mtime: a resume verifies the same checkpoint more than once."""
+    stat = os.stat(path)
+    return _sha256(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
 
 
 def _write_json(path: str, payload: dict):
@@ -67,10 +117,12 @@ def checkpoint_problem(path: str) -> str | None:
     """Why the checkpoint dir `path` is not complete, or None when it is."""
     try:
         with open(os.path.join(path, LOOP_STATE)) as f:
-            files = json.load(f).get("files", {})
+            manifest = json.load(f)
+        files, digests = manifest.get("files", {}), manifest.get("sha256", {})
+        _loop_state(manifest)
     except FileNotFoundError:
         return f"no {LOOP_STATE}"
-    except (OSError, ValueError, AttributeError):  # unreadable, not JSON / UTF-8, not a mapping
+    except (OSError, ValueError, AttributeError, TypeError):  # unreadable, not JSON / UTF-8, wrong fields
         return f"{LOOP_STATE} is corrupt"
     for name, size in files.items():
         file = os.path.join(path, name)
@@ -78,6 +130,8 @@ def checkpoint_problem(path: str) -> str | None:
             return f"{name} is missing"
         if os.path.getsize(file) != size:
             return f"{name} has {os.path.getsize(file)} bytes, {size} expected"
+        if name in digests and file_sha256(file) != digests[name]:  # older checkpoints list sizes only
+            return f"{name} does not match its sha256 in {LOOP_STATE} (damaged after it was saved)"
     return None
 
 
@@ -111,11 +165,19 @@ def find_checkpoint(path: str) -> str:
     raise ConfigError(f"resume path {path!r} holds no complete checkpoint (a step-N dir with {LOOP_STATE}){detail}")
 
 
+def _loop_state(manifest: dict) -> LoopState:
+    """The manifest's loop state, its types checked (a hand-edited file must not fail mid-run)."""
+    state = LoopState(**{k: v for k, v in manifest.items() if k not in ("files", "sha256")})
+    counts = (state.step, state.nonfinite_skipped, state.overflow_skipped)
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts) \
+            or not isinstance(state.history, list):
+        raise ValueError("loop state fields of the wrong type")
+    return state
+
+
 def read_loop_state(path: str) -> LoopState:
     with open(os.path.join(path, LOOP_STATE)) as f:
-        state = json.load(f)
-    state.pop("files", None)
-    return LoopState(**state)
+        return _loop_state(json.load(f))
 
 
 def read_run_config(path: str) -> dict | None:

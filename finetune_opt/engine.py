@@ -27,7 +27,8 @@ from accelerate.utils import (DataLoaderConfiguration, DistributedType, Gradient
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from finetune_opt.checkpoint import LoopState, find_checkpoint, load_checkpoint, read_loop_state, save_checkpoint
+from finetune_opt.checkpoint import (LoopState, defer_exit_during_save, find_checkpoint, load_checkpoint,
+                                    read_loop_state, save_checkpoint)
 from finetune_opt.config import RunConfig
 from finetune_opt.errors import ConfigError, Interrupted, TrainingStopped
 from finetune_opt.measure import (StepTimer, current_rss_bytes, global_throughput, optimizer_state_bytes, per_rank,
@@ -108,12 +109,12 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 @contextmanager
 def _stop_signals():
     """Yields a callable: the first SIGINT / SIGTERM received, or None. The loop then finishes its
-    step, checkpoints and stops. A second signal exits at once: checkpoints are renamed into
-    place, so the last complete one stays complete."""
+    step, checkpoints and stops. A second signal exits at once (checkpoints are renamed into
+    place, so the last complete one stays complete), or, during a save, once it is saved."""
     received = []
 
     def handler(signum, frame):
-        if received:
+        if received and not defer_exit_during_save(signum):
             print(f"\n{signal.Signals(signum).name} again: exiting without a checkpoint", file=sys.stderr, flush=True)
             os._exit(128 + signum)
         received.append(signum)

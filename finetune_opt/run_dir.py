@@ -12,7 +12,8 @@ import os
 import shutil
 import socket
 
-from finetune_opt.checkpoint import STEP_DIR, checkpoint_dir, find_checkpoint, read_loop_state, read_run_config
+from finetune_opt.checkpoint import (STEP_DIR, checkpoint_dir, checkpoint_problem, find_checkpoint, read_loop_state,
+                                     read_run_config)
 from finetune_opt.errors import ConfigError
 from finetune_opt.results import RESULTS_FILE
 from finetune_opt.tracking import LOG_DIR
@@ -25,6 +26,7 @@ RESUME_MAY_CHANGE = ("max_steps", "log_every", "save_every", "timing_warmup_step
                      "max_nonfinite_steps", "save_final_model", "merge_adapter", "eval_before_training",
                      "eval_batch_size", "output_dir", "overwrite", "log_with")
 RUN_OUTPUTS = (RESULTS_FILE, "checkpoints", "model", LOG_DIR)
+PATH_FIELDS = ("data_dir", "model", "tokenizer")  # the same place however spelled (symlink, trailing slash)
 
 _held = {}  # realpath -> (open lock file, whether this process created the directory), held until it ends
 
@@ -35,7 +37,8 @@ def resume_changes(cfg, checkpoint: str) -> dict:
     if before is None:
         return {}  # written before checkpoints kept their config: nothing to compare
     now = {k: v for k, v in vars(cfg).items() if k != "resume"}  # resume: how every resumed run differs
-    changed = {k: [before.get(k), now[k]] for k in now if before.get(k, now[k]) != now[k]}
+    changed = {k: [before.get(k), now[k]] for k in now
+               if before.get(k, now[k]) != now[k] and not _same_place(k, before.get(k), now[k])}
     refused = [k for k in changed if k not in RESUME_MAY_CHANGE]
     if refused:
         listed = ", ".join(f"{k} ({changed[k][0]!r} -> {changed[k][1]!r})" for k in refused)
@@ -45,6 +48,28 @@ def resume_changes(cfg, checkpoint: str) -> dict:
     if cfg.max_steps < step:
         raise ConfigError(f"resume: max_steps={cfg.max_steps} is below the checkpoint's step {step}")
     return changed
+
+
+def _same_place(key: str, before, now) -> bool:
+    return (key in PATH_FIELDS and isinstance(before, str) and isinstance(now, str) and os.path.exists(now)
+            and os.path.realpath(before) == os.path.realpath(now))
+
+
+def check_weights_finite(checkpoint: str):
+    """A checkpoint whose weights hold NaN / inf (saved from a diverged run, or damaged before its
+    manifest was written) would resume into a run that skips every step: refused."""
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    for name in sorted(f for f in os.listdir(checkpoint) if f.endswith(".safetensors")):
+        try:
+            with safe_open(os.path.join(checkpoint, name), framework="pt") as weights:
+                bad = next((k for k in weights.keys() if not torch.isfinite(weights.get_tensor(k)).all()), None)
+        except (SafetensorError, OSError) as e:
+            raise ConfigError(f"checkpoint {checkpoint!r}: {name} does not load: {e}") from None
+        if bad:
+            raise ConfigError(f"checkpoint {checkpoint!r} holds non-finite weights ({bad} in {name}); "
+                              f"resume from an earlier step-N checkpoint or start afresh")
 
 
 def _make_writable_dir(path: str) -> bool:
@@ -92,11 +117,17 @@ def release_output_dir(path) -> None:
     os.rmdir(path)
 
 
-def _refuse_or_clear_previous_run(cfg):
-    """A fresh run (no resume) into a directory holding a run's outputs: refused, or with
-    overwrite=true those outputs are removed so nothing of the old run mixes into the new one."""
+def _resumes_its_own_run(cfg, checkpoint) -> bool:
+    own = os.path.realpath(os.path.join(cfg.output_dir, "checkpoints"))
+    return checkpoint is not None and os.path.dirname(os.path.realpath(checkpoint)) == own
+
+
+def _refuse_or_clear_previous_run(cfg, checkpoint):
+    """A fresh run, or one resuming another run's checkpoint, into a directory holding a run's
+    outputs: refused, or with overwrite=true those outputs are removed so nothing of the old run
+    mixes into the new one. Only a run resuming its own checkpoints writes into them."""
     present = [name for name in RUN_OUTPUTS if os.path.exists(os.path.join(cfg.output_dir, name))]
-    if not present or cfg.resume:
+    if not present or _resumes_its_own_run(cfg, checkpoint):
         return
     if not cfg.overwrite:
         what = ("a finished run" if RESULTS_FILE in present else "an unfinished run's checkpoints"
@@ -113,7 +144,8 @@ def _refuse_or_drop_later_steps(cfg, checkpoint: str):
     (and a later resume=<dir> would pick the abandoned one): refused, or dropped with overwrite=true."""
     own = os.path.join(cfg.output_dir, "checkpoints")
     resumed = os.path.basename(checkpoint_dir("", read_loop_state(checkpoint).step))
-    later = sorted(d for d in os.listdir(own) if STEP_DIR.fullmatch(d) and d > resumed) if os.path.isdir(own) else []
+    later = sorted(d for d in os.listdir(own) if STEP_DIR.fullmatch(d) and d > resumed
+                   and not checkpoint_problem(os.path.join(own, d))) if os.path.isdir(own) else []
     if later and not cfg.overwrite:
         raise ConfigError(f"resume: output_dir {cfg.output_dir!r} holds checkpoints after {resumed} "
                           f"({', '.join(later)}); resume={cfg.output_dir} continues the newest, overwrite=true drops them")
@@ -126,9 +158,10 @@ def claim_output_dir(cfg, is_main_process: bool = True):
     checkpoint = find_checkpoint(cfg.resume) if cfg.resume else None
     if checkpoint:
         resume_changes(cfg, checkpoint)
+        check_weights_finite(checkpoint)
     if not is_main_process:
         return
     _lock(cfg.output_dir, created=_make_writable_dir(cfg.output_dir))
-    _refuse_or_clear_previous_run(cfg)
+    _refuse_or_clear_previous_run(cfg, checkpoint)
     if checkpoint:
         _refuse_or_drop_later_steps(cfg, checkpoint)

@@ -2,7 +2,9 @@
 asserts, and which the README's "Bad input and faults" table is generated from."""
 
 import dataclasses
+import hashlib
 import json
+import struct
 import types
 from dataclasses import dataclass, field
 
@@ -24,19 +26,36 @@ class Case:
     recipe: str = "finetune_glue.py"           # the recipes/ script whose entry point runs it
     what: str = ""                             # for the README table: what the files hold, when that matters
     base: tuple = ()                           # overrides the table leaves out (a recipe's data set-up)
+    note: str = ""                             # for the README table: what is wrong in the files given
 
 
 TINY_BERT = "{model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 32}"
-# A checkpoint as save_checkpoint writes it (manifest in loop_state.json, the run's config), small enough to fake.
-MODEL_BYTES = "x" * 100
 
 
-def checkpoint_files(step: int, config: dict, truncate=False, corrupt=False) -> dict:
-    d = f"run/checkpoints/step-{step:07d}"
-    loop = {"step": step, "history": [], "nonfinite_skipped": 0, "overflow_skipped": 0,
-            "files": {"model.safetensors": 100, "run_config.json": len(json.dumps(config))}}
-    return {f"{d}/model.safetensors": MODEL_BYTES[:50] if truncate else MODEL_BYTES,
-            f"{d}/run_config.json": json.dumps(config),
+def safetensors_bytes(*values: float) -> bytes:
+    """A one-tensor safetensors file ("w", float32), written by hand: the format is a length-prefixed
+    JSON header, padded to 8 bytes, then the raw little-endian data."""
+    header = json.dumps({"w": {"dtype": "F32", "shape": [len(values)], "data_offsets": [0, 4 * len(values)]}})
+    header += " " * (-len(header) % 8)
+    return struct.pack("<Q", len(header)) + header.encode() + struct.pack(f"<{len(values)}f", *values)
+
+
+def checkpoint_files(step: int, config: dict, truncate=False, corrupt=False, damage=False, nan=False,
+                     run="run", loop_state=None) -> dict:
+    """A checkpoint as save_checkpoint writes it (manifest with sizes and sha256 in loop_state.json,
+    the run's config), small enough to fake; with one thing wrong when asked."""
+    d = f"{run}/checkpoints/step-{step:07d}"
+    files = {"model.safetensors": safetensors_bytes(0.5, float("nan") if nan else 1.5),
+             "run_config.json": json.dumps(config).encode()}
+    loop = {"step": step, "history": [], "nonfinite_skipped": 0, "overflow_skipped": 0, **(loop_state or {}),
+            "files": {k: len(v) for k, v in files.items()},
+            "sha256": {k: hashlib.sha256(v).hexdigest() for k, v in files.items()}}
+    model = files["model.safetensors"]
+    if truncate:
+        model = model[:len(model) // 2]
+    if damage:  # the same size, one float changed: only the hash sees it
+        model = model[:-4] + struct.pack("<f", 2.5)
+    return {f"{d}/model.safetensors": model, f"{d}/run_config.json": files["run_config.json"],
             f"{d}/loop_state.json": "{not json" if corrupt else json.dumps(loop)}
 
 
@@ -244,8 +263,23 @@ def curated_cases(tmp: str) -> list[Case]:
         Case("resume-missing", ["resume={tmp}/nope"], "resume path '{tmp}/nope' holds no complete checkpoint "
              "(a step-N dir with loop_state.json)"),
         Case("resume-truncated-model", ["resume={tmp}/run"], "resume path '{tmp}/run' holds no complete checkpoint "
-             "(a step-N dir with loop_state.json); incomplete: step-0000003 (model.safetensors has 50 bytes, 100 expected)",
+             "(a step-N dir with loop_state.json); incomplete: step-0000003 (model.safetensors has 40 bytes, 80 expected)",
              files=checkpoint_files(3, base, truncate=True)),
+        Case("resume-damaged-model", ["resume={tmp}/run"], "resume path '{tmp}/run' holds no complete checkpoint "
+             "(a step-N dir with loop_state.json); incomplete: step-0000003 (model.safetensors does not match its "
+             "sha256 in loop_state.json (damaged after it was saved))", note="a checkpoint's model.safetensors changed, same size", files=checkpoint_files(3, base, damage=True)),
+        Case("resume-nan-weights", ["resume={tmp}/run"], "checkpoint '{tmp}/run/checkpoints/step-0000003' holds "
+             "non-finite weights (w in model.safetensors); resume from an earlier step-N checkpoint or start afresh",
+             note="a checkpoint with NaN weights, manifest intact", files=checkpoint_files(3, base, nan=True)),
+        Case("resume-loop-state-string-step", ["resume={tmp}/run/checkpoints/step-0000003"],
+             "checkpoint '{tmp}/run/checkpoints/step-0000003' is incomplete (loop_state.json is corrupt); "
+             "resume from its run directory to use the newest complete one",
+             note="loop_state.json: `\"step\": \"3\"`", files=checkpoint_files(3, base, loop_state={"step": "3"})),
+        Case("resume-into-another-finished-run", ["resume={tmp}/a", "output_dir={tmp}/run"],
+             "output_dir '{tmp}/run' holds a finished run (results.json); resume={tmp}/run, choose another "
+             "output_dir, or overwrite=true",
+             note="{tmp}/a: a run's checkpoint; {tmp}/run: a finished run", files={**checkpoint_files(3, _base_config(tmp, output_dir=f"{tmp}/a"), run="a"),
+                    "run/results.json": json.dumps({"schema_version": SCHEMA_VERSION})}),
         Case("resume-corrupt-loop-state", ["resume={tmp}/run/checkpoints/step-0000003"],
              "checkpoint '{tmp}/run/checkpoints/step-0000003' is incomplete (loop_state.json is corrupt); "
              "resume from its run directory to use the newest complete one",

@@ -7,7 +7,7 @@ runs no torch op, so the children's OpenMP is safe to fork): the uninterrupted r
 (OUT/reference, a checkpoint after every step), then KILLS runs into OUT/killed, each resuming
 from the newest complete checkpoint and killed by SIGKILL at a line executed by one of its next two
 checkpoint saves (instrument_saves: our renames, Accelerate's save_state, shutil), save and line chosen by
-`random.Random(SEED)`; then one run that finishes. Killing at the n-th line is what makes the
+`random.Random(SEED)`, the lines distinct; then one run that finishes. Killing at the n-th line is what makes the
 moments reproducible. Writes OUT/attempts.json for the test to check; no assertions here.
 """
 
@@ -114,7 +114,8 @@ def same_as_reference(step_dir: str, reference_dir: str) -> bool:
 def _loop_state(step_dir: str) -> dict:
     with open(os.path.join(step_dir, LOOP_STATE)) as f:
         state = json.load(f)
-    state["files"].pop(RUN_CONFIG)  # its size differs with output_dir
+    state["files"].pop(RUN_CONFIG)  # its size and hash differ with output_dir
+    state["sha256"].pop(RUN_CONFIG)
     return state
 
 
@@ -139,14 +140,16 @@ def main(out: str, seed: int, kills: int):
     assert in_child(reference_run) == 0
     with open(os.path.join(out, "lines_per_save.json")) as f:
         lines = min(json.load(f))  # every save runs at least this many; a resumed one also clears stale dirs
+    # Distinct lines, drawn without replacement: the kills hit `kills` different moments whatever
+    # the number of traced lines (drawing with replacement could collide when it changes).
+    line_numbers = rng.sample(range(1, lines + 1), kills)
     attempts = []
-    for _ in range(kills):
+    for line_number in line_numbers:
         before = snapshot(killed, reference)
         resume = find_checkpoint(killed) if before["steps"] else None
         done = int(os.path.basename(resume).split("-")[1]) if resume else 0
         # the next save or the one after (never past the last checkpoint), at any of its events
         save_number = rng.randint(1, min(2, STEPS - 1 - done))
-        line_number = rng.randint(1, lines)
 
         def killed_run():
             instrument_saves(kill_at=(save_number, line_number))

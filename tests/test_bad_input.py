@@ -85,6 +85,7 @@ def bad_input_table() -> str:
         if c.what:  # a data case: the recipe, the overrides beyond its data set-up, the files
             given = f"{c.recipe} {' '.join(c.overrides)}".strip()
         present = f" ({', '.join(sorted({f.split('/')[-1] for f in c.files}))} present)" if c.files else ""
+        present = f" ({c.note})" if c.note else present
         rows.append(f"| {_cell(given)}{f' ({c.what})' if c.what else present} | {_cell('error: ' + c.message)} |")
     rows.append(f"| any RunConfig field with a value of the wrong type ({len(TYPES)} cases, e.g. `lr=true`) "
                 f"| `error: lr must be a number or null, got True` |")
@@ -95,8 +96,9 @@ def test_readme_table_is_what_the_tests_assert():
     readme = (REPO / "README.md").read_text()
     table = bad_input_table() + "\n"
     current = re.search(re.escape(README_START) + r"\n(.*?)" + re.escape(README_END), readme, re.S)
-    if os.environ.get("UPDATE_README") and current:
+    assert current, f"README has no {README_START} ... {README_END} block"
+    if os.environ.get("UPDATE_README") and current.group(1) != table:
         start, end = current.span(1)
         (REPO / "README.md").write_text(readme[:start] + table + readme[end:])
-        return
-    assert current and current.group(1) == table, "README table out of date: run with UPDATE_README=1"
+        pytest.fail("README table was out of date: rewritten from the cases; review and commit it")
+    assert current.group(1) == table, "README table out of date: run with UPDATE_README=1"

@@ -233,3 +233,94 @@ def test_matrix_wise_optimizers_refuse_sharded_parameters(tmp_path, name, shardi
     else:
         with pytest.raises(AttributeError):
             fit(cfg, stand_in, Toy(), toy_loader(), None)
+
+
+def _signal_during_save(monkeypatch, signals: int):
+    """Send `signals` SIGTERMs to this process inside the next checkpoint save (before its manifest)."""
+    from finetune_opt import checkpoint
+
+    write, sent = checkpoint._write_json, []
+
+    def write_and_signal(path, payload):
+        while len(sent) < signals:
+            sent.append(os.kill(os.getpid(), signal.SIGTERM))
+        write(path, payload)
+
+    monkeypatch.setattr(checkpoint, "_write_json", write_and_signal)
+    return sent
+
+
+@pytest.mark.parametrize("first", ["before the save", "during the save"])
+def test_a_second_signal_during_a_save_finishes_it_then_stops(tmp_path, monkeypatch, first):
+    """A second SIGTERM used to exit at once (os._exit) even mid-save, leaving a half-written
+    step-N.tmp; now the save completes, the run stops with 143, and it resumes exactly."""
+    full = toy_fit(tmp_path / "full")
+    _signal_during_save(monkeypatch, 1 if first == "before the save" else 2)
+    toy, step, every = ({"sigterm_at": 5}, 5, None) if first == "before the save" else (None, 3, 3)
+    with pytest.raises(Interrupted) as stop:
+        toy_fit(tmp_path / "cut", toy, save_every=every)
+    saved = tmp_path / f"cut/checkpoints/step-{step:07d}"
+    assert str(stop.value) == (f"SIGTERM again during a checkpoint save: stopped once it was saved; checkpoint "
+                               f"{saved}; continue with resume={tmp_path / 'cut'}")
+    assert stop.value.exit_code == 143
+    assert find_checkpoint(str(tmp_path / "cut")) == str(saved)
+    assert not [d for d in os.listdir(tmp_path / "cut/checkpoints") if not d.startswith("step-") or "." in d]
+    monkeypatch.undo()
+    resumed = toy_fit(tmp_path / "cut", resume=str(tmp_path / "cut"))
+    assert resumed.resumed_from_step == step
+    assert losses(resumed) == pytest.approx(losses(full), abs=1e-6, rel=0)
+
+
+def _claim(tmp_path, **overrides):
+    """claim_output_dir as recipe_main calls it, with the toy run's config."""
+    from finetune_opt.run_dir import claim_output_dir
+
+    cfg = RunConfig(**{"max_steps": 12, "log_every": 1, "timing_warmup_steps": 0, "lr": 1e-2, "warmup_ratio": 0,
+                       **overrides})
+    claim_output_dir(cfg)
+    return cfg
+
+
+def test_resuming_into_another_finished_run_is_refused_unless_overwrite(tmp_path):
+    """resume=<run A's checkpoint> output_dir=<run B, finished> used to replace B's results.json."""
+    stopped(tmp_path / "a")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b/results.json").write_text('{"mine": "b"}')
+    step = str(tmp_path / "a/checkpoints/step-0000005")
+    with pytest.raises(ConfigError, match=f"^output_dir '{tmp_path / 'b'}' holds a finished run \\(results.json\\)"):
+        _claim(tmp_path, resume=step, output_dir=str(tmp_path / "b"))
+    assert (tmp_path / "b/results.json").read_text() == '{"mine": "b"}'
+    _claim(tmp_path, resume=step, output_dir=str(tmp_path / "b"), overwrite=True)
+    assert not (tmp_path / "b/results.json").exists()  # overwrite=true: B's outputs removed, none mixed
+    (tmp_path / "a/results.json").write_text("{}")  # a run resuming its own checkpoints may (max_steps grows)
+    _claim(tmp_path, resume=str(tmp_path / "a"), output_dir=str(tmp_path / "a"), max_steps=20)
+    assert (tmp_path / "a/results.json").exists()
+
+
+def test_resume_accepts_the_data_dir_spelled_another_way(tmp_path):
+    """A symlink or a trailing slash names the same data: not a config change."""
+    from finetune_opt.run_dir import resume_changes
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    stopped(tmp_path / "a", data_dir=str(tmp_path / "data"))
+    step = str(tmp_path / "a/checkpoints/step-0000005")
+    base = {"max_steps": 12, "log_every": 1, "timing_warmup_steps": 0, "lr": 1e-2, "warmup_ratio": 0,
+            "output_dir": str(tmp_path / "a")}
+    for spelling in (f"{tmp_path}/data/", str(tmp_path / "link")):
+        assert resume_changes(RunConfig(**base, data_dir=spelling), step) == {}
+    with pytest.raises(ConfigError, match="was trained with another config: data_dir"):
+        resume_changes(RunConfig(**base, data_dir=str(tmp_path)), step)
+
+
+def test_an_incomplete_newest_checkpoint_is_skipped_for_the_previous_one(tmp_path, capsys):
+    """resume=<dir> with the newest step-N incomplete used to be refused with the advice to run
+    resume=<dir> (the command just run); as the README says, it resumes the previous complete one."""
+    stopped(tmp_path / "a", save_every=3)  # step-3 and step-5
+    model = tmp_path / "a/checkpoints/step-0000005/model.safetensors"
+    model.write_bytes(model.read_bytes()[:-1] + bytes([model.read_bytes()[-1] ^ 1]))  # one bit: same size
+    _claim(tmp_path, resume=str(tmp_path / "a"), output_dir=str(tmp_path / "a"))
+    assert ("skipped incomplete checkpoint(s) step-0000005 (model.safetensors does not match its sha256 in "
+            "loop_state.json (damaged after it was saved)); resuming from") in capsys.readouterr().err
+    resumed = toy_fit(tmp_path / "a", resume=str(tmp_path / "a"))
+    assert resumed.resumed_from_step == 3
