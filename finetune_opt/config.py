@@ -18,7 +18,7 @@ import yaml
 from finetune_opt.errors import ConfigError, Interrupted, TrainingStopped, one_of
 from finetune_opt import cls_only_last_layer
 from finetune_opt.models import check_model_config, check_pretrained_positions, local_pretrained_config
-from finetune_opt.optim import get_optimizer_spec
+from finetune_opt.optim import REGISTRY, get_optimizer_spec
 from finetune_opt.optim.in_backward import refusal as in_backward_refusal
 from finetune_opt.precision import resolve_mixed_precision
 from finetune_opt.sft_config import check_sft_fields
@@ -129,6 +129,10 @@ class RunConfig:
             check_pretrained_positions(self.model, model_settings, self.max_length)
         if self.scheduler not in SCHEDULERS:
             raise one_of("scheduler", self.scheduler, SCHEDULERS)
+        if get_optimizer_spec(self.optimizer).owns_lr_schedule and self.scheduler not in ("linear", "constant"):
+            # linear is the default, so it cannot tell a choice from an unset field; cosine can
+            raise ConfigError(f"{self.optimizer} runs without an LR schedule (its own warmup, then constant): "
+                              f"scheduler={self.scheduler} would be ignored; set scheduler=constant")
         if self.seed < 0:
             raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
         if not 0 <= self.warmup_ratio < 1:
@@ -294,6 +298,46 @@ def _read_yaml(path: str) -> dict:
     return values
 
 
+def _spellings(pairs):
+    """(as written, the field or optimizer argument it sets, value) for one layer's key=value pairs."""
+    for key, value in pairs:
+        if key == "optimizer" and isinstance(value, dict):
+            yield from ((f"optimizer.{k}", OPTIMIZER_BLOCK_FIELDS.get(k, f"optimizer.{k}"), v) for k, v in value.items())
+        elif key.startswith("optimizer.") or key in LEGACY_OPTIMIZER_KEYS:
+            name = key.removeprefix("optimizer.")
+            yield key, OPTIMIZER_BLOCK_FIELDS.get(name, f"optimizer.{name}"), value
+        else:
+            yield key, key, value
+
+
+def _refuse_two_values(pairs, where: str):
+    """`optimizer.lr=1e-3 lr=0.5`: one setting spelled two ways in one place would silently keep one
+    (the same key repeated is an override: the later wins)."""
+    seen = {}
+    for spelling, target, value in _spellings(pairs):
+        first = seen.setdefault(target, (spelling, value))
+        if first[0] != spelling and first[1] != value:
+            raise ConfigError(f"{where} sets {target} twice: {first[0]}={first[1]} and {spelling}={value}; "
+                              f"give it once")
+        seen[target] = (spelling, value) if first[0] == spelling else first
+
+
+def _drop_other_optimizers_args(values: dict, file_values: dict, overrides: dict) -> dict:
+    """`optimizer=muon` over a file written for AdamW: the file's own AdamW hyperparameters (betas, ...)
+    do not carry over; they are dropped with a notice, not refused. Overridden ones stay and are checked."""
+    before, now = file_values.get("optimizer"), values.get("optimizer")
+    if "optimizer" not in overrides or before == now or not isinstance(now, str) or now not in REGISTRY:
+        return values
+    own = get_optimizer_spec(now).all_hyperparams
+    given = {k.removeprefix("optimizer.") for k in overrides}
+    dropped = [k for k in file_values.get("optimizer_args", {}) if k not in own and k not in given]
+    if dropped:
+        print(f"note: optimizer={now} replaces the config file's {before}; its {', '.join(dropped)} "
+              f"(not {now}'s) are dropped", file=sys.stderr)
+        values["optimizer_args"] = {k: v for k, v in values["optimizer_args"].items() if k not in dropped}
+    return values
+
+
 def load_config(path: str | None, overrides: list[str]) -> RunConfig:
     values = {}
     if path:
@@ -303,8 +347,13 @@ def load_config(path: str | None, overrides: list[str]) -> RunConfig:
         unknown = [k for k in values if k not in FIELDS and k not in LEGACY_OPTIMIZER_KEYS]
         if unknown:
             raise one_of(f"config key (in {path})", unknown[0], FIELDS)
+        _refuse_two_values(values.items(), f"config file {path!r}")
         values = _normalise_optimizer(values)
-    values = _normalise_optimizer({**values, **dict(parse_override(o) for o in overrides)})
+    pairs = [parse_override(o) for o in overrides]
+    _refuse_two_values(pairs, "the command line")
+    file_values = {**values, "optimizer_args": dict(values.get("optimizer_args") or {})}
+    values = _normalise_optimizer({**values, **dict(pairs)})
+    values = _drop_other_optimizers_args(values, file_values, dict(pairs))
     # YAML reads 5e-5 as a string (YAML 1.1); accept it as the number it obviously is.
     for key in ("lr", "weight_decay", "warmup_ratio", "max_grad_norm"):
         if isinstance(values.get(key), str):

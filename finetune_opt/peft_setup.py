@@ -32,10 +32,29 @@ def check_peft_spec(spec) -> None:
     unknown = [k for k in spec if k != "method" and k not in LORA_KEYS]
     if unknown:
         raise one_of("peft key", unknown[0], ["method", *LORA_KEYS])
-    if not isinstance(spec.get("r", 8), int) or spec.get("r", 8) < 1:
-        raise ConfigError(f"peft r must be an integer >= 1, got {spec.get('r')!r}")
-    if not 0 <= spec.get("dropout", 0.0) < 1:
-        raise ConfigError(f"peft dropout must be in [0, 1), got {spec.get('dropout')!r}")
+    for key, (ok, rule) in PEFT_VALUES.items():
+        if key in spec and not ok(spec[key]):
+            raise ConfigError(f"peft {key} must be {rule}, got {spec[key]!r}")
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _names(v) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(n, str) for n in v)
+
+
+BIAS = ("none", "all", "lora_only")
+# key -> (check, the rule the message states): types first, so a wrong one is one line, not peft's traceback
+PEFT_VALUES = {
+    "r": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
+    "alpha": (lambda v: _number(v) and v > 0, "a number > 0"),
+    "dropout": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "target_modules": (lambda v: isinstance(v, str) or _names(v), "a list of module names or one name"),
+    "bias": (lambda v: v in BIAS, "one of " + ", ".join(BIAS)),
+    "modules_to_save": (lambda v: v is None or _names(v), "a list of module names or null"),
+}
 
 
 def apply_peft(model, spec: dict):

@@ -5,10 +5,17 @@ from finetune_opt.errors import ConfigError
 from finetune_opt.peft_setup import check_peft_spec
 
 
+# Fields only the SFT recipe reads, with the value that means "not used": any other value on
+# another recipe's task would be accepted and recorded in results.json, yet not done.
+SFT_ONLY = {"packing": False, "peft": None, "merge_adapter": False, "prompt_column": None, "input_column": None,
+            "response_column": None, "prompt_template": None, "use_chat_template": None}
+
+
 def check_sft_fields(cfg) -> None:
     for name in ("packing", "merge_adapter"):
         if not isinstance(getattr(cfg, name), bool):
             raise ConfigError(f"{name} must be true or false, got {getattr(cfg, name)!r}")
+    _refuse_sft_fields_elsewhere(cfg)
     if cfg.use_chat_template not in (None, True, False):
         raise ConfigError(f"use_chat_template must be true, false or null, got {cfg.use_chat_template!r}")
     if not isinstance(cfg.generation_examples, int) or cfg.generation_examples < 0:
@@ -29,3 +36,19 @@ def _has_generation_metric(task: str) -> bool:
 
     # other recipes' tasks: their recipe rejects them with its own message
     return task not in INSTRUCT_TASKS or INSTRUCT_TASKS[task].metric is not None
+
+
+def _refuse_sft_fields_elsewhere(cfg) -> None:
+    from finetune_opt.tasks import INSTRUCTION_SFT, get_task
+
+    task = get_task(cfg.task)
+    if task.problem_type == INSTRUCTION_SFT:
+        return
+    given = next((k for k, unused in SFT_ONLY.items() if getattr(cfg, k) != unused), None)
+    if given:
+        raise ConfigError(f"{given} is for the SFT recipe (tasks gsm8k, instruct); {task.recipes['accelerate']} "
+                          f"(task {task.name!r}) does not use it: set {given}={_yaml(SFT_ONLY[given])}")
+
+
+def _yaml(value) -> str:
+    return {None: "null", False: "false"}[value]

@@ -188,6 +188,36 @@ def data_cases() -> list[Case]:
     ]
 
 
+SFT = ["task=gsm8k", "data_dir={tmp}/gsm8k"]
+
+
+def not_done_cases() -> list[Case]:
+    """Settings that would be accepted and recorded, yet not done: refused."""
+    return [
+        Case("peft-on-glue", ["peft={method: lora}"], "peft is for the SFT recipe (tasks gsm8k, instruct); "
+             "finetune_glue.py (task 'sst2') does not use it: set peft=null"),
+        with_base(LM, "peft-on-lm", ["peft={method: lora}"], "peft is for the SFT recipe (tasks gsm8k, instruct); "
+                  "finetune_lm.py (task 'wikitext2') does not use it: set peft=null", recipe="finetune_lm.py"),
+        Case("packing-on-glue", ["packing=true"], "packing is for the SFT recipe (tasks gsm8k, instruct); "
+             "finetune_glue.py (task 'sst2') does not use it: set packing=false"),
+        Case("prompt-column-on-glue", ["prompt_column=q"], "prompt_column is for the SFT recipe (tasks gsm8k, "
+             "instruct); finetune_glue.py (task 'sst2') does not use it: set prompt_column=null"),
+        Case("schedule-free-with-cosine", ["optimizer=adamw_schedule_free", "scheduler=cosine"],
+             "adamw_schedule_free runs without an LR schedule (its own warmup, then constant): scheduler=cosine "
+             "would be ignored; set scheduler=constant"),
+        Case("lr-spelled-twice", ["optimizer.lr=1e-3", "lr=0.5"],
+             "the command line sets lr twice: optimizer.lr=1e-3 and lr=0.5; give it once"),
+        Case("lr-spelled-twice-in-file", [], "config file '{tmp}/config.yaml' sets lr twice: lr=0.5 and "
+             "optimizer.lr=0.001; give it once", config_text="lr: 0.5\noptimizer: {name: adamw, lr: 1.0e-3}\n"),
+        *[with_base(SFT, f"peft-{key}-wrong-type", [f"peft={{method: lora, {key}: {value}}}"],
+                    f"peft {key} must be {rule}, got {shown}", recipe="finetune_sft.py")
+          for key, value, rule, shown in [("r", "true", "an integer >= 1", "True"),
+                                          ("alpha", "x", "a number > 0", "'x'"),
+                                          ("dropout", "x", "a number in [0, 1)", "'x'"),
+                                          ("target_modules", "5", "a list of module names or one name", "5")]],
+    ]
+
+
 def curated_cases(tmp: str) -> list[Case]:
     """Config files, ranges, model facts, output directories and resumes: one case each."""
     base = _base_config(tmp)
@@ -223,6 +253,7 @@ def curated_cases(tmp: str) -> list[Case]:
         Case("warmup-ratio-1.5", ["warmup_ratio=1.5"], "warmup_ratio must be in [0, 1), got 1.5"),
         Case("warmup-ratio-null", ["warmup_ratio=null"], "warmup_ratio must be a number, got None"),
         Case("lr-nan", ["lr=.nan"], "lr must be a number or null, got nan"),
+        *not_done_cases(),
         Case("scheduler-unknown", ["scheduler=cosine_x"],
              "unknown scheduler 'cosine_x'; choose one of: linear, cosine, constant"),
         Case("log-with-unknown", ["log_with=tensorbored"], "unknown log_with tracker 'tensorbored'; choose one of: "

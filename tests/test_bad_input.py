@@ -11,6 +11,7 @@ import datasets
 import pytest
 
 from finetune_opt.config import recipe_main
+from finetune_opt.errors import ConfigError
 from finetune_opt.run_dir import LOCK_FILE
 from tests.bad_input_cases import BASE, curated_cases, type_cases
 from tests.conftest import REPO
@@ -102,3 +103,18 @@ def test_readme_table_is_what_the_tests_assert():
         (REPO / "README.md").write_text(readme[:start] + table + readme[end:])
         pytest.fail("README table was out of date: rewritten from the cases; review and commit it")
     assert current.group(1) == table, "README table out of date: run with UPDATE_README=1"
+
+
+def test_switching_optimizer_drops_the_files_own_hyperparameters_with_a_notice(capsys):
+    """gsm8k_sft_tiny.yaml gives AdamW's betas; `optimizer=muon` used to fail on them ("optimizer
+    'muon' has no hyperparameter 'betas'"). The file's lr and weight_decay carry over; an override
+    naming a hyperparameter the new optimizer lacks is still refused."""
+    from finetune_opt.config import load_config
+
+    file = str(REPO / "recipes/configs/gsm8k_sft_tiny.yaml")
+    cfg = load_config(file, ["optimizer=muon"])
+    assert capsys.readouterr().err == "note: optimizer=muon replaces the config file's adamw; its betas (not muon's) are dropped\n"
+    assert cfg.optimizer == "muon" and "betas" not in cfg.optimizer_args and (cfg.lr, cfg.weight_decay) == (5e-3, 0.1)
+    assert load_config(file, ["optimizer=adam_l2"]).optimizer_args["betas"] == [0.9, 0.95]  # adam_l2 has betas
+    with pytest.raises(ConfigError, match="^optimizer 'muon' has no hyperparameter 'betas'"):
+        load_config(file, ["optimizer=muon", "optimizer.betas=[0.9,0.9]"])
