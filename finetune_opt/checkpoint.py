@@ -81,7 +81,8 @@ def _save_to(accelerator, final: str, loop_state: LoopState, config: dict | None
     if accelerator.is_main_process:
         if config is not None:
             _write_json(os.path.join(tmp, RUN_CONFIG), config)
-        names = sorted(os.listdir(tmp))
+        # every file, sharded state's folders too (FSDP2: pytorch_model_fsdp_0/__0_0.distcp, ...)
+        names = sorted(os.path.relpath(os.path.join(folder, f), tmp) for folder, _, fs in os.walk(tmp) for f in fs)
         files = {name: os.path.getsize(os.path.join(tmp, name)) for name in names}
         digests = {name: file_sha256(os.path.join(tmp, name)) for name in names}
         _write_json(os.path.join(tmp, LOOP_STATE), {**dataclasses.asdict(loop_state), "files": files,

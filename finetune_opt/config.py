@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from finetune_opt.errors import ConfigError, Interrupted, TrainingStopped, one_of
-from finetune_opt import cls_only_last_layer
+from finetune_opt import cls_only_last_layer, distributed
 from finetune_opt.models import check_model_config, check_pretrained_positions, local_pretrained_config
 from finetune_opt.optim import REGISTRY, get_optimizer_spec
 from finetune_opt.optim.in_backward import refusal as in_backward_refusal
@@ -149,9 +149,11 @@ class RunConfig:
         if self.optimizer_in_backward:
             reason = in_backward_refusal(get_optimizer_spec(self.optimizer), self.implementation,
                                          grad_accum=self.grad_accum, max_grad_norm=self.max_grad_norm,
-                                         mixed_precision=self.mixed_precision, num_processes=1)
+                                         mixed_precision=self.mixed_precision,
+                                         num_processes=distributed.world_size())
             if reason:
                 raise ConfigError(reason)
+        distributed.check_runs_here(self, get_optimizer_spec(self.optimizer))  # FSDP2 / DeepSpeed here?
         self.last_layer_cls_only = self._resolve_last_layer_cls_only(task, model_settings)
         check_sft_fields(self)
         if self.holdout_examples is not None and task.problem_type not in (CLASSIFICATION, REGRESSION):

@@ -27,6 +27,7 @@ from accelerate.utils import (DataLoaderConfiguration, DistributedType, Gradient
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from finetune_opt import distributed
 from finetune_opt.checkpoint import (LoopState, defer_exit_during_save, find_checkpoint, load_checkpoint,
                                     read_loop_state, save_checkpoint)
 from finetune_opt.config import RunConfig
@@ -37,6 +38,7 @@ from finetune_opt.memory import NO_PROBE, memory_breakdown, phase_probe
 from finetune_opt.optim import OptimizerSpec, create_optimizer, describe_optimizer, get_optimizer_spec
 from finetune_opt.optim.in_backward import refusal as in_backward_refusal
 from finetune_opt.optim.in_backward import step_in_backward
+from finetune_opt.optim.whole_tensors import step_on_whole_tensors
 from finetune_opt.peft_setup import model_to_save
 from finetune_opt.results import Results, new_results
 from finetune_opt.run_dir import resume_changes
@@ -48,9 +50,12 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
         raise ConfigError("mixed_precision fp16 needs a CUDA GPU; use bf16 or no on CPU")
     if cfg.resume:
         find_checkpoint(cfg.resume)  # a wrong path fails before any work
+    sharded = distributed.requested() == distributed.FSDP2
+    plugin = distributed.fsdp_plugin() if sharded else None
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # also what makes torchrun on a CPU box use gloo
         mixed_precision=cfg.mixed_precision,
+        fsdp_plugin=plugin,
         # Count micro-batches ourselves: the loader is cycled, and an epoch end must not force a sync.
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=cfg.grad_accum,
                                                                 sync_with_dataloader=False),
@@ -61,6 +66,8 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
         # Compiled in prepare(); dynamic shapes, so batches of new lengths do not recompile.
         dynamo_plugin=TorchDynamoPlugin(backend="inductor", dynamic=True) if cfg.compile_model else None,
     )
+    if sharded:
+        distributed.promote_to_fsdp(accelerator, plugin)  # a CPU box: Accelerate chose DDP (distributed.py)
     set_seed(cfg.seed)
     return accelerator
 
@@ -181,10 +188,6 @@ def _check_optimizer_runs_here(cfg: RunConfig, accelerator) -> OptimizerSpec:
     if cfg.optimizer_in_backward and accelerator.num_processes > 1:
         raise ConfigError(in_backward_refusal(spec, cfg.implementation, grad_accum=1, max_grad_norm=None,
                                               mixed_precision="no", num_processes=accelerator.num_processes))
-    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-    if sharded and spec.needs_whole_tensors:
-        raise ConfigError(f"{cfg.optimizer} updates whole matrices and cannot step FSDP / DeepSpeed shards; "
-                          f"use DDP (accelerate_configs/multi_gpu.yaml) or an elementwise optimizer")
     return spec
 
 
@@ -194,7 +197,11 @@ def set_up(cfg: RunConfig, accelerator: Accelerator, model, train_loader) -> Tra
     # they replace the optimizer's parameters with the sharded ones.
     optimizer = create_optimizer(cfg.optimizer, model, implementation=cfg.implementation, **cfg.hyperparams)
     scheduler = _lr_scheduler(cfg, optimizer, spec)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        distributed.set_wrap_units(accelerator, model)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    if spec.needs_whole_tensors and accelerator.distributed_type == DistributedType.FSDP:
+        step_on_whole_tensors(optimizer.optimizer)  # Muon / Adafactor see whole matrices (optim/whole_tensors.py)
     accelerator.register_for_checkpointing(scheduler)  # stepped by us, once per real update
     if cfg.optimizer_in_backward:  # every parameter stepped by its gradient's hook (optim/in_backward.py)
         step_in_backward(optimizer.optimizer)
@@ -414,6 +421,7 @@ def finish(run: Training, state: LoopState, meter: Meter, evaluate, **results) -
         final_train_loss=state.history[-1]["loss"] if state.history else None,
         skipped_steps={"nonfinite": state.nonfinite_skipped, "fp16_overflow": state.overflow_skipped},
         timing=timing, throughput=global_throughput(accelerator, meter.timer), memory=memory,
+        distribution=distributed.describe(accelerator),
         per_rank=per_rank(accelerator, timing, memory), history=state.history, **results)
 
 

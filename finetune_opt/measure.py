@@ -11,6 +11,7 @@ import time
 import numpy as np
 import psutil
 import torch
+from torch.distributed.tensor import DTensor
 
 
 def _synchronize(device: torch.device):
@@ -115,8 +116,11 @@ def peak_bytes(memory: dict) -> int:
 
 def storage_tensors(t: torch.Tensor):
     """The tensors that really hold a tensor's bytes: itself, or for a wrapper subclass (torchao's
-    quantised states, whose numel/dtype are the *logical* fp32 view) its inner tensors."""
-    if hasattr(t, "__tensor_flatten__"):
+    quantised states, whose numel/dtype are the *logical* fp32 view) its inner tensors; for an
+    FSDP2 DTensor, this rank's shard."""
+    if isinstance(t, DTensor):
+        yield from storage_tensors(t.to_local())
+    elif hasattr(t, "__tensor_flatten__"):
         names, _ = t.__tensor_flatten__()
         for n in names:
             yield from storage_tensors(getattr(t, n))

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 
 import torch
 
+from finetune_opt import distributed
 from finetune_opt.errors import ConfigError
 from finetune_opt.measure import peak_bytes
 from finetune_opt.precision import native_bf16_flags
@@ -43,6 +44,8 @@ class Results:
     per_rank: list | None = None       # [{rank, step_ms_median, optimizer_step_ms_median, peak_memory_bytes}]
     parameters: dict | None = None     # SFT: total / trainable parameter counts
     data: dict | None = None           # SFT: kept / truncated / dropped examples per split
+    # how the run was spread: {type: single|ddp|fsdp2|deepspeed, processes, sharding, ...} (distributed.describe)
+    distribution: dict | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict:
@@ -151,6 +154,7 @@ def summary_row(r: Results) -> dict:
     return {
         "run": os.path.basename(os.path.normpath(r.config["output_dir"])),
         "optimizer": f"{r.optimizer['name']} ({r.optimizer['implementation']})",
+        "distribution": distributed.label(r.distribution),
         **{k: f"{v:.4f}" for k, v in r.metrics.items() if isinstance(v, float)},
         "train loss": _num(r.final_train_loss, ".4f"),  # None: every step was skipped
         "step ms (median)": _num(r.timing["step_ms"]["median"], ".1f"),
