@@ -85,12 +85,60 @@ def test_plain_torch_does_overwrite_flags():
     assert plain.param_groups[0]["fused"] is not True
 
 
-def test_coupled_l2_survives_loading_an_adamw_checkpoint():
-    model, adamw = built("adamw", "foreach")
-    train(model, adamw, 1, seed=1)
-    _, adam_l2 = built("adam_l2", "for-loop")
-    adam_l2.load_state_dict(adamw.state_dict())
-    assert all(g["decoupled_weight_decay"] is False and g["foreach"] is False for g in adam_l2.param_groups)
+_trained_states = {}
+
+
+def trained_state(name) -> dict:
+    """Each entry's state after one step, built once (torchao compiles its step)."""
+    if name not in _trained_states:
+        model, opt = built(name)
+        train(model, opt, 1, seed=1)
+        _trained_states[name] = saved(opt)
+    return _trained_states[name]
+
+
+def untouched(opt) -> tuple:
+    """What a refused load must leave as it was: the groups (values and parameters) and the state."""
+    groups = [repr({k: v for k, v in g.items() if k != "params"}) for g in opt.param_groups]
+    return groups, [id(p) for g in opt.param_groups for p in g["params"]], repr(dict(opt.state))
+
+
+@pytest.mark.parametrize("saved_by", NAMES)
+def test_another_algorithms_state_is_refused_before_anything_changes(saved_by):
+    """Through the public API (create_optimizer, then load_state_dict, as the Trainer resumes):
+    another algorithm's state used to continue silently on mixed state (adam_l2 <-> adamw, adamw ->
+    lion), crash at the next step (adamw -> adafactor, sgd, schedule-free) or raise a KeyError after
+    the groups were replaced (lion -> adamw). Now one line names both, and nothing was taken; an
+    entry that differs only in kernel (adamw <-> adamw_fused) loads and steps."""
+    state = trained_state(saved_by)
+    for name in NAMES:
+        model, opt = built(name)
+        same = REGISTRY[name].optimizer_class == REGISTRY[saved_by].optimizer_class and \
+            REGISTRY[name].fixed_kwargs == REGISTRY[saved_by].fixed_kwargs
+        if same:
+            opt.load_state_dict(state)
+            assert len(opt.state) == len(list(model.parameters()))
+            continue
+        before = untouched(opt)
+        with pytest.raises(ConfigError) as refused:
+            opt.load_state_dict(state)
+        assert str(refused.value) == (f"optimizer state saved by {saved_by!r} cannot be loaded into {name!r}: "
+                                      f"another algorithm's state; load it into a {saved_by!r} optimizer")
+        assert untouched(opt) == before
+
+
+def test_same_algorithm_other_entry_continues_exactly():
+    """adamw_fused's state resumes adamw (one algorithm, two kernels) as it resumes itself."""
+    model, fused = built("adamw_fused")
+    train(model, fused, 2, seed=1)
+    state, weights = saved(fused), copy.deepcopy(model.state_dict())
+    train(model, fused, 2, seed=2)
+    resumed, adamw = built("adamw", "fused")
+    resumed.load_state_dict(weights)
+    adamw.load_state_dict(state)
+    train(resumed, adamw, 2, seed=2)
+    assert all(torch.equal(a, b) for a, b in zip(params(model), params(resumed)))
+    assert {g["finetune_opt_name"] for g in adamw.param_groups} == {"adamw"}  # what it saves next
 
 
 @pytest.mark.parametrize("name", [n for n, s in REGISTRY.items() if s.structural])

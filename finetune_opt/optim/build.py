@@ -11,12 +11,15 @@ from torch._dynamo.utils import counters as _dynamo_counters
 
 from finetune_opt.errors import ConfigError
 from finetune_opt.optim.param_groups import build_param_groups
-from finetune_opt.optim.registry import get_optimizer_spec
+from finetune_opt.optim.registry import REGISTRY, get_optimizer_spec
 from finetune_opt.optim.spec import OptimizerSpec
 
+# Every group records the registry entry that built it, so a state dict says which algorithm's
+# state it holds (torch keeps group keys in state_dict() and nothing else would tell).
+NAME_KEY = "finetune_opt_name"
 # Group keys that select the algorithm or the kernel; torch's load_state_dict copies them from
 # the checkpoint, so they are put back after loading.
-_FLAG_KEYS = ("foreach", "fused", "decoupled_weight_decay", "capturable", "differentiable")
+_FLAG_KEYS = ("foreach", "fused", "decoupled_weight_decay", "capturable", "differentiable", NAME_KEY)
 
 
 def create_optimizer(name: str, model_or_params, *, implementation: str | None = None,
@@ -37,6 +40,8 @@ def create_optimizer(name: str, model_or_params, *, implementation: str | None =
     cls = _compiled_class(spec.load_class()) if impl.compile_step else spec.load_class()
     kwargs = {**hp, **spec.fixed_kwargs, **impl.flags}
     optimizer = spec.build(cls, groups, kwargs) if spec.build else cls(groups, **kwargs)
+    for group in optimizer.param_groups:
+        group[NAME_KEY] = name
     _guard_loading(optimizer, spec)
     if spec.train_eval_modes:
         optimizer.train()  # schedule-free: parameters hold the training iterate y
@@ -64,6 +69,7 @@ def _guard_loading(optimizer: torch.optim.Optimizer, spec: OptimizerSpec):
     structural = [{k: g[k] for k in spec.structural if k in g} for g in optimizer.param_groups]
 
     def check_before(opt, state_dict):
+        refuse_other_algorithm(spec, state_dict)
         for ours, saved in zip(structural, state_dict.get("param_groups", [])):
             for key, value in ours.items():
                 if key in saved and saved[key] != value:
@@ -81,6 +87,25 @@ def _guard_loading(optimizer: torch.optim.Optimizer, spec: OptimizerSpec):
 
     optimizer.register_load_state_dict_pre_hook(check_before)
     optimizer.register_load_state_dict_post_hook(reassert_after)
+
+
+def refuse_other_algorithm(spec: OptimizerSpec, state_dict: dict):
+    """Another algorithm's state (Lion's m in AdamW, Adam's coupled-L2 moments in AdamW, SGD's
+    momentum in Muon) would either crash a later step or continue silently on mixed state: refused
+    here, before torch replaces any group or state. State dicts without the record (a plain torch
+    optimizer's) are checked by the structural keys only."""
+    saved = {g.get(NAME_KEY) for g in state_dict.get("param_groups", [])} - {None}
+    for name in sorted(saved):
+        other = REGISTRY.get(name)
+        if other is None or _algorithm(other) != _algorithm(spec):
+            raise ConfigError(f"optimizer state saved by {name!r} cannot be loaded into {spec.name!r}: "
+                              f"another algorithm's state; load it into a {name!r} optimizer")
+
+
+def _algorithm(spec: OptimizerSpec) -> tuple:
+    """What a state means: the class and the kwargs that make it this algorithm. Entries that
+    differ only in kernel (adamw, adamw_fused) share it, so their states interchange."""
+    return spec.class_path, tuple(sorted(spec.fixed_kwargs.items()))
 
 
 def describe_optimizer(optimizer) -> dict:
