@@ -49,6 +49,9 @@ def cmd_inspect(args):
         if args.verbose:
             for p in group["params"]:
                 print(f"  {names[id(p)]} {tuple(p.shape)}")
+    if any(g.get("use_muon") for g in optimizer.param_groups):
+        from finetune_opt.optim.muon import describe_split
+        print(describe_split(model))
 
 
 def cmd_compare(args):

