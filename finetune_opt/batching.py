@@ -14,6 +14,12 @@ ranks, so every rank computes the same order and P processes of batch B see exac
 one process of batch P*B sees. Only the last global batch (the remainder of the epoch) can be
 short, and it stays last, where Accelerate's sharding expects it.
 
+With gradient accumulation the unit grouped is the accumulated batch (batch_size x processes x
+grad_accum examples, as the Trainer groups `train_batch_size * gradient_accumulation_steps`): it is
+sorted and cut like a global batch, and its consecutive micro-batches are its slices, so B x A
+trains on exactly the batches of one B*A batch (grouping the micro-batches instead gave 16 x 2 other
+batches than 32).
+
 Determinism is what makes resume exact: the engine sets the epoch on the loader and skips the
 batches already consumed, and the order is a pure function of (seed, epoch, lengths, world size).
 """
@@ -64,9 +70,11 @@ def example_lengths(dataset, column: str = "input_ids") -> list[int]:
 
 def grouped_or_shuffled_loader(dataset, cfg, collate_fn, num_processes: int) -> DataLoader:
     """The training DataLoader: length-grouped when cfg.group_by_length, otherwise shuffled
-    (Accelerate swaps in its seedable sampler). `num_processes`: the ranks the batches are dealt to."""
+    (Accelerate swaps in its seedable sampler). `num_processes`: the ranks the batches are dealt to.
+    Grouped per accumulated batch, then split into micro-batches (module doc)."""
     if not cfg.group_by_length:
         return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate_fn)
-    sampler = LengthGroupedSampler(example_lengths(dataset), cfg.batch_size * num_processes, cfg.seed)
+    accumulated = cfg.batch_size * num_processes * cfg.grad_accum
+    sampler = LengthGroupedSampler(example_lengths(dataset), accumulated, cfg.seed)
     return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate_fn)
 
