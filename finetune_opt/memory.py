@@ -208,16 +208,17 @@ def predict_activations(config, batch_size: int, seq_len: int, element_size: int
 
 
 def predicted_breakdown(model, optimizer, spec, implementation: str, batch_shape: tuple, mixed_precision: str,
-                        in_backward: bool = False) -> dict:
+                        in_backward: bool = False, state_shards: int = 1) -> dict:
     """In backward, each gradient is freed by its hook, so none is alive after backward and the
-    step has no separate phase."""
+    step has no separate phase. Under FSDP2 parameters and gradients are read from this rank's
+    shards, and the optimizer state is 1/`state_shards` of the whole model's."""
     params = unique_parameters(model)
     trainable = [p for p in params if p.requires_grad]
     element = 2 if mixed_precision in ("bf16", "fp16") else trainable[0].element_size()
     return {
         "parameters": sum(tensor_storage_bytes(p) for p in params),
         "gradients": 0 if in_backward else sum(tensor_storage_bytes(p) for p in trainable),
-        "optimizer_state": spec.state_bytes_for(optimizer.param_groups),
+        "optimizer_state": spec.state_bytes_for(optimizer.param_groups) // state_shards,
         "optimizer_step_temporaries": (None if in_backward else
                                        predict_step_temporaries(spec, implementation, optimizer.param_groups)),
         "activations_and_workspace": predict_activations(getattr(model, "config", None), *batch_shape, element,
@@ -234,6 +235,11 @@ def compare(predicted: dict, measured: dict) -> dict:
             for k in COMPONENTS}
 
 
+def _sharded(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
 def memory_breakdown(run, training_step) -> dict:
     """The engine's record of its probed step: measured, predicted, and their ratio."""
     cfg, probe = run.cfg, training_step.probe
@@ -242,7 +248,8 @@ def memory_breakdown(run, training_step) -> dict:
     # the step's own peak above what it started with (parameters + state): what in-backward lowers
     measured["step_peak_above_start"] = probe.peak_above_step_start
     predicted = predicted_breakdown(model, run.optimizer, run.spec, cfg.implementation, training_step.batch_shape,
-                                    cfg.mixed_precision, in_backward=cfg.optimizer_in_backward)
+                                    cfg.mixed_precision, in_backward=cfg.optimizer_in_backward,
+                                    state_shards=run.accelerator.num_processes if _sharded(run.accelerator) else 1)
     return {"method": probe.method, "batch_shape": list(training_step.batch_shape),
             "optimizer_in_backward": cfg.optimizer_in_backward, "measured": measured, "predicted": predicted,
             "measured_over_predicted": compare(predicted, measured)}

@@ -217,24 +217,6 @@ def test_two_gloo_processes_match_one_process_with_double_batch(tmp_path):
     assert r2["metrics"]["eval_loss"] == pytest.approx(r1["metrics"]["eval_loss"], abs=1e-5)
 
 
-@pytest.mark.parametrize("name", list(REGISTRY))
-@pytest.mark.parametrize("sharding", ["FSDP", "DEEPSPEED"])
-def test_matrix_wise_optimizers_refuse_sharded_parameters(tmp_path, name, sharding):
-    """Adafactor's factored moments and Muon's orthogonalisation need whole matrices; on FSDP or
-    ZeRO shards they would silently compute something else. Refused before anything is built;
-    elementwise optimizers pass this check (and here fail later, on the stand-in accelerator)."""
-    from accelerate.utils import DistributedType
-
-    cfg = RunConfig(optimizer=name, output_dir=str(tmp_path))
-    stand_in = SimpleNamespace(device=torch.device("cpu"), distributed_type=getattr(DistributedType, sharding))
-    if REGISTRY[name].needs_whole_tensors:
-        with pytest.raises(ConfigError, match=f"^{name} updates whole matrices and cannot step FSDP / DeepSpeed"):
-            fit(cfg, stand_in, Toy(), toy_loader(), None)
-    else:
-        with pytest.raises(AttributeError):
-            fit(cfg, stand_in, Toy(), toy_loader(), None)
-
-
 def _signal_during_save(monkeypatch, signals: int):
     """Send `signals` SIGTERMs to this process inside the next checkpoint save (before its manifest)."""
     from finetune_opt import checkpoint

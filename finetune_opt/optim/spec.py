@@ -123,11 +123,6 @@ def elementwise(tensors: float) -> Callable:
 
 # --- the spec -------------------------------------------------------------------------------------
 
-def local_shape(p: torch.Tensor) -> tuple:
-    """The shape this rank holds: an FSDP2 DTensor's shard (its first dimension split), else the tensor's."""
-    return tuple(p.to_local().shape) if hasattr(p, "to_local") else tuple(p.shape)
-
-
 @dataclass(frozen=True)
 class OptimizerSpec:
     name: str
@@ -207,13 +202,13 @@ class OptimizerSpec:
         return c if isinstance(c, str) else f"{c.__module__}:{c.__qualname__}"
 
     def state_bytes_for(self, param_groups) -> int:
-        """Predicted optimizer-state bytes for these groups (what `measure` reads back); of this
-        rank's shards where the parameters are FSDP2 DTensors."""
-        return sum(self.state_bytes(local_shape(p), p.dtype, g) for g in param_groups for p in g["params"])
+        """Predicted optimizer-state bytes for these groups (what `measure` reads back); of the whole
+        tensors where the parameters are FSDP2 DTensors (each rank holds 1/N of it)."""
+        return sum(self.state_bytes(tuple(p.shape), p.dtype, g) for g in param_groups for p in g["params"])
 
     def traffic_bytes_for(self, param_groups) -> int:
         """Bytes one step reads and writes: the numerator of the bandwidth roofline."""
-        return sum(self.traffic_bytes(local_shape(p), p.dtype, g) for g in param_groups for p in g["params"])
+        return sum(self.traffic_bytes(tuple(p.shape), p.dtype, g) for g in param_groups for p in g["params"])
 
     def step_flops_for(self, param_groups) -> int | None:
         if self.step_flops is None:

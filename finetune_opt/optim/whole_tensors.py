@@ -9,10 +9,10 @@ on the whole tensors, and keeps its rows of the results:
 
 - the update is exactly the single-device one (every rank computes it; the price is one
   all-gather of parameter, gradient and row state per matrix, and the step's compute on every rank);
-- state stays sharded where it has the parameter's rows (Muon's momentum, Adafactor's row
-  statistics and its vectors' second moments), as a DTensor of the parameter's placement, so
-  sharded checkpoints save it as such; state of another shape (column statistics, step counts)
-  is the same on every rank and kept whole;
+- state stays sharded, as DTensors, so each rank holds 1/N of it and sharded checkpoints save it
+  as such: with the parameter's rows where it has them (Muon's momentum, Adafactor's row
+  statistics and its vectors' second moments), else along its longest dimension (Adafactor's
+  column statistics); only scalars (step counts) are whole on every rank;
 - peak memory above the shards is one whole matrix with its gradient and state, not the model.
 
 This is the "gather" variant of sharded Muon; torchtitan's owner-rank variant computes each
@@ -21,7 +21,7 @@ their shards directly.
 """
 
 import torch
-from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
 
 def step_on_whole_tensors(optimizer: torch.optim.Optimizer) -> None:
@@ -73,10 +73,13 @@ def _rows(whole: torch.Tensor, like: DTensor) -> torch.Tensor:
 
 
 def _keep(value, whole: torch.Tensor, param: torch.Tensor):
-    """A state tensor with the parameter's rows back to a shard of the parameter's placement;
-    anything else (column statistics, step counts) stays whole."""
-    has_rows = (torch.is_tensor(value) and isinstance(param, DTensor) and value.ndim >= 1
-                and whole.ndim >= 1 and value.shape[0] == whole.shape[0])
-    if not has_rows:
+    """A state tensor back to a shard: with the parameter's rows, as the parameter is placed; any
+    other (Adafactor's column statistics) split along its longest dimension; scalars (step
+    counts) stay whole, the same on every rank."""
+    if not (torch.is_tensor(value) and isinstance(param, DTensor) and value.numel() > 1):
         return value
-    return distribute_tensor(value, param.device_mesh, param.placements, src_data_rank=None)
+    if value.ndim >= 1 and whole.ndim >= 1 and value.shape[0] == whole.shape[0]:
+        placements = param.placements
+    else:
+        placements = [Shard(max(range(value.ndim), key=lambda d: value.shape[d]))]
+    return distribute_tensor(value, param.device_mesh, placements, src_data_rank=None)
