@@ -283,20 +283,21 @@ def _normalise_optimizer(values: dict) -> dict:
     return values
 
 
-def _read_yaml(path: str) -> dict:
+def read_yaml_mapping(path: str, what: str = "config file", of: str = "RunConfig fields") -> dict:
+    """A UTF-8 YAML file holding a mapping (empty: {}); anything else is one line naming `what`."""
     try:
         with open(path, encoding="utf-8") as f:
             values = yaml.safe_load(f)
     except UnicodeDecodeError as e:
-        raise ConfigError(f"config file {path!r} is not UTF-8 text (byte {e.start})") from None
+        raise ConfigError(f"{what} {path!r} is not UTF-8 text (byte {e.start})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config file {path!r} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+        raise ConfigError(f"{what} {path!r} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
     if values is None:
         return {}
     if not isinstance(values, dict):
-        raise ConfigError(f"config file {path!r} must be a mapping of RunConfig fields, got a {type(values).__name__}")
+        raise ConfigError(f"{what} {path!r} must be a mapping of {of}, got a {type(values).__name__}")
     return values
 
 
@@ -345,7 +346,7 @@ def load_config(path: str | None, overrides: list[str]) -> RunConfig:
     if path:
         if not os.path.isfile(path):
             raise ConfigError(f"config file {path!r} does not exist")
-        values = _read_yaml(path)
+        values = read_yaml_mapping(path)
         unknown = [k for k in values if k not in FIELDS and k not in LEGACY_OPTIMIZER_KEYS]
         if unknown:
             raise one_of(f"config key (in {path})", unknown[0], FIELDS)

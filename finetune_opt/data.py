@@ -14,7 +14,7 @@ import datasets
 from finetune_opt.errors import ConfigError
 from finetune_opt.labels import encode_labels
 from finetune_opt.tables import read_table, read_utf8, table_from_dataset
-from finetune_opt.tasks import CAUSAL_LM, REGRESSION, Task, get_task
+from finetune_opt.tasks import CAUSAL_LM, REGRESSION, TASKS, Task, get_task
 
 HUB_EVAL_SPLITS = ("validation", "dev", "test")  # a by-columns Hub dataset's eval split: the first present
 # holdout_examples: the slice of train held out is drawn with this seed, not the run's, so every run
@@ -95,10 +95,27 @@ def _tables(task, cfg, text_columns, train_only=False) -> dict:
 def _local_tables(task, data_dir, train_only=False) -> dict:
     if not os.path.isdir(data_dir):
         raise ConfigError(f"data dir {data_dir!r} does not exist")
+    _refuse_another_tasks_dir(task, data_dir)
     local = task.local
     return {split: read_table(_local_file(data_dir, names), local.columns, names=local.names,
                               delimiter=local.delimiter, quoting=local.quoting)
             for split, names in local.files.items() if split == "train" or not train_only}
+
+
+def _task_named_by(data_dir: str) -> str:
+    """The task a folder is named for, as GLUE's download names them (RTE, SST-2, STS-B) or ours do."""
+    return os.path.basename(os.path.realpath(data_dir)).lower().replace("-", "")
+
+
+def _refuse_another_tasks_dir(task, data_dir: str):
+    """GLUE's pair tasks share one layout, so another task's files read without an error: WNLI's
+    as RTE's train with every label inverted (WNLI's id 1 is entailment, RTE's is not_entailment).
+    A folder named for another task is taken for a mistake."""
+    named = _task_named_by(data_dir)
+    if named != task.name and named in TASKS:
+        raise ConfigError(f"data dir {data_dir!r} is named for task {named}, not {task.name} (GLUE's tasks share "
+                          f"layouts: its labels would be read as {task.name}'s); set task={named}, or data_dir "
+                          f"to {task.name}'s files")
 
 
 def _hub_tables(hub, eval_splits, columns) -> dict:
@@ -137,6 +154,7 @@ def _load_text(task, data_dir) -> tuple[datasets.DatasetDict, dict]:
     if data_dir:
         if not os.path.isdir(data_dir):
             raise ConfigError(f"data dir {data_dir!r} does not exist")
+        _refuse_another_tasks_dir(task, data_dir)
         files = {split: _local_file(data_dir, names) for split, names in task.local.files.items()}
         for split, path in files.items():
             if not read_utf8(path).strip():

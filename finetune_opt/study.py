@@ -24,9 +24,8 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
-from finetune_opt.config import FIELDS, load_config, parse_override
+from finetune_opt.config import FIELDS, load_config, parse_override, read_yaml_mapping
 from finetune_opt.errors import ConfigError, one_of
 from finetune_opt.optim import get_optimizer_spec
 from finetune_opt.recipes import module as recipe_module
@@ -77,10 +76,7 @@ class StudyConfig:
 
 
 def load_study(path: str, overrides: list[str] = ()) -> StudyConfig:
-    if not os.path.isfile(path):
-        raise ConfigError(f"study config {path!r} does not exist")
-    with open(path) as f:
-        raw = yaml.safe_load(f) or {}
+    raw = _read_study_yaml(path)
     known = [name for name, f in StudyConfig.__dataclass_fields__.items() if f.init]
     unknown = [k for k in raw if k not in known]
     if unknown:
@@ -90,8 +86,83 @@ def load_study(path: str, overrides: list[str] = ()) -> StudyConfig:
     except TypeError as e:
         raise ConfigError(f"study config {path}: {e}") from None
     study.command_line = dict(parse_override(o) for o in overrides)
+    check_shapes(study)
     validate(study)
     return study
+
+
+def _read_study_yaml(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise ConfigError(f"study config {path!r} does not exist")
+    return read_yaml_mapping(path, "study config", "study keys")
+
+
+def _seed(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _positive(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf")
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < float("inf")
+
+
+def _check_list(value, name: str, ok, rule: str):
+    """A non-empty list of distinct valid items: a repeated seed would count one run twice (n=2 and
+    a zero-width interval from one run); a scalar where a list belongs would fail mid-study."""
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{name} must be a non-empty list of {rule}, got {value!r}")
+    bad = [v for v in value if not ok(v)]
+    if bad:
+        raise ConfigError(f"{name} must be a list of {rule}, got {bad[0]!r} in {value!r}")
+    repeated = next((v for i, v in enumerate(value) if v in value[:i]), None)
+    if repeated is not None:
+        raise ConfigError(f"{name} lists {repeated!r} twice; each must appear once")
+
+
+def _check_mapping(value, name: str):
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} must be a mapping, got {value!r}")
+
+
+def check_shapes(study: StudyConfig):
+    """Every key's shape before any cell is built: lists, mappings, numbers where they belong."""
+    _check_list(study.seeds, "seeds", _seed, "integers >= 0")
+    _check_list(study.optimizers, "optimizers", lambda v: isinstance(v, str), "optimizer names")
+    _check_list(study.engines, "engines", lambda v: isinstance(v, str), "engine names")
+    for name in ("overrides", "tasks", "axes"):
+        _check_mapping(getattr(study, name), name)
+    for label, block in study.tasks.items():
+        _check_mapping(block or {}, f"task {label!r}")
+    for key, values in study.axes.items():
+        _check_list(values, f"axis {key!r}", lambda v: v is not None, "values")
+    if study.tuning is not None:
+        _check_mapping(study.tuning, "tuning")
+        tuning = study.tuning
+        if "seeds" in tuning:
+            _check_list(tuning["seeds"], "tuning.seeds", _seed, "integers >= 0")
+        if "lr_factors" in tuning:
+            _check_list(tuning["lr_factors"], "tuning.lr_factors", _positive, "numbers > 0")
+        _check_mapping(tuning.get("lr") or {}, "tuning.lr")
+        for opt, lrs in (tuning.get("lr") or {}).items():
+            _check_list(lrs, f"tuning.lr.{opt}", _positive, "numbers > 0")
+    if study.sensitivity is not None:
+        _check_sensitivity(study.sensitivity)
+
+
+def _check_sensitivity(block):
+    _check_mapping(block, "sensitivity")
+    for key in ("lr", "weight_decay"):
+        if key not in block:
+            raise ConfigError(f"sensitivity needs {key}: a list of values (the map is lr x weight_decay)")
+    _check_list(block["lr"], "sensitivity.lr", _positive, "numbers > 0")
+    _check_list(block["weight_decay"], "sensitivity.weight_decay", _number, "numbers >= 0")
+    if "seeds" in block:
+        _check_list(block["seeds"], "sensitivity.seeds", _seed, "integers >= 0")
+    if "optimizers" in block:
+        _check_list(block["optimizers"], "sensitivity.optimizers", lambda v: isinstance(v, str), "optimizer names")
 
 
 def _check_keys(block: dict, name: str, allowed):

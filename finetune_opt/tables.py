@@ -58,6 +58,9 @@ def read_table(path: str, columns: dict, names: tuple | None = None, delimiter: 
 
 
 def _delimited_records(path, text, delimiter, quoting, names):
+    # csv's default limit (131,072 characters a field) is a parser guard, not a data rule: no field
+    # can be longer than the file, and max_length truncates what the model sees.
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
     header = list(names) if names else next(reader, [])
     records, rows = [], []

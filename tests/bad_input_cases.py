@@ -165,6 +165,13 @@ def data_cases() -> list[Case]:
         with_base([a.replace("train.csv", "train.txt") for a in BY_COLUMNS], "data-file-format-unknown", [],
              "unknown data file format (of {tmp}/train.txt) '.txt'; choose one of: .csv, .tsv, .json, .jsonl",
              files={**GOOD_CSV, "train.txt": "x"}, what="train.txt"),
+        Case("data-another-tasks-dir", ["task=rte", "data_dir={tmp}/wnli"], "data dir '{tmp}/wnli' is named for task "
+             "wnli, not rte (GLUE's tasks share layouts: its labels would be read as rte's); set task=wnli, or "
+             "data_dir to rte's files", files={f"wnli/{f}.tsv": "index\tsentence1\tsentence2\tlabel\n0\ta\tb\t1\n"
+                                               for f in ("train", "dev")}, what="WNLI's files in {tmp}/wnli"),
+        with_base(BY_COLUMNS, "data-label-column-is-a-text-column", ["label_column=text"],
+             "label_column 'text' is also in text_columns; the label needs a column of its own", files=GOOD_CSV,
+             what="label_column names the text"),
         Case("data-columns-with-a-fixed-task", ["text_columns=[text]"], "text_columns is for task=text_classification "
              "or text_regression; task 'sst2' has fixed columns (set text_columns=null)"),
         Case("data-regression-target-not-a-number", ["task=stsb", "data_dir={tmp}/stsb"],

@@ -118,3 +118,13 @@ def test_switching_optimizer_drops_the_files_own_hyperparameters_with_a_notice(c
     assert load_config(file, ["optimizer=adam_l2"]).optimizer_args["betas"] == [0.9, 0.95]  # adam_l2 has betas
     with pytest.raises(ConfigError, match="^optimizer 'muon' has no hyperparameter 'betas'"):
         load_config(file, ["optimizer=muon", "optimizer.betas=[0.9,0.9]"])
+
+
+def test_a_field_longer_than_csvs_default_limit_is_data(tmp_path):
+    """csv's 131,072-character field limit used to end the run in a traceback (_csv.Error)."""
+    from finetune_opt.tables import read_table
+
+    long = "word " * 40_000  # 200,000 characters
+    (tmp_path / "train.tsv").write_text(f"sentence\tlabel\n{long}\t1\nshort\t0\n")
+    table = read_table(str(tmp_path / "train.tsv"), {"sentence": "sentence", "label": "label"}, delimiter="\t")
+    assert table.columns["sentence"] == [long, "short"] and table.columns["label"] == ["1", "0"]

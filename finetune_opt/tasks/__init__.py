@@ -54,6 +54,9 @@ def check_task_fields(task: Task, cfg) -> None:
         raise ConfigError(f"text_columns must be a list of one or two column names, got {cfg.text_columns!r}")
     if not isinstance(cfg.label_column, str):
         raise ConfigError(f"label_column must be a column name, got {cfg.label_column!r}")
+    if cfg.label_column in cfg.text_columns:  # the text would be the label: a class per sentence
+        raise ConfigError(f"label_column {cfg.label_column!r} is also in text_columns; the label needs a column "
+                          f"of its own")
 
 
 def _check_data_files(data_files):
