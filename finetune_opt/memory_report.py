@@ -8,6 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from finetune_opt.distributed import label  # noqa: E402
 from finetune_opt.memory import COMPONENTS  # noqa: E402
 
 MiB = 2 ** 20
@@ -29,19 +30,20 @@ def breakdown_table(runs) -> str:
     runs = [r for r in runs if r.memory.get("breakdown")]
     if not runs:
         return ""
-    head = "| run | optimizer | " + " | ".join(f"{SHORT[c]} MiB" for c in COMPONENTS) + \
+    head = "| run | optimizer | distribution | " + " | ".join(f"{SHORT[c]} MiB" for c in COMPONENTS) + \
         " | step peak above start MiB | state by dtype |"
-    lines = [head, "|" + "---|" * (len(COMPONENTS) + 4)]
+    lines = [head, "|" + "---|" * (len(COMPONENTS) + 5)]
     for r in runs:
         b = r.memory["breakdown"]
         cells = [f"{_mib(b['measured'].get(c))} ({_mib(b['predicted'].get(c))})" for c in COMPONENTS]
         dtypes = ", ".join(f"{k} {v / MiB:.1f}" for k, v in b["measured"]["optimizer_state_by_dtype"].items())
         name = r.optimizer["name"] + (" in backward" if b.get("optimizer_in_backward") else "")
-        lines.append(f"| {_label(r)} | {name} ({r.optimizer['implementation']}) | " + " | ".join(cells) +
+        lines.append(f"| {_label(r)} | {name} ({r.optimizer['implementation']}) | {label(r.distribution)} | "
+                     + " | ".join(cells) +
                      f" | {_mib(b['measured'].get('step_peak_above_start'))} | {dtypes} |")
     method = runs[0].memory["breakdown"]["method"]
-    return "\n".join([f"Memory of one step, measured (predicted), by {method}; batch shape "
-                      f"{runs[0].memory['breakdown']['batch_shape']}.", "", *lines])
+    return "\n".join([f"Memory of one step on one rank (under FSDP2: that rank's shards), measured (predicted), "
+                      f"by {method}; batch shape {runs[0].memory['breakdown']['batch_shape']}.", "", *lines])
 
 
 def plot_breakdown(runs, path: str) -> str | None:

@@ -98,7 +98,7 @@ def test_gpu_suite_dry_run_passes_every_section(tmp_path):
                                                  "optimizer_step_lowbit", "optimizer_step_adamw_kernels"]
     assert all(rc == "0" for _, rc, _ in sections), sections
     report = (tmp_path / "sst2/report/report.md").read_text()
-    assert "Memory of one step, measured (predicted)" in report and "adamw in backward (foreach)" in report
+    assert "Memory of one step on one rank (under FSDP2: that rank's shards), measured (predicted)" in report and "adamw in backward (foreach)" in report
     assert (tmp_path / "sst2/report/memory_breakdown.png").stat().st_size > 0
     rows = json.loads((tmp_path / "optimizer_step/optimizer_step.json").read_text())["rows"]
     assert [r["optimizer"] for r in rows] == ["adamw", "muon"]
