@@ -129,11 +129,15 @@ def muon(params, grads, hp, weight_decays, roles):
     return out
 
 
-def schedule_free_adamw(params, grads, hp, weight_decays, roles=None, *, averaged=False):
-    """Defazio et al. 2024, Algorithm 1 (AdamW): gradients at y_t = (1-b1) z_t + b1 x_t,
-    z_{t+1} = z_t - gamma_t (g / (sqrt(v_hat) + eps) + wd y_t), x_{t+1} = (1-c) x_t + c z_{t+1} with
-    c = w_t / sum w, w_t = t^r * max_lr^weight_lr_power; gamma_t warms up linearly. Returns y (what the
-    parameters hold while training) or, with averaged=True, x (what eval() puts in them)."""
+def schedule_free_adamw(params, grads, hp, weight_decays, roles=None, *, averaged=False, algorithm_1=False):
+    """Schedule-free AdamW as the authors' `schedulefree` package runs it (AdamWScheduleFree, its
+    default variant; Defazio et al. 2024): gradients at y_t = (1-b1) z_t + b1 x_t,
+    z_{t+1} = z_t - gamma_t (g / (sqrt(v_t / (1 - b2^t)) + eps) + wd y_t), x_{t+1} = (1-c) x_t + c z_{t+1}
+    with c = w_t / sum w, w_t = t^r * max_lr^weight_lr_power; gamma_t warms up linearly.
+    algorithm_1=True: the paper's literal Algorithm 1 instead, whose gamma_t carries the bias
+    correction sqrt(1 - b2^t) (so the denominator is sqrt(v_t) + eps) and whose weights are
+    gamma_t^2. Returns y (what the parameters hold while training) or, with averaged=True, x
+    (what eval() puts in them)."""
     (b1, b2), eps, lr = hp["betas"], hp["eps"], hp["lr"]
     x = {k: v.clone().double() for k, v in params.items()}
     z = {k: v.clone() for k, v in x.items()}
@@ -141,15 +145,20 @@ def schedule_free_adamw(params, grads, hp, weight_decays, roles=None, *, average
     weight_sum, lr_max = 0.0, 0.0
     for t, step_grads in enumerate(grads, start=1):
         gamma = lr * min(1.0, t / hp["warmup_steps"]) if hp["warmup_steps"] else lr
+        correction = 1 - b2 ** t
         lr_max = max(lr_max, gamma)
-        weight = t ** hp["r"] * lr_max ** hp["weight_lr_power"]
+        weight = (gamma * correction ** 0.5) ** 2 if algorithm_1 else t ** hp["r"] * lr_max ** hp["weight_lr_power"]
         weight_sum += weight
         c = weight / weight_sum
         for k, g in step_grads.items():
             y = (1 - b1) * z[k] + b1 * x[k]
             g = g.double()
             v[k] = b2 * v[k] + (1 - b2) * g * g
-            z[k] = z[k] - gamma * (g / ((v[k] / (1 - b2 ** t)).sqrt() + eps) + weight_decays[k] * y)
+            if algorithm_1:
+                normalised = correction ** 0.5 * g / (v[k].sqrt() + eps)
+                z[k] = z[k] - gamma * (normalised + correction ** 0.5 * weight_decays[k] * y)
+            else:
+                z[k] = z[k] - gamma * (g / ((v[k] / correction).sqrt() + eps) + weight_decays[k] * y)
             x[k] = (1 - c) * x[k] + c * z[k]
     if averaged:
         return x

@@ -131,3 +131,18 @@ def test_schedule_free_eval_mode_holds_the_average():
     opt.eval()
     got = {n: p.detach() for n, p in model.named_parameters()}
     assert max_rel_diff(got, run_reference(spec.name, hp, averaged=True)) < 1e-12
+
+
+def test_schedule_free_text_cites_the_variant_that_runs():
+    """What runs is the schedulefree package's default AdamWScheduleFree (parity to rounding),
+    not the paper's literal Algorithm 1 (bias correction in gamma_t and so in the averaging
+    weights): the registry must cite the former."""
+    spec = REGISTRY["adamw_schedule_free"]
+    hp = hyperparams(spec)
+    model, _ = run_optimizer(spec.name, spec.default_implementation, hp)
+    got = {n: p.detach().double() for n, p in model.named_parameters()}
+    package, algorithm_1 = run_reference(spec.name, hp), run_reference(spec.name, hp, algorithm_1=True)
+    print(f"package {displacement_error(got, package):.1e}, Algorithm 1 {displacement_error(got, algorithm_1):.1e}")
+    assert displacement_error(got, package) < 1e-12 < 1e-3 < displacement_error(got, algorithm_1)
+    assert "schedulefree.AdamWScheduleFree" in spec.paper and "default variant" in spec.description
+    assert "Algorithm 1" not in spec.paper + spec.description

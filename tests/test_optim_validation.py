@@ -118,3 +118,35 @@ def test_list_optimizers_shows_every_entry_with_hyperparameters_and_devices():
     adafactor = rows["adafactor"]["hyperparameters"]
     assert adafactor.keys() >= {"beta2_decay", "d"} and "betas" not in adafactor
     assert "eps" not in rows["lion"]["hyperparameters"] and rows["lion"]["hyperparameters"]["betas"] == [0.9, 0.99]
+
+
+PROBES = (-1.0, 0.0, 1e-9, 0.5, 0.999, 1.0, 2.0, 10.0, 0, 1, 2, 99, True, False, (0.0, 0.0), (0.5, 0.999))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_value_the_schema_accepts_the_optimizer_accepts(name):
+    """Validation is the last word: a value that passes it must build (Adafactor's d in (0, 1)
+    passed and then torch raised an uncaught ValueError: torch requires d >= 1)."""
+    for key, hp in REGISTRY[name].all_hyperparams.items():
+        for value in (*PROBES, *hp.options):
+            if hp.check(value):
+                create_optimizer(name, model(), **{key: value})
+
+
+@pytest.mark.parametrize("step", [1, 10**4, 10**6, 4 * 10**6])
+def test_adafactor_step_is_what_its_description_says(step):
+    """rho_t = min(lr, 1/sqrt(t)) times the parameter's RMS: at the default lr 1e-3, a constant
+    1e-3 (a tenth of the paper's 1e-2) until t = 10^6, then 1/sqrt(t). Measured on a vector whose
+    second moment already equals g^2, so the normalised update is sign(g)."""
+    spec = REGISTRY["adafactor"]
+    assert "rho_t = min(lr, 1/sqrt(t))" in spec.description and "rho_t = min(lr, 1/sqrt(t))" in spec.paper
+    p = torch.nn.Parameter(torch.linspace(-1, 1, 64, dtype=torch.float64))
+    opt = create_optimizer("adafactor", [p])
+    p.grad = torch.full_like(p, 0.3)
+    opt.step()  # creates the state
+    opt.state[p]["step"].fill_(step - 1)
+    opt.state[p]["variance"].copy_(p.grad ** 2)
+    before = p.detach().clone()
+    opt.step()
+    relative_step = ((before - p.detach()).pow(2).mean().sqrt() / before.pow(2).mean().sqrt()).item()
+    assert relative_step == pytest.approx(min(spec.default_lr, step ** -0.5), rel=1e-9)
