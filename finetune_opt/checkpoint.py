@@ -152,7 +152,7 @@ def find_checkpoint(path: str) -> str:
     for parent in (os.path.join(path, "checkpoints"), path):
         if not os.path.isdir(parent):
             continue
-        for step in sorted((d for d in os.listdir(parent) if STEP_DIR.fullmatch(d)), reverse=True):
+        for step in _step_dirs(os.listdir(parent)):
             candidate = os.path.join(parent, step)
             problem = checkpoint_problem(candidate)
             if not problem:
@@ -164,6 +164,14 @@ def find_checkpoint(path: str) -> str:
             skipped.append(f"{step} ({problem})")
     detail = f"; incomplete: {'; '.join(skipped)}" if skipped else ""
     raise ConfigError(f"resume path {path!r} holds no complete checkpoint (a step-N dir with {LOOP_STATE}){detail}")
+
+
+def _step_dirs(names: list) -> list:
+    """step-N dirs, newest first. A kill between a re-save's two renames (step-N -> step-N.old,
+    step-N.tmp -> step-N) leaves no step-N: its step-N.old, still complete, stands in for it."""
+    steps = {d for d in names if STEP_DIR.fullmatch(d)}
+    steps |= {d for d in names if d.endswith(".old") and STEP_DIR.fullmatch(d[:-4]) and d[:-4] not in steps}
+    return sorted(steps, reverse=True)
 
 
 def _loop_state(manifest: dict) -> LoopState:

@@ -206,7 +206,7 @@ def test_two_gloo_processes_match_one_process_with_double_batch(tmp_path):
     model = f"model_config={{{BERT}, hidden_dropout_prob: 0, attention_probs_dropout_prob: 0}}"
     common = [model, "eval_examples=17", "save_final_model=true"]  # 17: uneven split across ranks
     recipe([sys.executable], *common, "batch_size=8", f"output_dir={tmp_path / 'one'}")
-    recipe([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"], *common, "batch_size=4",
+    recipe([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"], *common, "batch_size=4",
            f"output_dir={tmp_path / 'two'}")
     one, two = (load_file(tmp_path / d / "model/model.safetensors") for d in ("one", "two"))
     assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-6
@@ -306,3 +306,83 @@ def test_an_incomplete_newest_checkpoint_is_skipped_for_the_previous_one(tmp_pat
             "loop_state.json (damaged after it was saved)); resuming from") in capsys.readouterr().err
     resumed = toy_fit(tmp_path / "a", resume=str(tmp_path / "a"))
     assert resumed.resumed_from_step == 3
+
+
+def test_gradient_accumulation_resumes_mid_run_exactly(tmp_path):
+    """grad_accum=2: SIGTERM inside step 5's first micro-batch; the resumed run continues with the
+    same micro-batches, so its losses equal the uninterrupted run's."""
+    full = toy_fit(tmp_path / "full", grad_accum=2)
+    stop = stopped(tmp_path / "cut", {"sigterm_at": 9}, grad_accum=2)  # forward 9 = step 5, micro-batch 1
+    assert str(stop).startswith("SIGTERM: stopped after step 5;")
+    resumed = toy_fit(tmp_path / "cut", grad_accum=2, resume=str(tmp_path / "cut"))
+    assert resumed.resumed_from_step == 5
+    assert losses(resumed) == pytest.approx(losses(full), abs=1e-6, rel=0)
+    assert losses(full) != pytest.approx(losses(toy_fit(tmp_path / "one", grad_accum=1)), abs=1e-3)
+
+
+class Recorded(Toy):
+    """The toy without dropout, remembering the micro-batches it saw."""
+
+    def __init__(self):
+        super().__init__()
+        self.drop.p, self.seen = 0.0, []
+
+    def forward(self, input_ids, labels):
+        self.seen.append((input_ids.clone(), labels.clone()))
+        return super().forward(input_ids, labels)
+
+
+@pytest.mark.parametrize("max_grad_norm", [0.01, 1e3])
+def test_clipping_logs_the_norm_and_scales_the_update(tmp_path, monkeypatch, max_grad_norm):
+    """One SGD step (no momentum, no decay): the norm the engine logs equals the hand-computed
+    gradient norm, and the update is -lr * g * min(1, max_grad_norm / |g|)."""
+    from finetune_opt import engine
+
+    norms = []
+    after_step = engine.Meter.after_step
+    monkeypatch.setattr(engine.Meter, "after_step", lambda self, state, outcome: (
+        norms.append(outcome.grad_norm.item()), after_step(self, state, outcome))[1])
+    cfg = RunConfig(optimizer="sgd", optimizer_args={"momentum": 0.0, "nesterov": False}, lr=0.1, weight_decay=0.0,
+                    max_steps=1, warmup_ratio=0, max_grad_norm=max_grad_norm, log_every=1, timing_warmup_steps=0,
+                    output_dir=str(tmp_path))
+    accelerator = make_accelerator(cfg)
+    model = Recorded()
+    before = [p.detach().clone() for p in model.parameters()]
+    fit(cfg, accelerator, model, toy_loader(), lambda m: {"accuracy": 0.5})
+    (x, y), = model.seen
+    w, b = (t.clone().requires_grad_() for t in before)
+    ((x @ w.T + b).squeeze(-1) - y).pow(2).mean().backward()
+    norm = torch.cat([w.grad.flatten(), b.grad.flatten()]).norm().item()
+    assert norms == [pytest.approx(norm, rel=1e-6)]
+    scale = min(1.0, max_grad_norm / norm)
+    assert (scale < 1) == (max_grad_norm == 0.01)  # one case clips, the other does not
+    for p, start, g in zip(model.parameters(), before, (w.grad, b.grad)):
+        assert torch.allclose(p.detach(), start - 0.1 * scale * g, atol=1e-7, rtol=0)
+
+
+def test_resaving_a_step_keeps_a_complete_checkpoint_even_when_killed_between_renames(tmp_path, monkeypatch):
+    """Too many non-finite steps at step 4 re-save step 3 (saved already by save_every=3): the
+    .old branch. Killed between its two renames, no step-0000003 exists; resuming takes its .old,
+    complete, and the run then ends as the uninterrupted one."""
+    from finetune_opt import checkpoint
+
+    replace = checkpoint.os.replace
+
+    def killed_at_the_second_rename(src, dst):
+        if src.endswith(".tmp") and os.path.isdir(dst + ".old"):
+            raise SystemExit("killed")  # the first rename (step-N -> step-N.old) has happened
+        replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", killed_at_the_second_rename)
+    with pytest.raises(SystemExit):
+        toy_fit(tmp_path / "cut", {"nan_at": {4}}, save_every=3, max_nonfinite_steps=0)
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path / "cut/checkpoints")) == ["step-0000003.old", "step-0000003.tmp"]
+    assert find_checkpoint(str(tmp_path / "cut")) == str(tmp_path / "cut/checkpoints/step-0000003.old")
+    resumed = toy_fit(tmp_path / "cut", resume=str(tmp_path / "cut"), save_every=3)
+    assert resumed.resumed_from_step == 3
+    assert losses(resumed) == pytest.approx(losses(toy_fit(tmp_path / "full")), abs=1e-6, rel=0)
+    # the later saves cleared nothing they needed; without a kill, a re-save replaces the step in place
+    with pytest.raises(TrainingStopped):
+        toy_fit(tmp_path / "again", {"nan_at": {4}}, save_every=3, max_nonfinite_steps=0)
+    assert sorted(os.listdir(tmp_path / "again/checkpoints")) == ["step-0000003"]

@@ -342,7 +342,7 @@ def test_two_processes_gather_eval_and_generation_without_duplicates(tmp_path):
     common = [*TINY_RUN, "max_steps=2", "eval_examples=7", "generation_examples=5", "eval_batch_size=2",
               "eval_before_training=true"]
     one = sft_recipe(*common, f"output_dir={tmp_path / 'one'}")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(REPO / "recipes/finetune_sft.py"),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(REPO / "recipes/finetune_sft.py"),
            "--config", str(REPO / "recipes/configs/gsm8k_sft_tiny.yaml"), f"data_dir={GSM8K}", *common,
            f"output_dir={tmp_path / 'two'}"]
     two = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
