@@ -79,9 +79,11 @@ def _save(fig, out_dir, name):
 
 def write_comparison(run_dirs: list[str], out_dir: str) -> str:
     """Write report.md + plots to out_dir; return the Markdown."""
+    from finetune_opt.run_dir import make_writable_dir  # (imports torch)
+
     runs = rank_runs(load_runs(run_dirs))
     task = get_task(runs[0].task)
-    os.makedirs(out_dir, exist_ok=True)
+    make_writable_dir(out_dir, "compare --out", probe="report.md")  # a file or unwritable place: one line
     plots = plot_runs(runs, out_dir)
     env = runs[0]
     markdown = "\n".join([

@@ -72,19 +72,19 @@ def check_weights_finite(checkpoint: str):
                               f"resume from an earlier step-N checkpoint or start afresh")
 
 
-def _make_writable_dir(path: str) -> bool:
-    """True if the directory had to be created."""
+def make_writable_dir(path: str, what: str = "output_dir", probe: str = LOCK_FILE) -> bool:
+    """Checked by creating it and the file `probe` in it (the lock, or the first output); True if the
+    directory had to be created."""
     if not isinstance(path, str) or not path.strip():
-        raise ConfigError(f"output_dir must be a directory path, got {path!r}")
+        raise ConfigError(f"{what} must be a directory path, got {path!r}")
     if os.path.exists(path) and not os.path.isdir(path):
-        raise ConfigError(f"output_dir {path!r} is a file, not a directory")
+        raise ConfigError(f"{what} {path!r} is a file, not a directory")
     created = not os.path.exists(path)
     try:
         os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, LOCK_FILE)
-        open(probe, "a").close()
+        open(os.path.join(path, probe), "a").close()
     except OSError as e:
-        raise ConfigError(f"output_dir {path!r} cannot be written: {e.strerror}") from None
+        raise ConfigError(f"{what} {path!r} cannot be written: {e.strerror}") from None
     return created
 
 
@@ -161,7 +161,7 @@ def claim_output_dir(cfg, is_main_process: bool = True):
         check_weights_finite(checkpoint)
     if not is_main_process:
         return
-    _lock(cfg.output_dir, created=_make_writable_dir(cfg.output_dir))
+    _lock(cfg.output_dir, created=make_writable_dir(cfg.output_dir))
     _refuse_or_clear_previous_run(cfg, checkpoint)
     if checkpoint:
         _refuse_or_drop_later_steps(cfg, checkpoint)

@@ -128,3 +128,24 @@ def test_a_field_longer_than_csvs_default_limit_is_data(tmp_path):
     (tmp_path / "train.tsv").write_text(f"sentence\tlabel\n{long}\t1\nshort\t0\n")
     table = read_table(str(tmp_path / "train.tsv"), {"sentence": "sentence", "label": "label"}, delimiter="\t")
     assert table.columns["sentence"] == [long, "short"] and table.columns["label"] == ["1", "0"]
+
+
+@pytest.mark.parametrize("where,message", [
+    ("f", "compare --out '{out}' is a file, not a directory"),
+    ("f/report", "compare --out '{out}' cannot be written: Not a directory"),
+    ("/proc/finetune_opt_report", "compare --out '{out}' cannot be written: No such file or directory"),
+])
+def test_compare_out_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, where, message):
+    """`finetune-opt compare ... --out` at a file or an unwritable place used to end in a traceback
+    (FileExistsError / NotADirectoryError from makedirs); now a ConfigError: one line, exit 2."""
+    from types import SimpleNamespace
+
+    from finetune_opt import report
+
+    monkeypatch.setattr(report, "load_runs", lambda dirs: [SimpleNamespace(task="sst2")])  # runs that load
+    monkeypatch.setattr(report, "rank_runs", lambda runs: runs)
+    (tmp_path / "f").write_text("x")
+    out = str(tmp_path / where) if not where.startswith("/") else where
+    with pytest.raises(ConfigError) as e:
+        report.write_comparison(["run"], out)
+    assert str(e.value) == message.format(out=out) and (tmp_path / "f").read_text() == "x"
