@@ -249,6 +249,11 @@ def curated_cases(tmp: str) -> list[Case]:
         Case("hyperparameter-of-another-optimizer", ["optimizer=sgd", "optimizer.betas=[0.9,0.9]"],
              "optimizer 'sgd' has no hyperparameter 'betas'; its hyperparameters: lr, weight_decay, momentum, "
              "dampening, nesterov"),
+        *[Case(f"sgd-nesterov-{what}", ["optimizer=sgd", "optimizer.nesterov=true", setting],
+               f"sgd: nesterov=true needs momentum > 0 and dampening 0, got {got}; set nesterov=false, or "
+               "momentum > 0 and dampening=0")
+          for what, setting, got in [("dampening", "optimizer.dampening=0.1", "momentum 0.9 and dampening 0.1"),
+                                     ("zero-momentum", "optimizer.momentum=0", "momentum 0.0 and dampening 0.0")]],
         Case("implementation-unknown", ["implementation=turbo"],
              "unknown implementation 'turbo'; choose one of: for-loop, foreach, fused, compiled"),
         Case("lr-negative", ["lr=-1e-4"], "adamw: lr must be a finite number > 0, got -0.0001"),

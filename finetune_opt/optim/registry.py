@@ -53,6 +53,14 @@ def _sgd_state(shape, dtype, group):
     return (1 if group.get("momentum") else 0) * math.prod(shape) * dtype.itemsize
 
 
+def _sgd_nesterov_rule(hp: dict) -> str | None:
+    """torch.optim.SGD raises this only when built (after data and model are loaded)."""
+    if hp["nesterov"] and (hp["momentum"] <= 0 or hp["dampening"] != 0):
+        return (f"nesterov=true needs momentum > 0 and dampening 0, got momentum {hp['momentum']} and dampening "
+                f"{hp['dampening']}; set nesterov=false, or momentum > 0 and dampening=0")
+    return None
+
+
 def _sgd_traffic(shape, dtype, group):
     return (5 if group.get("momentum") else 3) * math.prod(shape) * dtype.itemsize
 
@@ -145,7 +153,7 @@ _SPECS = (
         default_implementation="foreach",
         state_bytes=_sgd_state, traffic_bytes=_sgd_traffic,
         paper="Sutskever et al. 2013 (momentum as in torch.optim.SGD: first step buf = g)",
-        default_weight_decay=0.0, structural=("momentum",),
+        default_weight_decay=0.0, structural=("momentum",), rules=(_sgd_nesterov_rule,),
     ),
     OptimizerSpec(
         "adafactor", "Adafactor (Shazeer & Stern 2018) as torch runs it: factored second moments, step "

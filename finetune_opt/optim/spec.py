@@ -150,6 +150,8 @@ class OptimizerSpec:
                                          # orthogonalisation): FSDP2 steps it on gathered tensors
                                          # (optim/whole_tensors.py); DeepSpeed refuses it
     fsdp2_refusal: str | None = None     # why this entry cannot step FSDP2 shards (None: it can)
+    rules: tuple = ()                    # (hp) -> a message or None: rules across hyperparameters that
+                                         # the class would otherwise raise on when built, mid-run
 
     @property
     def all_hyperparams(self) -> dict:
@@ -170,6 +172,9 @@ class OptimizerSpec:
             if not hp.check(value):
                 raise ConfigError(f"{self.name}: {key} must be {hp.rule}, got {value!r}")
             out[key] = hp.convert(value)
+        broken = next((m for m in (rule(out) for rule in self.rules) if m), None)
+        if broken:
+            raise ConfigError(f"{self.name}: {broken}")
         return out
 
     def resolve_implementation(self, implementation: str | None) -> str:
