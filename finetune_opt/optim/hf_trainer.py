@@ -46,11 +46,11 @@ def _saving_averaged_weights(model, optimizer):
             ref().eval()  # y -> x; a no-op when already in eval mode
 
     def loaded_as_averaged(module, *args):
-        if ref() is not None:  # the weights now are x: mark eval mode without converting them
-            for group in ref().param_groups:
+        if ref() is not None:  # the weights now are x: mark eval mode (schedulefree keeps it per
+            for group in ref().param_groups:  # group) without converting them as eval() would
                 group["train_mode"] = False
 
-    object.__setattr__(model, _HOOKS, (model.register_state_dict_pre_hook(to_averaged),
+    setattr(model, _HOOKS, (model.register_state_dict_pre_hook(to_averaged),
                                        model.register_load_state_dict_pre_hook(loaded_as_averaged)))
     return optimizer
 
