@@ -59,17 +59,28 @@ from finetune_opt.optim import REGISTRY, create_optimizer  # noqa: E402
 from finetune_opt.optim.muon import muon_parameter_names  # noqa: E402
 
 
+TIED = {  # LM heads that share the embedding tensor (transformers' Llama default is untied)
+    "gpt2": TINY["gpt2"],
+    "llama": transformers.LlamaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                      intermediate_size=37, tie_word_embeddings=True),
+}
+
+
 @pytest.mark.parametrize("name", list(REGISTRY))
-def test_frozen_parameters_stay_out_and_tied_weights_count_once(model, name):
-    """GPT-2 and Llama (tie_word_embeddings) share the embedding with the LM head: one tensor,
-    listed once; frozen tensors in no group."""
-    model.get_input_embeddings().weight.requires_grad_(False)
-    opt = create_optimizer(name, model)
-    in_groups = [p for g in opt.param_groups for p in g["params"]]
+@pytest.mark.parametrize("arch", list(TIED))
+def test_frozen_parameters_stay_out_and_tied_weights_count_once(arch, name):
+    """The embedding shared with the LM head is one tensor, trainable, listed exactly once; a frozen
+    tensor (here a norm weight, not the tied one) is in no group."""
+    model = transformers.AutoModelForCausalLM.from_config(TIED[arch])
+    tied = model.get_input_embeddings().weight
+    assert model.get_output_embeddings().weight is tied  # really tied
+    frozen = next(p for n, p in model.named_parameters() if "norm" in n or ".ln_" in n)
+    frozen.requires_grad_(False)
+    in_groups = [p for g in create_optimizer(name, model).param_groups for p in g["params"]]
+    assert sum(p is tied for p in in_groups) == 1 and not any(p is frozen for p in in_groups)
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert len(in_groups) == len({id(p) for p in in_groups}) == len(trainable)
     assert {id(p) for p in in_groups} == {id(p) for p in trainable}
-    model.get_input_embeddings().weight.requires_grad_(True)
 
 
 def _mlp():
