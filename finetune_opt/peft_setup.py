@@ -89,6 +89,12 @@ def register_adapter_checkpoints(accelerator):
     def trainable_shapes(model) -> dict:
         return {name: p.shape for name, p in model.named_parameters() if p.requires_grad}
 
+    # FSDP2 saves and loads its sharded state through torch.distributed.checkpoint, with no
+    # `weights` list to filter: its checkpoints hold the base too (sharded), and load it back.
+    from accelerate.utils import DistributedType
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return
+
     def save_hook(models, weights, output_dir):
         for i, model in enumerate(models):
             if is_peft(accelerator.unwrap_model(model)):
