@@ -429,8 +429,28 @@ def _save_model(accelerator, model, path, merge=False):
     accelerator.wait_for_everyone()
     state_dict = accelerator.get_state_dict(model)
     unwrapped = accelerator.unwrap_model(model)
+    _share_tied_tensors(unwrapped, state_dict)
     if merge:  # a PEFT adapter merged into its base: the state of the merged (plain) model
         unwrapped = model_to_save(unwrapped, merge=True)
-        state_dict = unwrapped.state_dict()
+        state_dict = _whole_state_dict(unwrapped, accelerator)
     unwrapped.save_pretrained(path, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
                               state_dict=state_dict)
+
+
+def _whole_state_dict(model, accelerator) -> dict:
+    """The model's state with whole tensors: under FSDP2 gathered from every rank (a collective:
+    all ranks call it) onto the main process's CPU; otherwise the model's own."""
+    if accelerator.distributed_type != DistributedType.FSDP:
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def _share_tied_tensors(model, state_dict: dict):
+    """A gathered (FSDP2) state dict holds a separate copy of each tied parameter (GPT-2's wte and
+    lm_head); pointing them at one tensor lets save_pretrained store it once, as it does unsharded."""
+    first = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if name in state_dict and id(param) in first:
+            state_dict[name] = state_dict[first[id(param)]]
+        first.setdefault(id(param), name)
