@@ -22,6 +22,8 @@ sbh(16e+2) + a s^2 b (2e+1) bytes for sequence s, batch b, hidden h, heads a, ac
 size e (their 34 sbh + 5 a s^2 b at e = 2), which assumes eager attention that keeps the scores.
 """
 
+import os
+import sys
 from collections import defaultdict
 from contextlib import contextmanager, nullcontext
 
@@ -68,6 +70,22 @@ class CudaPhaseProbe(_Recording):
                              "end_above_start": torch.cuda.memory_allocated(self.device) - start}
 
 
+@contextmanager
+def _no_stderr_lines():
+    """Kineto writes `USDT: ... profiler_start` / `profiler_stop` to file descriptor 2 (not through
+    Python) at every start and stop: noise in every CPU run's output. Only those two calls are
+    silenced; the profiled step's own messages still show."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 class CpuPhaseProbe(_Recording):
     """The same figures from the profiler's record of every CPU allocation and free. Absolute
     allocated bytes are unknown to the profiler (it starts counting at zero), so `start` is None."""
@@ -80,8 +98,14 @@ class CpuPhaseProbe(_Recording):
     @contextmanager
     def step(self):
         from torch.profiler import ProfilerActivity, profile
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        with _no_stderr_lines():
+            prof.start()
+        try:
             yield
+        finally:
+            with _no_stderr_lines():
+                prof.stop()
         self._read(prof.profiler.kineto_results.events())
 
     @contextmanager
@@ -187,11 +211,13 @@ def predict_step_temporaries(spec, implementation: str, param_groups) -> int:
 
 
 def predict_activations(config, batch_size: int, seq_len: int, element_size: int,
-                        cls_only: bool = False) -> int | None:
+                        cls_only: bool = False, checkpointed: bool = False) -> int | None:
     """Korthikanti et al. 2022's per-layer activation bytes, times the layers; None for a model
     whose config does not name the sizes. A last layer computed for [CLS] only
     (finetune_opt.cls_only_last_layer) keeps its input, keys and values for every position
-    (3 sbh e) and the rest for one position."""
+    (3 sbh e) and the rest for one position. With gradient checkpointing each layer keeps only
+    its input (sbh e) and one layer's activations exist at a time (their Sec. 4.2, full
+    recomputation)."""
     h = getattr(config, "hidden_size", None)
     layers = getattr(config, "num_hidden_layers", None)
     heads = getattr(config, "num_attention_heads", None)
@@ -202,6 +228,8 @@ def predict_activations(config, batch_size: int, seq_len: int, element_size: int
     def layer(queries: int) -> int:
         return queries * b * h * (16 * e + 2) + heads * queries * s * b * (2 * e + 1)
 
+    if checkpointed:
+        return layers * s * b * h * e + layer(s)
     if not cls_only:
         return layers * layer(s)
     return (layers - 1) * layer(s) + layer(1) + 3 * s * b * h * e
@@ -222,8 +250,14 @@ def predicted_breakdown(model, optimizer, spec, implementation: str, batch_shape
         "optimizer_step_temporaries": (None if in_backward else
                                        predict_step_temporaries(spec, implementation, optimizer.param_groups)),
         "activations_and_workspace": predict_activations(getattr(model, "config", None), *batch_shape, element,
-                                                         cls_only_last_layer.is_applied(model)),
+                                                         cls_only_last_layer.is_applied(model),
+                                                         checkpointed=_checkpointed(model)),
     }
+
+
+def _checkpointed(model) -> bool:
+    base = getattr(model, "get_base_model", lambda: model)()
+    return bool(getattr(base, "is_gradient_checkpointing", False))
 
 
 COMPONENTS = ("parameters", "gradients", "optimizer_state", "optimizer_step_temporaries", "activations_and_workspace")

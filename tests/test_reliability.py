@@ -386,3 +386,11 @@ def test_resaving_a_step_keeps_a_complete_checkpoint_even_when_killed_between_re
     with pytest.raises(TrainingStopped):
         toy_fit(tmp_path / "again", {"nan_at": {4}}, save_every=3, max_nonfinite_steps=0)
     assert sorted(os.listdir(tmp_path / "again/checkpoints")) == ["step-0000003"]
+
+
+def test_a_cpu_run_prints_no_profiler_lines(tmp_path, capfd):
+    """The CPU memory probe (torch.profiler) made kineto write `USDT: ... profiler_start/stop` to
+    stderr in every run; the breakdown is still measured."""
+    result = toy_fit(tmp_path, max_steps=3, timing_warmup_steps=1)
+    assert result.memory["breakdown"] is not None
+    assert "USDT" not in capfd.readouterr().err
