@@ -394,3 +394,21 @@ def test_a_cpu_run_prints_no_profiler_lines(tmp_path, capfd):
     result = toy_fit(tmp_path, max_steps=3, timing_warmup_steps=1)
     assert result.memory["breakdown"] is not None
     assert "USDT" not in capfd.readouterr().err
+
+
+def test_a_signal_to_one_rank_of_two_stops_both_after_the_same_step(tmp_path):
+    """SIGTERM to rank 1 only, after its step 3: both ranks stop after step 4 (the stop is agreed
+    in step 4's all-reduce), one complete checkpoint holds both ranks' RNG states, and a
+    2-process resume finishes the run from it."""
+    model = f"model_config={{{BERT}}}"
+    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    out = tmp_path / "run"
+    p = subprocess.run([*two, str(REPO / "tests/signal_one_rank.py"), *GLUE_TINY, model, "eval_examples=8",
+                        "batch_size=4", f"output_dir={out}"], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert p.returncode != 0 and f"SIGTERM: stopped after step 4; checkpoint {out}/checkpoints/step-0000004" in p.stderr
+    checkpoint = find_checkpoint(str(out))
+    assert os.path.basename(checkpoint) == "step-0000004" and os.listdir(out / "checkpoints") == ["step-0000004"]
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(os.listdir(checkpoint))
+    recipe(two, model, "eval_examples=8", "batch_size=4", f"output_dir={out}", f"resume={out}")
+    resumed = load_results(str(out))
+    assert resumed.resumed_from_step == 4 and [h["step"] for h in resumed.history] == list(range(1, 9))
