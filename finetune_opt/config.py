@@ -67,6 +67,8 @@ class RunConfig:
     last_layer_cls_only: bool | None = None
     # step each parameter in its gradient's hook and free the gradient at once (finetune_opt.optim.in_backward)
     optimizer_in_backward: bool = False
+    # recompute each layer's activations in backward instead of keeping them (finetune_opt.models)
+    gradient_checkpointing: bool = False
     seed: int = 42
     train_examples: int | None = None  # a seeded subset of the train split
     eval_examples: int | None = None
@@ -143,7 +145,8 @@ class RunConfig:
             raise one_of("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         self.mixed_precision = resolve_mixed_precision(self.mixed_precision)  # the config says what ran
         trackers(self.log_with)  # an unknown or uninstalled tracker: one line, now
-        for name in ("optimizer_in_backward", "memory_breakdown", "group_by_length", "compile_model"):
+        for name in ("optimizer_in_backward", "memory_breakdown", "group_by_length", "compile_model",
+                     "gradient_checkpointing"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.optimizer_in_backward:

@@ -39,6 +39,7 @@ from finetune_opt.optim import OptimizerSpec, create_optimizer, describe_optimiz
 from finetune_opt.optim.in_backward import refusal as in_backward_refusal
 from finetune_opt.optim.in_backward import step_in_backward
 from finetune_opt.optim.whole_tensors import step_on_whole_tensors
+from finetune_opt.models import enable_gradient_checkpointing
 from finetune_opt.peft_setup import model_to_save
 from finetune_opt.results import Results, new_results
 from finetune_opt.run_dir import resume_changes
@@ -193,6 +194,8 @@ def _check_optimizer_runs_here(cfg: RunConfig, accelerator) -> OptimizerSpec:
 
 def set_up(cfg: RunConfig, accelerator: Accelerator, model, train_loader) -> Training:
     spec = _check_optimizer_runs_here(cfg, accelerator)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     # Optimizer on the model, then both prepared in one call: FSDP2 and DeepSpeed need that, as
     # they replace the optimizer's parameters with the sharded ones.
     optimizer = create_optimizer(cfg.optimizer, model, implementation=cfg.implementation, **cfg.hyperparams)

@@ -257,7 +257,7 @@ def predicted_breakdown(model, optimizer, spec, implementation: str, batch_shape
 
 def _checkpointed(model) -> bool:
     base = getattr(model, "get_base_model", lambda: model)()
-    return bool(getattr(base, "is_gradient_checkpointing", False))
+    return bool(getattr(base, "is_activation_checkpointing", None) or getattr(base, "is_gradient_checkpointing", False))
 
 
 COMPONENTS = ("parameters", "gradients", "optimizer_state", "optimizer_step_temporaries", "activations_and_workspace")

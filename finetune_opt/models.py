@@ -130,3 +130,19 @@ def check_pretrained_positions(name_or_path: str, config: dict, max_length: int)
     positions = config.get("max_position_embeddings")
     if isinstance(positions, int) and max_length > positions:
         raise ConfigError(f"max_length {max_length} exceeds {name_or_path}'s {positions} positions")
+
+
+def enable_gradient_checkpointing(model):
+    """Keep only each layer's input in forward and recompute the layer in backward
+    (transformers' gradient checkpointing, non-reentrant: it needs no input that requires grad, so
+    it works under a frozen LoRA base, and with FSDP2; the RNG state is replayed, so dropout masks
+    and hence losses and gradients equal the run without it)."""
+    base = getattr(model, "get_base_model", lambda: model)()
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"gradient_checkpointing: {type(base).__name__} does not support it; set "
+                          f"gradient_checkpointing=false")
+    # transformers 5.24 renamed it activation_checkpointing_enable; older 5.x have only the old name
+    if hasattr(base, "activation_checkpointing_enable"):
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

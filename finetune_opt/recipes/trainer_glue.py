@@ -52,6 +52,8 @@ class Measure(TrainerCallback):
                             self.positions - self.positions_seen)
         self.tokens_seen, self.positions_seen = state.num_input_tokens_seen, self.positions
         self.timer.begin_step()
+        if state.global_step == state.max_steps:  # the last step logs, as the engine's does: its loss is
+            control.should_log = True              # the summary's train loss (else '-' unless log_every divides)
 
 
 class PositionCounting(Trainer):
@@ -82,7 +84,8 @@ def run(cfg):
         seed=cfg.seed, logging_steps=cfg.log_every, save_strategy="no", eval_strategy="no", report_to=report_to,
         use_cpu=not torch.cuda.is_available(), include_num_input_tokens_seen="non_padding",
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
-        torch_compile=cfg.compile_model,
+        torch_compile=cfg.compile_model, gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
         # schedule-free optimizers take no LR schedule (their warm-up is their own)
         lr_scheduler_type="constant" if get_optimizer_spec(cfg.optimizer).owns_lr_schedule else cfg.scheduler,
         learning_rate=cfg.lr, weight_decay=cfg.weight_decay)  # informational: our factory owns the groups
