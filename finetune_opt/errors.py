@@ -15,6 +15,15 @@ def one_of(kind: str, value, choices) -> ConfigError:
     return ConfigError(f"unknown {kind} {value!r}; choose one of: {', '.join(map(str, choices))}")
 
 
+def refuse_unused(cfg, unused: dict, reason: str):
+    """The first field of `unused` ({field: the value that means "not used"}) that cfg sets otherwise:
+    accepted, it would be recorded in results.json yet not done. `{field} {reason}: set {field}=off`."""
+    given = next((k for k, off in unused.items() if getattr(cfg, k) != off), None)
+    if given:
+        off = {None: "null", False: "false", True: "true"}.get(unused[given], unused[given])
+        raise ConfigError(f"{given} {reason}: set {given}={off}")
+
+
 class TrainingStopped(RuntimeError):
     """A run that cannot go on (e.g. too many non-finite steps); its state has been saved."""
 

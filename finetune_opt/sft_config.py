@@ -1,7 +1,7 @@
 """Validation of the RunConfig fields of instruction SFT (called from RunConfig.__post_init__),
 kept apart so the recipe's fields do not tangle with the rest of the config."""
 
-from finetune_opt.errors import ConfigError
+from finetune_opt.errors import ConfigError, refuse_unused
 from finetune_opt.peft_setup import check_peft_spec
 
 
@@ -42,13 +42,6 @@ def _refuse_sft_fields_elsewhere(cfg) -> None:
     from finetune_opt.tasks import INSTRUCTION_SFT, get_task
 
     task = get_task(cfg.task)
-    if task.problem_type == INSTRUCTION_SFT:
-        return
-    given = next((k for k, unused in SFT_ONLY.items() if getattr(cfg, k) != unused), None)
-    if given:
-        raise ConfigError(f"{given} is for the SFT recipe (tasks gsm8k, instruct); {task.recipes['accelerate']} "
-                          f"(task {task.name!r}) does not use it: set {given}={_yaml(SFT_ONLY[given])}")
-
-
-def _yaml(value) -> str:
-    return {None: "null", False: "false"}[value]
+    if task.problem_type != INSTRUCTION_SFT:
+        refuse_unused(cfg, SFT_ONLY, f"is for the SFT recipe (tasks gsm8k, instruct); {task.recipes['accelerate']} "
+                                     f"(task {task.name!r}) does not use it")

@@ -209,6 +209,10 @@ def not_done_cases() -> list[Case]:
              "finetune_glue.py (task 'sst2') does not use it: set packing=false"),
         Case("prompt-column-on-glue", ["prompt_column=q"], "prompt_column is for the SFT recipe (tasks gsm8k, "
              "instruct); finetune_glue.py (task 'sst2') does not use it: set prompt_column=null"),
+        *[Case(f"trainer-{key}", [f"{key}=true"], f"{key} is not done by the Trainer recipe "
+               f"(recipes/finetune_glue.py does it): set {key}=false", recipe="trainer_glue.py",
+               what="the Trainer recipe")
+          for key in ("save_final_model", "eval_before_training")],
         Case("schedule-free-with-cosine", ["optimizer=adamw_schedule_free", "scheduler=cosine"],
              "adamw_schedule_free runs without an LR schedule (its own warmup, then constant): scheduler=cosine "
              "would be ignored; set scheduler=constant"),

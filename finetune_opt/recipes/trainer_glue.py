@@ -15,7 +15,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from finetune_opt.classification import (classification_model, collator, eval_splits, load_classification,
                                          metric_prefix, task_metrics)
 from finetune_opt.config import recipe_main
-from finetune_opt.errors import ConfigError
+from finetune_opt.errors import ConfigError, refuse_unused
 from finetune_opt.measure import (StepTimer, current_rss_bytes, global_throughput, optimizer_state_bytes, per_rank,
                                   peak_memory, reset_peak_memory)
 from finetune_opt.models import load_tokenizer
@@ -23,6 +23,10 @@ from finetune_opt.optim import describe_optimizer, get_optimizer_spec, trainer_o
 from finetune_opt.results import new_results, save_results
 from finetune_opt.tasks import check_recipe
 from finetune_opt.tracking import trainer_reporting
+
+
+# Engine features this recipe does not implement, with the value that leaves them off.
+TRAINER_DOES_NOT = {"save_final_model": False, "eval_before_training": False, "optimizer_in_backward": False}
 
 
 class Measure(TrainerCallback):
@@ -74,6 +78,7 @@ def run(cfg):
     task = check_recipe(cfg.task, "trainer_glue.py")
     if cfg.resume or cfg.save_every:
         raise ConfigError("the Trainer recipe does not take resume/save_every; use recipes/finetune_glue.py")
+    refuse_unused(cfg, TRAINER_DOES_NOT, "is not done by the Trainer recipe (recipes/finetune_glue.py does it)")
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
     report_to, tracker_callbacks = trainer_reporting(cfg.log_with, cfg.output_dir)
     args = TrainingArguments(
