@@ -15,8 +15,12 @@ WORKDIR /opt/finetune_opt
 # Dependencies first (changes rarely), then the code: rebuilds after a code edit reuse the layer.
 COPY pyproject.toml README.md ./
 COPY finetune_opt/__init__.py finetune_opt/__init__.py
-# The optional optimizers (schedule-free, torchao low-bit), pinned for a reproducible image.
-RUN pip install --no-cache-dir . schedulefree==1.4.1 torchao==0.18.0 && pip uninstall -y finetune_opt
+# The optional optimizers (schedule-free, torchao low-bit) and LoRA (peft), pinned for a reproducible
+# image. torchao is tied to torch releases: 0.14.1 is the one for this base's torch 2.9.0 (0.18.0,
+# pinned before, fails to import there: torch.nn.functional has no ScalingType). This combination,
+# torch 2.9.0+cu128 with these pins, ran the optimizer parity, state-dict and 2-process FSDP2 tests
+# in a virtualenv on a CPU (2026-12-03); it has not run on a GPU.
+RUN pip install --no-cache-dir . schedulefree==1.4.1 torchao==0.14.1 peft==0.21.2 && pip uninstall -y finetune_opt
 COPY finetune_opt finetune_opt
 COPY recipes/configs recipes/configs
 COPY accelerate_configs accelerate_configs

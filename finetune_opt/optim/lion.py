@@ -11,6 +11,7 @@ smaller than AdamW's and a weight decay 3-10x larger.
 """
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from finetune_opt.optim.closure import loss_from_closure
 
@@ -29,8 +30,14 @@ class Lion(torch.optim.Optimizer):
             grads = [p.grad for p in params]
             moms = [self.state[p].setdefault("exp_avg", torch.zeros_like(p)) for p in params]
             (_multi_tensor_lion if group["foreach"] else _single_tensor_lion)(
-                params, grads, moms, group["lr"], *group["betas"], group["weight_decay"])
+                _local(params), _local(grads), _local(moms), group["lr"], *group["betas"], group["weight_decay"])
         return loss
+
+
+def _local(tensors: list) -> list:
+    """Lion is elementwise, so FSDP2's DTensor shards are stepped as their local tensors (torch 2.9's
+    DTensor has no sharding rule for _foreach_lerp with a scalar weight; 2.13's has)."""
+    return [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
 
 
 def _single_tensor_lion(params, grads, moms, lr, beta1, beta2, weight_decay):
