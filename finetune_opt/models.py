@@ -30,9 +30,17 @@ def resolve_model_path(name_or_path: str) -> str:
                               f"is not installed ({e})") from None
     # Hub ids are "name" or "org/name"; anything else is meant as a local directory.
     looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
-    if looks_local and not os.path.isdir(os.path.expanduser(name_or_path)):
+    path = os.path.expanduser(name_or_path)
+    if looks_local and not os.path.isdir(path):
         raise ConfigError(f"model path {name_or_path!r} is not a directory")
-    return os.path.expanduser(name_or_path)
+    if looks_local and not any(os.path.isfile(os.path.join(path, f)) for f in SAVED_MODEL_FILES):
+        # else transformers fails deep in a tokenizer conversion (a ValueError, not one line)
+        raise ConfigError(f"model path {name_or_path!r} holds no saved model or tokenizer "
+                          f"(none of {', '.join(SAVED_MODEL_FILES)})")
+    return path
+
+
+SAVED_MODEL_FILES = ("config.json", "tokenizer_config.json", "adapter_config.json")  # save_pretrained writes one
 
 
 def _from_pretrained(loader, name_or_path: str, what: str, **kwargs):

