@@ -194,8 +194,14 @@ def read_run_config(path: str) -> dict | None:
     file = os.path.join(path, RUN_CONFIG)
     if not os.path.isfile(file):
         return None
-    with open(file) as f:
-        return json.load(f)
+    try:
+        with open(file) as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:  # a manifest without hashes (older checkpoints) cannot vouch for it
+        raise ConfigError(f"checkpoint {path!r}: {RUN_CONFIG} is not readable JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"checkpoint {path!r}: {RUN_CONFIG} is not a mapping of RunConfig fields")
+    return config
 
 
 def load_checkpoint(accelerator, path: str) -> LoopState:

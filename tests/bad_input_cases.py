@@ -41,12 +41,12 @@ def safetensors_bytes(*values: float) -> bytes:
 
 
 def checkpoint_files(step: int, config: dict, truncate=False, corrupt=False, damage=False, nan=False,
-                     run="run", loop_state=None) -> dict:
+                     run="run", loop_state=None, raw_config=None) -> dict:
     """A checkpoint as save_checkpoint writes it (manifest with sizes and sha256 in loop_state.json,
     the run's config), small enough to fake; with one thing wrong when asked."""
     d = f"{run}/checkpoints/step-{step:07d}"
     files = {"model.safetensors": safetensors_bytes(0.5, float("nan") if nan else 1.5),
-             "run_config.json": json.dumps(config).encode()}
+             "run_config.json": raw_config or json.dumps(config).encode()}
     loop = {"step": step, "history": [], "nonfinite_skipped": 0, "overflow_skipped": 0, **(loop_state or {}),
             "files": {k: len(v) for k, v in files.items()},
             "sha256": {k: hashlib.sha256(v).hexdigest() for k, v in files.items()}}
@@ -325,6 +325,10 @@ def curated_cases(tmp: str) -> list[Case]:
              "checkpoint '{tmp}/run/checkpoints/step-0000003' is incomplete (loop_state.json is corrupt); "
              "resume from its run directory to use the newest complete one",
              note="loop_state.json: `\"step\": \"3\"`", files=checkpoint_files(3, base, loop_state={"step": "3"})),
+        Case("resume-run-config-not-json", ["resume={tmp}/run"], "checkpoint '{tmp}/run/checkpoints/step-0000003': "
+             "run_config.json is not readable JSON (Expecting property name enclosed in double quotes: line 1 column 2 "
+             "(char 1))", note="a checkpoint whose run_config.json is not JSON, listed so in its manifest",
+             files=checkpoint_files(3, base, raw_config=b"{not json")),
         Case("resume-into-another-finished-run", ["resume={tmp}/a", "output_dir={tmp}/run"],
              "output_dir '{tmp}/run' holds a finished run (results.json); resume={tmp}/run, choose another "
              "output_dir, or overwrite=true",
