@@ -45,3 +45,6 @@ def _refuse_sft_fields_elsewhere(cfg) -> None:
     if task.problem_type != INSTRUCTION_SFT:
         refuse_unused(cfg, SFT_ONLY, f"is for the SFT recipe (tasks gsm8k, instruct); {task.recipes['accelerate']} "
                                      f"(task {task.name!r}) does not use it")
+    else:
+        refuse_unused(cfg, {"train_eval_examples": None}, "is not done by the SFT recipe (its eval scores held-out "
+                                                          "responses only)")
