@@ -215,7 +215,7 @@ def not_done_cases() -> list[Case]:
           for key in ("save_final_model", "eval_before_training")],
         with_base(SFT, "sft-train-eval-examples", ["train_eval_examples=8"], "train_eval_examples is not done by the "
                   "SFT recipe (its eval scores held-out responses only): set train_eval_examples=null",
-                  recipe="finetune_sft.py"),
+                  recipe="finetune_sft.py", what="task=gsm8k"),
         Case("schedule-free-with-cosine", ["optimizer=adamw_schedule_free", "scheduler=cosine"],
              "adamw_schedule_free runs without an LR schedule (its own warmup, then constant): scheduler=cosine "
              "would be ignored; set scheduler=constant"),
