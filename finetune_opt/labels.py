@@ -25,6 +25,14 @@ def parse_label(value):
         return text
 
 
+def _scalar(value, where):
+    """A JSON label that is a list or an object would become a class named by its text."""
+    if isinstance(value, (list, dict)):
+        raise ConfigError(f"{where}: label {value!r} is a {'list' if isinstance(value, list) else 'mapping'}, "
+                          f"not a class id, name or number")
+    return value
+
+
 def encode_labels(task: Task, tables: dict) -> tuple[dict, tuple | None]:
     """({split: [label id or float target]}, label names or None for regression)."""
     if task.problem_type == REGRESSION:
@@ -36,7 +44,7 @@ def encode_labels(task: Task, tables: dict) -> tuple[dict, tuple | None]:
 
 
 def _target(value, where) -> float:
-    parsed = parse_label(value)
+    parsed = parse_label(_scalar(value, where))
     if isinstance(parsed, str) or not math.isfinite(parsed):
         raise ConfigError(f"{where}: regression target {value!r} is not a finite number")
     return float(parsed)
@@ -51,7 +59,7 @@ def _names_in_training_data(table, task) -> tuple:
     """The classes found in the training split, sorted (numerically when they are all integers)."""
     parsed = {}
     for i, value in enumerate(table.columns["label"]):
-        label = parse_label(value)
+        label = parse_label(_scalar(value, table.where(i)))
         if isinstance(label, float):
             raise _float_error(value, table.where(i), task)
         parsed.setdefault(str(label), label)
@@ -60,7 +68,7 @@ def _names_in_training_data(table, task) -> tuple:
 
 
 def _class_id(value, names, where, task) -> int:
-    label = parse_label(value)
+    label = parse_label(_scalar(value, where))
     if isinstance(label, float):
         raise _float_error(value, where, task)
     if task.label_names is None:  # names came from the training data: integers are names too
