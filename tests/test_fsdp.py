@@ -164,11 +164,18 @@ def test_recipe_trains_sharded_survives_sigkill_and_resumes_exactly(tmp_path, re
         assert breakdown["measured"]["parameters"] == pytest.approx(total / 2, rel=0.01)
 
 
-def test_glue_fsdp2_matches_one_process_with_twice_the_batch(tmp_path):
-    """The [CLS]-only last layer (on by default for BERT) runs under FSDP2 with parity."""
-    no_dropout = f"model_config={BERT[:-1]}, hidden_dropout_prob: 0, attention_probs_dropout_prob: 0}}"
-    common = [*GLUE[:5], no_dropout, *GLUE[6:-1], "max_steps=4", "log_every=1", "timing_warmup_steps=0",
-              "save_final_model=true"]
+def test_glue_fsdp2_from_pretrained_matches_one_process_with_twice_the_batch(tmp_path):
+    """A pretrained directory, as users load one: with fsdp2.yaml's cpu_ram_efficient_loading,
+    transformers leaves rank 1's weights on the meta device and Accelerate shards rank 0's onto
+    both, so parity also shows that rank 1 trains rank 0's weights. The [CLS]-only last layer (on
+    by default for BERT) runs under FSDP2 with parity too."""
+    from transformers import BertConfig, BertForSequenceClassification
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)).save_pretrained(tmp_path / "bert")
+    common = [*GLUE[:5], f"model={tmp_path / 'bert'}", *GLUE[6:-1], "max_steps=4", "log_every=1",
+              "timing_warmup_steps=0", "save_final_model=true"]
     _run([sys.executable, *common, "batch_size=8", f"output_dir={tmp_path / 'one'}"])
     _run(fsdp2_launch(*common, "batch_size=4", f"output_dir={tmp_path / 'two'}"))
     one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))

@@ -225,9 +225,12 @@ class OptimizerSpec:
         return "any" in devices or device_type in devices
 
     def check_parameters(self, implementation: str, params: list[torch.Tensor]):
-        """Device and dtype checks before construction: one line instead of a kernel error."""
+        """Device and dtype checks before construction: one line instead of a kernel error. A
+        parameter on the meta device is a placeholder (FSDP2's CPU-RAM-efficient loading leaves all
+        but rank 0's there until Accelerate shards rank 0's weights onto every rank): its dtype is checked."""
         for p in params:
-            if not self.supports(implementation, p.device.type) or p.dtype not in self.param_dtypes:
+            device_ok = p.device.type == "meta" or self.supports(implementation, p.device.type)
+            if not device_ok or p.dtype not in self.param_dtypes:
                 devices = self.implementations[implementation].devices
                 dtypes = ", ".join(str(d).removeprefix("torch.") for d in self.param_dtypes)
                 raise ConfigError(
