@@ -375,7 +375,10 @@ def _bad_data(tmp_path):
     ("merge without adapter", ["merge_adapter=true"], "error: merge_adapter=true needs a peft block"),
     ("generation without metric", ["task=instruct", "data_dir={bad}", "generation_examples=4"],
      "error: generation_examples: task instruct has no generation metric (gsm8k has); set it to 0"),
-    ("task of other recipe", ["task=sst2"], "error: unknown task for this recipe 'sst2'; choose one of: gsm8k, instruct"),
+    ("task of other recipe", ["task=sst2", "packing=false"],  # (packing alone: refused as SFT-only first)
+     "error: unknown task for this recipe 'sst2'; choose one of: gsm8k, instruct"),
+    ("SFT setting on another recipe's task", ["task=sst2"], "error: packing is for the SFT recipe (tasks gsm8k, "
+     "instruct); finetune_glue.py (task 'sst2') does not use it: set packing=false"),
 ])
 def test_bad_input_exits_2_without_output(tmp_path, case, overrides, message):
     bad = _bad_data(tmp_path)
