@@ -357,7 +357,8 @@ def load_config(path: str | None, overrides: list[str]) -> RunConfig:
         values = _normalise_optimizer(values)
     pairs = [parse_override(o) for o in overrides]
     _refuse_two_values(pairs, "the command line")
-    file_values = {**values, "optimizer_args": dict(values.get("optimizer_args") or {})}
+    args = values.get("optimizer_args")
+    file_values = {**values, "optimizer_args": dict(args) if isinstance(args, dict) else {}}  # (else refused below)
     values = _normalise_optimizer({**values, **dict(pairs)})
     values = _drop_other_optimizers_args(values, file_values, dict(pairs))
     # YAML reads 5e-5 as a string (YAML 1.1); accept it as the number it obviously is.
