@@ -21,6 +21,7 @@ from finetune_opt.errors import ConfigError, Interrupted
 
 LOOP_STATE = "loop_state.json"
 RUN_CONFIG = "run_config.json"  # the RunConfig that wrote it: resume compares against it
+DATA = "data_sha256"  # manifest key: the data_dir's files and their hashes
 STEP_DIR = re.compile(r"step-\d+")
 
 
@@ -86,7 +87,7 @@ def _save_to(accelerator, final: str, loop_state: LoopState, config: dict | None
         files = {name: os.path.getsize(os.path.join(tmp, name)) for name in names}
         digests = {name: file_sha256(os.path.join(tmp, name)) for name in names}
         _write_json(os.path.join(tmp, LOOP_STATE), {**dataclasses.asdict(loop_state), "files": files,
-                                                    "sha256": digests})
+                                                    "sha256": digests, DATA: data_fingerprint(config)})
         if os.path.isdir(final):  # re-saving a step (a resumed branch): never a moment without a complete one
             os.replace(final, old)
         os.replace(tmp, final)
@@ -99,6 +100,22 @@ def _save_to(accelerator, final: str, loop_state: LoopState, config: dict | None
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def data_fingerprint(config: dict | None) -> dict:
+    """{file: sha256} of a local data_dir's files: a resume may then name the same data at another
+    path (the data moved). Hashed once per process (file_sha256's cache)."""
+    data_dir = (config or {}).get("data_dir")
+    if not isinstance(data_dir, str) or not os.path.isdir(data_dir):
+        return {}
+    return {name: file_sha256(os.path.join(data_dir, name)) for name in sorted(os.listdir(data_dir))
+            if os.path.isfile(os.path.join(data_dir, name))}
+
+
+def saved_data_fingerprint(path: str) -> dict:
+    """The data fingerprint checkpoint `path` was saved with ({} for older checkpoints)."""
+    with open(os.path.join(path, LOOP_STATE)) as f:
+        return json.load(f).get(DATA) or {}
 
 
 def file_sha256(path: str) -> str:
@@ -176,7 +193,7 @@ def _step_dirs(names: list) -> list:
 
 def _loop_state(manifest: dict) -> LoopState:
     """The manifest's loop state, its types checked (a hand-edited file must not fail mid-run)."""
-    state = LoopState(**{k: v for k, v in manifest.items() if k not in ("files", "sha256")})
+    state = LoopState(**{k: v for k, v in manifest.items() if k not in ("files", "sha256", DATA)})
     counts = (state.step, state.nonfinite_skipped, state.overflow_skipped)
     if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts) \
             or not isinstance(state.history, list):

@@ -12,8 +12,8 @@ import os
 import shutil
 import socket
 
-from finetune_opt.checkpoint import (STEP_DIR, checkpoint_dir, checkpoint_problem, find_checkpoint, read_loop_state,
-                                     read_run_config)
+from finetune_opt.checkpoint import (STEP_DIR, checkpoint_dir, checkpoint_problem, data_fingerprint, find_checkpoint,
+                                     read_loop_state, read_run_config, saved_data_fingerprint)
 from finetune_opt.errors import ConfigError
 from finetune_opt.results import RESULTS_FILE
 from finetune_opt.tracking import LOG_DIR
@@ -38,7 +38,7 @@ def resume_changes(cfg, checkpoint: str) -> dict:
         return {}  # written before checkpoints kept their config: nothing to compare
     now = {k: v for k, v in vars(cfg).items() if k != "resume"}  # resume: how every resumed run differs
     changed = {k: [before.get(k), now[k]] for k in now
-               if before.get(k, now[k]) != now[k] and not _same_place(k, before.get(k), now[k])}
+               if before.get(k, now[k]) != now[k] and not _same_place(k, before.get(k), now[k], checkpoint)}
     refused = [k for k in changed if k not in RESUME_MAY_CHANGE]
     if refused:
         listed = ", ".join(f"{k} ({changed[k][0]!r} -> {changed[k][1]!r})" for k in refused)
@@ -50,9 +50,14 @@ def resume_changes(cfg, checkpoint: str) -> dict:
     return changed
 
 
-def _same_place(key: str, before, now) -> bool:
-    return (key in PATH_FIELDS and isinstance(before, str) and isinstance(now, str) and os.path.exists(now)
-            and os.path.realpath(before) == os.path.realpath(now))
+def _same_place(key: str, before, now, checkpoint: str) -> bool:
+    """The same path however spelled, or for data_dir the same files (by hash) moved elsewhere."""
+    if key not in PATH_FIELDS or not (isinstance(before, str) and isinstance(now, str) and os.path.exists(now)):
+        return False
+    if os.path.realpath(before) == os.path.realpath(now):
+        return True
+    saved = saved_data_fingerprint(checkpoint) if key == "data_dir" else {}
+    return bool(saved) and data_fingerprint({"data_dir": now}) == saved
 
 
 def check_weights_finite(checkpoint: str):

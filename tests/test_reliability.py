@@ -279,20 +279,27 @@ def test_resuming_into_another_finished_run_is_refused_unless_overwrite(tmp_path
     assert (tmp_path / "a/results.json").exists()
 
 
-def test_resume_accepts_the_data_dir_spelled_another_way(tmp_path):
-    """A symlink or a trailing slash names the same data: not a config change."""
+def test_resume_accepts_the_data_dir_spelled_another_way_or_moved(tmp_path):
+    """A symlink, a trailing slash or a copy of the same files elsewhere (the checkpoint lists the
+    data's hashes) names the same data: not a config change. Other files are."""
+    import shutil
+
     from finetune_opt.run_dir import resume_changes
 
     (tmp_path / "data").mkdir()
+    (tmp_path / "data/train.tsv").write_text("sentence\tlabel\ngood\t1\n")
     (tmp_path / "link").symlink_to(tmp_path / "data")
     stopped(tmp_path / "a", data_dir=str(tmp_path / "data"))
     step = str(tmp_path / "a/checkpoints/step-0000005")
+    shutil.copytree(tmp_path / "data", tmp_path / "moved")
     base = {"max_steps": 12, "log_every": 1, "timing_warmup_steps": 0, "lr": 1e-2, "warmup_ratio": 0,
             "output_dir": str(tmp_path / "a")}
-    for spelling in (f"{tmp_path}/data/", str(tmp_path / "link")):
+    for spelling in (f"{tmp_path}/data/", str(tmp_path / "link"), str(tmp_path / "moved")):
         assert resume_changes(RunConfig(**base, data_dir=spelling), step) == {}
-    with pytest.raises(ConfigError, match="was trained with another config: data_dir"):
-        resume_changes(RunConfig(**base, data_dir=str(tmp_path)), step)
+    (tmp_path / "moved/train.tsv").write_text("sentence\tlabel\nbad\t0\n")
+    for other in (tmp_path, tmp_path / "moved"):
+        with pytest.raises(ConfigError, match="was trained with another config: data_dir"):
+            resume_changes(RunConfig(**base, data_dir=str(other)), step)
 
 
 def test_an_incomplete_newest_checkpoint_is_skipped_for_the_previous_one(tmp_path, capsys):
