@@ -60,7 +60,9 @@ class RunConfig:
     # null: bf16 autocast on a CUDA GPU that computes bf16, fp32 on CPU (where bf16 is asked for: auto /
     # bf16); validation replaces it by what runs
     mixed_precision: str | None = None
-    group_by_length: bool = True     # classification recipes: batches of similar length (finetune_opt.batching)
+    # batches of similar length (finetune_opt.batching); null: on for classification and regression,
+    # the tasks that batch by length (LM blocks are equal; SFT packs or pads its own way)
+    group_by_length: bool | None = None
     compile_model: bool = False      # torch.compile the model (dynamic shapes; lengths padded to multiples of 8)
     # classification: the last layer computes only the [CLS] position, the one the classifier reads
     # (finetune_opt.cls_only_last_layer). null: where the model supports it; validation says which
@@ -106,6 +108,7 @@ class RunConfig:
     def __post_init__(self):
         _check_types(self)
         task = get_task(self.task)
+        self.group_by_length = self._resolve_group_by_length(task)
         check_task_fields(task, self)
         self._validate_optimizer()
         for name in ("max_steps", "batch_size", "grad_accum", "max_length", "eval_batch_size", "log_every"):
@@ -163,6 +166,16 @@ class RunConfig:
             raise ConfigError(f"holdout_examples is for classification and regression tasks, not task {task.name!r}")
         if self.data_dir is None and task.local and os.environ.get("FINETUNE_OPT_DATA") and not self.dataset:
             self.data_dir = os.path.join(os.environ["FINETUNE_OPT_DATA"], self.task)
+
+    def _resolve_group_by_length(self, task) -> bool:
+        """null -> on where batches are grouped by length; an explicit true elsewhere is refused,
+        not ignored."""
+        if task.problem_type in (CLASSIFICATION, REGRESSION):
+            return True if self.group_by_length is None else self.group_by_length
+        if self.group_by_length is True:
+            raise ConfigError(f"group_by_length is for classification and regression tasks, not task {task.name!r} "
+                              f"(its batches are not grouped by length): set group_by_length=null")
+        return False
 
     def _resolve_last_layer_cls_only(self, task, model: dict) -> bool | None:
         """null -> whether the model supports it; stays null only while the model type is unknown

@@ -220,6 +220,9 @@ def not_done_cases() -> list[Case]:
         with_base(SFT, "sft-train-eval-examples", ["train_eval_examples=8"], "train_eval_examples is not done by the "
                   "SFT recipe (its eval scores held-out responses only): set train_eval_examples=null",
                   recipe="finetune_sft.py", what="task=gsm8k"),
+        with_base(SFT, "group-by-length-on-sft", ["group_by_length=true"], "group_by_length is for classification "
+                  "and regression tasks, not task 'gsm8k' (its batches are not grouped by length): set "
+                  "group_by_length=null", recipe="finetune_sft.py", what="task=gsm8k"),
         Case("schedule-free-with-cosine", ["optimizer=adamw_schedule_free", "scheduler=cosine"],
              "adamw_schedule_free runs without an LR schedule (its own warmup, then constant): scheduler=cosine "
              "would be ignored; set scheduler=constant"),
