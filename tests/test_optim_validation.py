@@ -1,6 +1,7 @@
 """Every validation error is a ConfigError with a one-line message naming what is valid."""
 
 import importlib.util
+import types
 
 import pytest
 import torch
@@ -79,9 +80,13 @@ def test_unknown_and_unsupported_implementation():
 
 
 def test_fused_rejects_unsupported_device_and_dtype():
-    msg = one_line_error(create_optimizer, "adamw_fused", torch.nn.Linear(4, 2, device="meta"))
+    # A device with no fused kernel cannot be made on a CPU build: the check reads only .device and .dtype.
+    on_tpu = types.SimpleNamespace(device=torch.device("xla"), dtype=torch.float32)
+    msg = one_line_error(get_optimizer_spec("adamw_fused").check_parameters, "fused", [on_tpu])
     assert msg.startswith("adamw_fused (fused) needs parameters of dtype float64, float32, float16, bfloat16 "
-                          "on device ") and msg.endswith("; got float32 on meta")
+                          "on device ") and msg.endswith("; got float32 on xla")
+    # The meta device is FSDP2's placeholder before Accelerate shards rank 0's weights: accepted.
+    get_optimizer_spec("adamw_fused").check_parameters("fused", list(torch.nn.Linear(4, 2, device="meta").parameters()))
     assert one_line_error(create_optimizer, "adamw_fused", [torch.zeros(3, dtype=torch.long)]).endswith(
         "got int64 on cpu")
 
