@@ -62,19 +62,51 @@ def _same_place(key: str, before, now, checkpoint: str) -> bool:
 
 def check_weights_finite(checkpoint: str):
     """A checkpoint whose weights hold NaN / inf (saved from a diverged run, or damaged before its
-    manifest was written) would resume into a run that skips every step: refused."""
-    import torch
-    from safetensors import SafetensorError, safe_open
+    manifest was written) would resume into a run that skips every step: refused. Whole-model files
+    (.safetensors) and FSDP2's sharded model folders (pytorch_model_fsdp_N/*.distcp) are both read,
+    one tensor at a time where the format allows."""
+    from safetensors import SafetensorError
 
-    for name in sorted(f for f in os.listdir(checkpoint) if f.endswith(".safetensors")):
+    for name in sorted(os.listdir(checkpoint)):
+        path = os.path.join(checkpoint, name)
         try:
-            with safe_open(os.path.join(checkpoint, name), framework="pt") as weights:
-                bad = next((k for k in weights.keys() if not torch.isfinite(weights.get_tensor(k)).all()), None)
-        except (SafetensorError, OSError) as e:
+            bad = next((k for k, t in _saved_tensors(path) if not t.isfinite().all()), None)
+        except (SafetensorError, OSError, RuntimeError, ValueError) as e:
             raise ConfigError(f"checkpoint {checkpoint!r}: {name} does not load: {e}") from None
         if bad:
             raise ConfigError(f"checkpoint {checkpoint!r} holds non-finite weights ({bad} in {name}); "
                               f"resume from an earlier step-N checkpoint or start afresh")
+
+
+def _saved_tensors(path: str):
+    """(name, tensor) of the floating-point weights saved at `path`; nothing for other files."""
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as weights:
+            yield from ((k, weights.get_tensor(k)) for k in weights.keys())
+    elif os.path.basename(path).startswith("pytorch_model_fsdp_") and os.path.isdir(path):
+        yield from _flat(_read_sharded(path))
+
+
+def _read_sharded(folder: str) -> dict:
+    """A torch.distributed.checkpoint folder read whole in this one process (no process group)."""
+    import warnings
+
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.simplefilter("ignore", UserWarning)
+        return _load_state_dict_from_keys(storage_reader=FileSystemReader(folder))
+
+
+def _flat(tree: dict, prefix: str = ""):
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from _flat(v, f"{prefix}{k}.")
+        elif hasattr(v, "is_floating_point") and v.is_floating_point():
+            yield f"{prefix}{k}", v
 
 
 def make_writable_dir(path: str, what: str = "output_dir", probe: str = LOCK_FILE) -> bool:

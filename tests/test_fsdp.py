@@ -210,3 +210,26 @@ def test_a_distribution_that_cannot_run_here_is_refused_before_any_work(tmp_path
                        text=True, cwd=REPO, timeout=300, env={**os.environ, "RANK": "0", **env})
     assert (p.returncode, p.stderr.strip().splitlines()[-1]) == (2, message)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_sharded_checkpoint_with_non_finite_weights_is_refused(tmp_path):
+    """FSDP2 saves the model as torch.distributed.checkpoint shards, not .safetensors: the resume
+    check reads those too (here written by one process, as the reader reads them)."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    from finetune_opt.run_dir import check_weights_finite
+    step = tmp_path / "step-0000003"
+    weights = {"encoder.weight": torch.ones(4, 4), "head.weight": torch.ones(2, 4), "steps": torch.tensor(3)}
+    weights["head.weight"][1, 2] = float("nan")
+    with warnings.catch_warnings():  # "assuming the intent is to save in a single process"
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.save({"model": weights}, checkpoint_id=step / "pytorch_model_fsdp_0")
+        dcp.save({"model": {**weights, "head.weight": torch.ones(2, 4)}}, checkpoint_id=tmp_path / "fine/model_fsdp")
+    with pytest.raises(ConfigError) as e:
+        check_weights_finite(str(step))
+    assert str(e.value) == (f"checkpoint {str(step)!r} holds non-finite weights (model.head.weight in "
+                            f"pytorch_model_fsdp_0); resume from an earlier step-N checkpoint or start afresh")
+    os.rename(tmp_path / "fine/model_fsdp", tmp_path / "fine/pytorch_model_fsdp_0")
+    check_weights_finite(str(tmp_path / "fine"))
