@@ -36,7 +36,7 @@ def classification_model(cfg, data: TaskData):
     its last layer computes [CLS] only when cfg.last_layer_cls_only (null: where the model supports it)."""
     names = {} if data.label_names is None else {"id2label": dict(enumerate(data.label_names)),
                                                  "label2id": {n: i for i, n in enumerate(data.label_names)}}
-    model = load_model(cfg.model, task="classification", model_config=cfg.model_config, num_labels=data.num_labels,
+    model = load_model(cfg.model, head="classification", model_config=cfg.model_config, num_labels=data.num_labels,
                        problem_type=data.task.problem_type, **names)
     cls_only = cfg.last_layer_cls_only
     if cls_only is None:  # a Hub model, whose type validation could not read (its results.json keeps null)

@@ -1,4 +1,4 @@
-"""`finetune-opt` command line: list-optimizers, inspect, compare, study.
+"""`finetune-opt` command line: list-optimizers, inspect, compare, study, configs.
 
 Bad input raises ConfigError anywhere below; main() prints it as one line and exits 2, the same
 code argparse uses for usage errors.
@@ -36,7 +36,7 @@ def cmd_inspect(args):
     hyperparams = {k: v for k, v in (("lr", args.lr), ("weight_decay", args.weight_decay)) if v is not None}
     spec.validate(hyperparams)
     spec.resolve_implementation(args.implementation)  # before the slow load
-    model = load_model(args.model, task=args.task)
+    model = load_model(args.model, head=args.head)
     optimizer = create_optimizer(args.optimizer, model, implementation=args.implementation, **hyperparams)
     names = {id(p): n for n, p in model.named_parameters()}
     print(f"optimizer {json.dumps(describe_optimizer(optimizer))}")
@@ -66,7 +66,15 @@ def cmd_study(args):
     print(run_study(args.config, args.parallel, args.overrides, report_only=args.report_only))
 
 
+def cmd_configs(args):
+    from finetune_opt import configs
+
+    print(configs.copy(args.name, args.dest) if args.action == "cp" else configs.listing())
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from finetune_opt.models import MODEL_HEADS  # (imports torch, as finetune_opt.optim does)
+
     parser = argparse.ArgumentParser(prog="finetune-opt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -78,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", required=True, help=f"one of: {', '.join(REGISTRY)}")
     p.add_argument("--implementation", help=f"one of: {', '.join(IMPLEMENTATION_NAMES)}")
     p.add_argument("--model", required=True, help="HF Hub name or local directory")
-    p.add_argument("--task", default="base", help="model head: base, classification, causal-lm")
+    p.add_argument("--head", default="base", choices=list(MODEL_HEADS),
+                   help="the model head to load (default: base, the model without a head)")
     p.add_argument("--lr", type=float, help="default: the optimizer's")
     p.add_argument("--weight-decay", type=float, help="default: the optimizer's")
     p.add_argument("-v", "--verbose", action="store_true", help="list every parameter")
@@ -97,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run nothing: report the finished cells, labelled PARTIAL when some are missing")
     p.add_argument("overrides", nargs="*", help="key=value for every cell, over the YAML (e.g. model=DIR)")
     p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("configs", help="the packaged recipe configs (--config NAME): list them, or copy one out")
+    p.set_defaults(func=cmd_configs, action="ls")
+    actions = p.add_subparsers(dest="action")
+    actions.add_parser("ls", help="list them with a line each (the default)")
+    c = actions.add_parser("cp", help="copy one out to edit; an existing file is not overwritten")
+    c.add_argument("name", help="a packaged config's name (finetune-opt configs)")
+    c.add_argument("dest", help="the file to write, or a folder (then <folder>/<name>.yaml)")
     return parser
 
 

@@ -17,6 +17,7 @@ import yaml
 
 from finetune_opt.errors import ConfigError, Interrupted, TrainingStopped, one_of
 from finetune_opt import cls_only_last_layer, distributed
+from finetune_opt import configs as packaged_configs
 from finetune_opt.models import check_model_config, check_pretrained_positions, local_pretrained_config
 from finetune_opt.optim import REGISTRY, get_optimizer_spec
 from finetune_opt.optim.in_backward import refusal as in_backward_refusal
@@ -360,8 +361,7 @@ def _drop_other_optimizers_args(values: dict, file_values: dict, overrides: dict
 def load_config(path: str | None, overrides: list[str]) -> RunConfig:
     values = {}
     if path:
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file {path!r} does not exist")
+        path = packaged_configs.resolve(path)  # a file, else a packaged config's name (`--config sst2`)
         values = read_yaml_mapping(path)
         unknown = [k for k in values if k not in FIELDS and k not in LEGACY_OPTIMIZER_KEYS]
         if unknown:
@@ -397,7 +397,8 @@ def recipe_main(run, description: str, argv=None):
     """Entry point shared by the recipes: parse `--config FILE key=value ...`, run, and turn
     ConfigError into a one-line message with exit code 2."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", help="YAML file with RunConfig fields")
+    parser.add_argument("--config", help="YAML file with RunConfig fields, or a packaged config's name "
+                                         "(`finetune-opt configs` lists them)")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. optimizer=adamw_fused lr=3e-5")
     args = parser.parse_args(argv)
     from finetune_opt.run_dir import claim_output_dir, release_output_dir  # (run_dir imports torch)

@@ -51,14 +51,14 @@ def _from_pretrained(loader, name_or_path: str, what: str, **kwargs):
         raise ConfigError(f"cannot load {what} {name_or_path!r}: {str(e).splitlines()[0]}") from None
 
 
-def load_model(name_or_path: str, task: str = "base", model_config: dict | None = None, **kwargs):
+def load_model(name_or_path: str, head: str = "base", model_config: dict | None = None, **kwargs):
     """Pretrained weights from `name_or_path`, or a fresh model from `model_config` (a dict with
     `model_type`, e.g. {"model_type": "gpt2", "n_layer": 2}) when one is given."""
     import transformers
 
-    if task not in MODEL_HEADS:
-        raise one_of("model head", task, MODEL_HEADS)
-    auto = getattr(transformers, MODEL_HEADS[task])
+    if head not in MODEL_HEADS:
+        raise one_of("model head", head, MODEL_HEADS)
+    auto = getattr(transformers, MODEL_HEADS[head])
     if model_config:
         cfg = dict(model_config)
         model_type = cfg.pop("model_type", None)

