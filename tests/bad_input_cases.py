@@ -176,6 +176,9 @@ def data_cases() -> list[Case]:
         with_base(BY_COLUMNS, "data-label-column-is-a-text-column", ["label_column=text"],
              "label_column 'text' is also in text_columns; the label needs a column of its own", files=GOOD_CSV,
              what="label_column names the text"),
+        with_base(BY_COLUMNS, "data-text-column-named-label", ["text_columns=[label]", "label_column=text"],
+             "text_columns cannot hold a column named 'label' while label_column is 'text'; rename that column in "
+             "the data files", files=GOOD_CSV, what="text_columns=[label] label_column=text"),
         Case("data-columns-with-a-fixed-task", ["text_columns=[text]"], "text_columns is for task=text_classification "
              "or text_regression; task 'sst2' has fixed columns (set text_columns=null)"),
         Case("data-regression-target-not-a-number", ["task=stsb", "data_dir={tmp}/stsb"],

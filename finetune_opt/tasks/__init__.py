@@ -57,6 +57,9 @@ def check_task_fields(task: Task, cfg) -> None:
     if cfg.label_column in cfg.text_columns:  # the text would be the label: a class per sentence
         raise ConfigError(f"label_column {cfg.label_column!r} is also in text_columns; the label needs a column "
                           f"of its own")
+    if "label" in cfg.text_columns:  # inside, the label column goes by that name: the two would be one list
+        raise ConfigError(f"text_columns cannot hold a column named 'label' while label_column is "
+                          f"{cfg.label_column!r}; rename that column in the data files")
 
 
 def _check_data_files(data_files):
