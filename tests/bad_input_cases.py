@@ -178,7 +178,7 @@ def data_cases() -> list[Case]:
              what="label_column names the text"),
         with_base(BY_COLUMNS, "data-text-column-named-label", ["text_columns=[label]", "label_column=text"],
              "text_columns cannot hold a column named 'label' while label_column is 'text'; rename that column in "
-             "the data files", files=GOOD_CSV, what="text_columns=[label] label_column=text"),
+             "the data files", files=GOOD_CSV, what="the text is in a column named label"),
         Case("data-columns-with-a-fixed-task", ["text_columns=[text]"], "text_columns is for task=text_classification "
              "or text_regression; task 'sst2' has fixed columns (set text_columns=null)"),
         Case("data-regression-target-not-a-number", ["task=stsb", "data_dir={tmp}/stsb"],
