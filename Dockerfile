@@ -2,8 +2,9 @@
 #   docker build -t finetune-opt .
 #   docker run --gpus all --rm -v "$PWD/data:/data" -v hf-cache:/cache -v "$PWD/runs:/runs" finetune-opt \
 #     --config_file accelerate_configs/multi_gpu.yaml --num_processes 4 \
-#     -m finetune_opt.recipes.finetune_glue --config recipes/configs/sst2.yaml data_dir=/data/sst2 output_dir=/runs/sst2-adamw
-# The recipes run from the installed package (-m finetune_opt.recipes.<name>); recipes/configs are examples.
+#     -m finetune_opt.recipes.finetune_glue --config sst2 data_dir=/data/sst2 output_dir=/runs/sst2-adamw
+# The recipes and their configs come from the installed package: -m finetune_opt.recipes.<name> --config <name>
+# (`finetune-opt configs` lists the configs; a mounted YAML file works too: --config /data/my.yaml).
 FROM pytorch/pytorch:2.9.0-cuda12.8-cudnn9-runtime
 
 ENV PYTHONUNBUFFERED=1 \
@@ -22,11 +23,10 @@ COPY finetune_opt/__init__.py finetune_opt/__init__.py
 # in a virtualenv on a CPU (2026-12-03); it has not run on a GPU.
 RUN pip install --no-cache-dir . schedulefree==1.4.1 torchao==0.14.1 peft==0.21.2 && pip uninstall -y finetune_opt
 COPY finetune_opt finetune_opt
-COPY recipes/configs recipes/configs
 COPY accelerate_configs accelerate_configs
 RUN pip install --no-cache-dir --no-deps .
 
 # Data (GLUE TSV / WikiText dirs), the HF cache (models, datasets), and run outputs.
 VOLUME ["/data", "/cache", "/runs"]
 ENTRYPOINT ["accelerate", "launch"]
-CMD ["--config_file", "accelerate_configs/single_gpu.yaml", "-m", "finetune_opt.recipes.finetune_glue", "--config", "recipes/configs/sst2.yaml", "output_dir=/runs/sst2-adamw"]
+CMD ["--config_file", "accelerate_configs/single_gpu.yaml", "-m", "finetune_opt.recipes.finetune_glue", "--config", "sst2", "output_dir=/runs/sst2-adamw"]

@@ -37,7 +37,7 @@ def launch(name, args, out_dir) -> dict:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            os.path.join(REPO, "accelerate_configs", config), "--num_processes", str(processes),
            "--mixed_precision", "no", "--main_process_port", str(free_port()),
-           os.path.join(REPO, "recipes/finetune_glue.py"), "--config", os.path.join(REPO, "recipes/configs/sst2.yaml"),
+           os.path.join(REPO, "recipes/finetune_glue.py"), "--config", "sst2",
            f"data_dir={args.data_dir}", f"max_steps={args.steps}", f"batch_size={args.global_batch // processes}",
            "optimizer=adamw_fused", "timing_warmup_steps=3", "log_with=none", "eval_examples=64",
            f"seed={args.seed}", f"output_dir={out_dir}", *args.overrides]

@@ -25,7 +25,7 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(REPO, "recipes/configs/sst2.yaml")
+CONFIG = "sst2"  # the packaged config (finetune_opt/configs/sst2.yaml)
 GLUE, TRAINER = os.path.join(REPO, "recipes/finetune_glue.py"), os.path.join(REPO, "recipes/trainer_glue.py")
 
 # name -> (command after the interpreter, overrides). Recipes take RunConfig overrides. "engine" has
@@ -153,7 +153,7 @@ def summarise(rounds, contenders):
 def markdown(rows, env, a) -> str:
     bases = [b for b in BASELINES if b in rows]
     lines = [f"{env['device']}; torch {env['torch']}; OMP_NUM_THREADS={env['omp_threads']}; {env['date']}. "
-             f"recipes/configs/sst2.yaml (MiniLM on SST-2, batch 32, length <= 64) for {a.steps} steps, {a.optimizer}"
+             f"finetune_opt/configs/sst2.yaml (MiniLM on SST-2, batch 32, length <= 64) for {a.steps} steps, {a.optimizer}"
              f"{', overrides: ' + ' '.join(a.set) if a.set else ''}; "
              f"{a.rounds} rounds = seeds {a.seed}..{a.seed + a.rounds - 1}, each contender in its own process, "
              f"alternating within a round. Load average (1 min) {env['load_average_1_5_15_min']['before'][0]:.1f} "

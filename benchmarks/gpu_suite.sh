@@ -98,7 +98,7 @@ PY
 sst2_run() {  # NAME LR [EXTRA...]
     local name=$1 lr=$2; shift 2
     local tag=$name; [ $# -gt 0 ] && tag="${name}_in_backward"
-    python3 recipes/finetune_glue.py --config recipes/configs/sst2.yaml model="$MODEL" optimizer="$name" lr="$lr" \
+    python3 recipes/finetune_glue.py --config sst2 model="$MODEL" optimizer="$name" lr="$lr" \
         output_dir="$OUT/sst2/$tag" save_final_model=false $SST2 "$@" > "$OUT/logs/sst2_$tag.log" 2>&1
     echo "$tag exit $?"
 }

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-benchmarks/results/cpu_2core/memory_breakdown}"
 RUNS="$(mktemp -d)"
-common=(--config recipes/configs/sst2.yaml max_steps=6 save_final_model=false)
+common=(--config sst2 max_steps=6 save_final_model=false)
 run() {  # NAME OVERRIDES...
     local name=$1; shift
     python recipes/finetune_glue.py "${common[@]}" output_dir="$RUNS/$name" "$@" > "$RUNS/$name.log" 2>&1

@@ -102,7 +102,7 @@ def resolve_base_configs(study: StudyConfig, folder: str):
     for label, block in study.tasks.items():
         if block and block.get("base_config") is not None:
             block["base_config"] = packaged_configs.resolve(block["base_config"], folder,
-                                                            f"base_config of task {label!r}")
+                                                            f"task {label!r}: base_config")
 
 
 def _read_study_yaml(path: str) -> dict:

@@ -9,7 +9,7 @@ RUNS="${RUNS:-runs}"
 LAUNCH="${LAUNCH:-accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no}"
 dirs=()
 for optimizer in adam_l2 adamw adamw_fused; do
-  $LAUNCH recipes/finetune_glue.py --config recipes/configs/sst2.yaml \
+  $LAUNCH recipes/finetune_glue.py --config sst2 \
     optimizer=$optimizer output_dir="$RUNS/sst2-$optimizer" "$@"
   dirs+=("$RUNS/sst2-$optimizer")
 done

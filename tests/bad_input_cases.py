@@ -29,6 +29,7 @@ class Case:
     note: str = ""                             # for the README table: what is wrong in the files given
 
 
+CONFIGS = "alpaca_sft, cola, gsm8k_lora, gsm8k_sft, gsm8k_sft_tiny, mnli, mrpc, qnli, qqp, rte, sst2, stsb, wikitext2, wnli"
 TINY_BERT = "{model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 32}"
 
 
@@ -256,7 +257,10 @@ def curated_cases(tmp: str) -> list[Case]:
              "expected ',' or '}', but got '<stream end>'", config_text="lr: {a: 1\n"),
         Case("yaml-unknown-key", [], "unknown config key (in {tmp}/config.yaml) 'lrr'; choose one of: "
              + ", ".join(f.name for f in dataclasses.fields(RunConfig)), config_text="lrr: 1\n"),
-        Case("config-missing", ["--config", "{tmp}/nope.yaml"], "config file '{tmp}/nope.yaml' does not exist"),
+        Case("config-missing", ["--config", "{tmp}/nope.yaml"],
+             f"config '{{tmp}}/nope.yaml' is neither a file nor a packaged config; packaged configs: {CONFIGS}"),
+        Case("config-unknown-name", ["--config", "sst"],
+             f"config 'sst' is neither a file nor a packaged config; packaged configs: {CONFIGS}"),
         Case("override-no-equals", ["lr"], "override 'lr' is not key=value"),
         Case("override-value-not-yaml", ["model_config={model_type:"],
              "override 'model_config={model_type:': the value is not valid YAML: expected the node content, "

@@ -111,7 +111,7 @@ def test_switching_optimizer_drops_the_files_own_hyperparameters_with_a_notice(c
     naming a hyperparameter the new optimizer lacks is still refused."""
     from finetune_opt.config import load_config
 
-    file = str(REPO / "recipes/configs/gsm8k_sft_tiny.yaml")
+    file = "gsm8k_sft_tiny"  # the packaged config
     cfg = load_config(file, ["optimizer=muon"])
     assert capsys.readouterr().err == "note: optimizer=muon replaces the config file's adamw; its betas (not muon's) are dropped\n"
     assert cfg.optimizer == "muon" and "betas" not in cfg.optimizer_args and (cfg.lr, cfg.weight_decay) == (5e-3, 0.1)

@@ -86,3 +86,57 @@ def test_inspect_shows_muon_split():
     assert split.startswith("muon split: Muon takes the linear weights inside the repeated blocks (") and \
         ".encoder.layer.*): 36; AdamW every other weight, incl. these matrices: " in split
     assert split.endswith("pooler.dense.weight, classifier.weight")
+
+
+def test_configs_lists_the_packaged_configs_by_name_recipe_and_first_comment_line(capsys):
+    """`finetune-opt configs`: one line each, the configs the wheel ships (finetune_opt/configs/)."""
+    from finetune_opt.cli import main
+
+    assert main(["configs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == sorted(p.stem for p in (REPO / "finetune_opt/configs").glob("*.yaml"))
+    assert "sst2            finetune_opt.recipes.finetune_glue  GLUE SST-2 with all-MiniLM-L6-v2 (22.7M params), " \
+           "dev accuracy ~0.84-0.85 after 300 steps on CPU." in lines
+    assert "alpaca_sft      finetune_opt.recipes.finetune_sft   Alpaca-style instruction data (instruction / input / " \
+           "output columns), any causal LM." in lines  # the first sentence of a longer comment
+    assert main(["configs", "ls"]) == 0 and capsys.readouterr().out.splitlines() == lines
+
+
+def test_configs_cp_copies_one_out_and_never_overwrites(tmp_path, capsys):
+    from finetune_opt.cli import main
+    from finetune_opt.config import load_config
+
+    packaged = (REPO / "finetune_opt/configs/rte.yaml").read_text()
+    assert main(["configs", "cp", "rte", str(tmp_path)]) == 0  # a folder: <folder>/rte.yaml
+    assert capsys.readouterr().out == f"{tmp_path / 'rte.yaml'}\n" and (tmp_path / "rte.yaml").read_text() == packaged
+    assert load_config(str(tmp_path / "rte.yaml"), []).task == "rte"
+    (tmp_path / "mine.yaml").write_text("task: sst2\n")
+    assert main(["configs", "cp", "sst2", str(tmp_path / "mine.yaml")]) == 2
+    assert capsys.readouterr().err == (f"finetune-opt: error: '{tmp_path / 'mine.yaml'}' exists; not overwriting it: "
+                                       f"remove it or choose another destination\n")
+    assert (tmp_path / "mine.yaml").read_text() == "task: sst2\n"
+    assert main(["configs", "cp", "rte", str(tmp_path)]) == 2 and (tmp_path / "rte.yaml").read_text() == packaged
+    capsys.readouterr()
+    assert main(["configs", "cp", "sst", str(tmp_path / "new.yaml")]) == 2
+    assert capsys.readouterr().err == ("finetune-opt: error: unknown packaged config 'sst'; choose one of: alpaca_sft, "
+                                       "cola, gsm8k_lora, gsm8k_sft, gsm8k_sft_tiny, mnli, mrpc, qnli, qqp, rte, sst2, "
+                                       "stsb, wikitext2, wnli\n")
+    assert main(["configs", "cp", "sst2", str(tmp_path / "no/such/dir/x.yaml")]) == 2
+    assert capsys.readouterr().err == (f"finetune-opt: error: cannot copy sst2 to '{tmp_path / 'no/such/dir/x.yaml'}': "
+                                       f"folder '{tmp_path / 'no/such/dir'}' does not exist\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.yaml", "rte.yaml"]
+
+
+def test_inspect_head_is_a_model_head_and_task_is_not_an_option(capsys):
+    """`inspect --head {base,classification,causal-lm}`; `--task` (which took a head, where every other
+    `task` is a task name) is gone."""
+    from finetune_opt.cli import build_parser
+
+    assert build_parser().parse_args(["inspect", "--optimizer", "adamw", "--model", "m"]).head == "base"
+    for args in (["--head", "sst2"], ["--task", "classification"]):
+        with pytest.raises(SystemExit) as e:
+            build_parser().parse_args(["inspect", "--optimizer", "adamw", "--model", "m", *args])
+        assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: argument --head: invalid choice: 'sst2' (choose from " in err  # (quoting differs by Python)
+    assert err.endswith("error: unrecognized arguments: --task classification\n")

@@ -31,9 +31,9 @@ def test_dockerfile_launches_through_accelerate():
     text = (REPO / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["accelerate", "launch"]' in text and "FROM pytorch/pytorch:" in text
     assert 'VOLUME ["/data", "/cache", "/runs"]' in text
-    # the recipe from the installed package (not a checkout's recipes/ script), a config that is copied in
-    assert '"-m", "finetune_opt.recipes.finetune_glue", "--config", "recipes/configs/sst2.yaml"' in text
-    assert "COPY recipes/configs recipes/configs" in text and "COPY recipes recipes" not in text
+    # the recipe and its config from the installed package (not a checkout's recipes/ script or configs)
+    assert '"-m", "finetune_opt.recipes.finetune_glue", "--config", "sst2"' in text
+    assert "COPY finetune_opt finetune_opt" in text and "COPY recipes" not in text
 
 
 @pytest.mark.parametrize("name,kind", [("single_gpu", "NO"), ("multi_gpu", "MULTI_GPU"), ("fsdp2", "FSDP"),

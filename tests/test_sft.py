@@ -282,8 +282,8 @@ def test_merged_lora_model_gives_the_adapter_model_outputs(tmp_path, tokenizer):
 
 # ---- the recipe as a user runs it -------------------------------------------------------------
 
-def sft_recipe(*overrides, config="gsm8k_sft_tiny.yaml"):
-    cmd = [sys.executable, str(REPO / "recipes/finetune_sft.py"), "--config", str(REPO / "recipes/configs" / config),
+def sft_recipe(*overrides, config="gsm8k_sft_tiny"):
+    cmd = [sys.executable, str(REPO / "recipes/finetune_sft.py"), "--config", config,
            f"data_dir={GSM8K}", *overrides]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
 
@@ -343,7 +343,7 @@ def test_two_processes_gather_eval_and_generation_without_duplicates(tmp_path):
               "eval_before_training=true"]
     one = sft_recipe(*common, f"output_dir={tmp_path / 'one'}")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(REPO / "recipes/finetune_sft.py"),
-           "--config", str(REPO / "recipes/configs/gsm8k_sft_tiny.yaml"), f"data_dir={GSM8K}", *common,
+           "--config", "gsm8k_sft_tiny", f"data_dir={GSM8K}", *common,
            f"output_dir={tmp_path / 'two'}"]
     two = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert one.returncode == 0 and two.returncode == 0, (one.stderr[-2000:], two.stderr[-2000:])

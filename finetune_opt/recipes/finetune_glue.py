@@ -2,9 +2,9 @@
 registered optimizer; report the task's official dev metrics, step time, optimizer-step time,
 throughput and peak memory.
 
-    accelerate launch recipes/finetune_glue.py --config recipes/configs/sst2.yaml optimizer=adamw_fused
-    python recipes/finetune_glue.py --config recipes/configs/stsb.yaml data_dir=../shared/data/stsb
-    python recipes/finetune_glue.py --config recipes/configs/sst2.yaml task=text_classification data_dir=null \\
+    accelerate launch recipes/finetune_glue.py --config sst2 optimizer=adamw_fused
+    python recipes/finetune_glue.py --config stsb data_dir=../shared/data/stsb
+    python recipes/finetune_glue.py --config sst2 task=text_classification data_dir=null \\
         data_files='{train: my_train.csv, eval: my_dev.csv}' text_columns=[text] label_column=label
 
 Tasks: every entry of finetune_opt.tasks.TASKS this recipe runs (the nine GLUE tasks, text_classification,

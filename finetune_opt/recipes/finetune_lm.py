@@ -1,8 +1,8 @@
 """Train a causal LM on WikiText-2 with a registered optimizer; report validation loss and
 perplexity (before and after), step time, optimizer-step time, tokens/s and peak memory.
 
-    accelerate launch recipes/finetune_lm.py --config recipes/configs/wikitext2.yaml data_dir=../shared/data/wikitext2
-    python recipes/finetune_lm.py --config recipes/configs/wikitext2.yaml model=gpt2 model_config=null
+    accelerate launch recipes/finetune_lm.py --config wikitext2 data_dir=../shared/data/wikitext2
+    python recipes/finetune_lm.py --config wikitext2 model=gpt2 model_config=null
 
 Data: `data_dir=<dir with train.txt, valid.txt>`, else $FINETUNE_OPT_DATA/wikitext2, else the Hub
 (Salesforce/wikitext, wikitext-2-v1). The text is tokenized with the model's tokenizer, joined, and cut

@@ -2,9 +2,9 @@
 full or LoRA (peft); report held-out loss / perplexity on the responses, GSM8K accuracy by greedy
 generation, trainable parameters, optimizer-state bytes, step time, tokens/s and padding share.
 
-    accelerate launch recipes/finetune_sft.py --config recipes/configs/gsm8k_sft.yaml
-    accelerate launch recipes/finetune_sft.py --config recipes/configs/gsm8k_lora.yaml optimizer=adamw_fused
-    python recipes/finetune_sft.py --config recipes/configs/gsm8k_sft_tiny.yaml data_dir=../shared/data/gsm8k
+    accelerate launch recipes/finetune_sft.py --config gsm8k_sft
+    accelerate launch recipes/finetune_sft.py --config gsm8k_lora optimizer=adamw_fused
+    python recipes/finetune_sft.py --config gsm8k_sft_tiny data_dir=../shared/data/gsm8k
 
 Data: `data_dir=<dir or file>` (JSONL / JSON / CSV), else $FINETUNE_OPT_DATA/<task>, else the Hub
 (`dataset=<name>`, or openai/gsm8k for task gsm8k). The loss is on the response tokens only.

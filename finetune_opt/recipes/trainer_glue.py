@@ -1,7 +1,7 @@
 """The same GLUE job as finetune_glue.py, trained by transformers.Trainer with a registered
 optimizer plugged in one line; results.json has the same schema, so the study compares engines.
 
-    python recipes/trainer_glue.py --config recipes/configs/sst2.yaml optimizer=adamw_fused output_dir=runs/sst2-trainer
+    python recipes/trainer_glue.py --config sst2 optimizer=adamw_fused output_dir=runs/sst2-trainer
 
 Checkpointing is the Trainer's own business here (resume/save_every belong to the Accelerate recipe).
 """
