@@ -1,4 +1,5 @@
 import os
+import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -8,6 +9,9 @@ import pytest
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="finetune_opt_hf_")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Commands the tests start by name (finetune-opt, accelerate, hadolint) come from this interpreter's
+# environment, also in a virtualenv run as `v/bin/python -m pytest` without activating it.
+os.environ["PATH"] = sysconfig.get_path("scripts") + os.pathsep + os.environ.get("PATH", "")
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("FINETUNE_OPT_DATA", REPO.parent / "shared" / "data"))

