@@ -72,6 +72,12 @@ def cmd_configs(args):
     print(configs.copy(args.name, args.dest) if args.action == "cp" else configs.listing())
 
 
+def cmd_plan(args):
+    from finetune_opt import plan
+
+    print(plan.run(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from finetune_opt.models import MODEL_HEADS  # (imports torch, as finetune_opt.optim does)
 
@@ -114,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = actions.add_parser("cp", help="copy one out to edit; an existing file is not overwritten")
     c.add_argument("name", help="a packaged config's name (finetune-opt configs)")
     c.add_argument("dest", help="the file to write, or a folder (then <folder>/<name>.yaml)")
+    from finetune_opt.plan import add_parser as add_plan_parser
+    add_plan_parser(sub).set_defaults(func=cmd_plan)
     return parser
 
 

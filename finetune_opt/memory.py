@@ -196,13 +196,15 @@ def measured_breakdown(model, optimizer, phases: dict, gradients: int | None) ->
 
 # --- prediction -----------------------------------------------------------------------------------
 
-def predict_step_temporaries(spec, implementation: str, param_groups) -> int:
+def predict_step_temporaries(spec, implementation: str, param_groups, local_bytes=None) -> int:
     """What an optimizer step allocates beyond its state, from the implementation's rule
     (`Implementation.temporaries`): a multiple of its largest parameter group (foreach: torch's
     _multi_tensor_adam keeps sqrt(v) for every tensor of the group at once), of its largest tensor
-    (a per-tensor step), or nothing (a fused kernel)."""
+    (a per-tensor step), or nothing (a fused kernel). `local_bytes(p)`: the bytes of p this rank
+    holds (default: read from the tensor, an FSDP2 DTensor's local shard)."""
+    local_bytes = local_bytes or tensor_storage_bytes
     scope, multiple = spec.implementations[implementation].temporaries
-    tensor_bytes = [[tensor_storage_bytes(p) for p in g["params"]] for g in param_groups]
+    tensor_bytes = [[local_bytes(p) for p in g["params"]] for g in param_groups]
     if scope == "group":
         return int(multiple * max(sum(b) for b in tensor_bytes))
     if scope == "tensor":
@@ -211,13 +213,17 @@ def predict_step_temporaries(spec, implementation: str, param_groups) -> int:
 
 
 def predict_activations(config, batch_size: int, seq_len: int, element_size: int,
-                        cls_only: bool = False, checkpointed: bool = False) -> int | None:
+                        cls_only: bool = False, checkpointed: bool = False, lm_vocab: int | None = None,
+                        logits_element_size: int | None = None) -> int | None:
     """Korthikanti et al. 2022's per-layer activation bytes, times the layers; None for a model
     whose config does not name the sizes. A last layer computed for [CLS] only
     (finetune_opt.cls_only_last_layer) keeps its input, keys and values for every position
     (3 sbh e) and the rest for one position. With gradient checkpointing each layer keeps only
     its input (sbh e) and one layer's activations exist at a time (their Sec. 4.2, full
-    recomputation)."""
+    recomputation). A causal LM (`lm_vocab`: its output vocabulary) also holds its logits, which
+    their per-layer count leaves out and which dominate a large-vocabulary model at long
+    sequences (see `predict_logits`; `logits_element_size`: the LM head's output dtype, default
+    `element_size`)."""
     h = getattr(config, "hidden_size", None)
     layers = getattr(config, "num_hidden_layers", None)
     heads = getattr(config, "num_attention_heads", None)
@@ -228,31 +234,83 @@ def predict_activations(config, batch_size: int, seq_len: int, element_size: int
     def layer(queries: int) -> int:
         return queries * b * h * (16 * e + 2) + heads * queries * s * b * (2 * e + 1)
 
-    if checkpointed:
-        return layers * s * b * h * e + layer(s)
+    logits = predict_logits(b, s, lm_vocab, logits_element_size or e) if lm_vocab else 0
+    if checkpointed:  # the logits are freed by backward before the first layer is recomputed
+        return layers * s * b * h * e + max(layer(s), logits)
     if not cls_only:
-        return layers * layer(s)
-    return (layers - 1) * layer(s) + layer(1) + 3 * s * b * h * e
+        return layers * layer(s) + logits
+    return (layers - 1) * layer(s) + layer(1) + 3 * s * b * h * e + logits
+
+
+def predict_logits(batch_size: int, seq_len: int, vocab: int, element_size: int) -> int:
+    """A causal LM's output at the forward pass's peak: the logits in the compute dtype, their fp32
+    copy for the loss (the same tensor in fp32), and cross-entropy's fp32 log-softmax, kept for backward."""
+    return batch_size * seq_len * vocab * (element_size + (4 if element_size != 4 else 0) + 4)
+
+
+def predict_components(params, param_groups, spec, implementation: str, config, batch_shape: tuple,
+                       mixed_precision: str, *, cls_only: bool = False, checkpointed: bool = False,
+                       lm_vocab: int | None = None, in_backward: bool = False, state_shards: int = 1,
+                       local_bytes=None) -> dict:
+    """The one memory model: each component's predicted bytes for one rank. The run fills
+    results.json's `predicted` with it (from its model and optimizer) and `finetune-opt plan` calls it
+    for every configuration it lists (from a model on the meta device), so the two cannot drift.
+    `params`: every parameter once; `param_groups`: the optimizer's groups, hyperparameters filled
+    in; `local_bytes(p)`: the bytes of p this rank holds (default: read from the tensor). In backward
+    each gradient is freed by its hook, so none is alive after backward and the step has no phase
+    of its own. The optimizer state is 1/`state_shards` of the whole model's (FSDP2)."""
+    local_bytes = local_bytes or tensor_storage_bytes
+    trainable = [p for p in params if p.requires_grad]
+    element, logits_element = element_sizes(mixed_precision, trainable)
+    return {
+        "parameters": sum(local_bytes(p) for p in params),
+        "gradients": 0 if in_backward else sum(local_bytes(p) for p in trainable),
+        "optimizer_state": spec.state_bytes_for(param_groups) // state_shards,
+        "optimizer_step_temporaries": (None if in_backward else
+                                       predict_step_temporaries(spec, implementation, param_groups, local_bytes)),
+        "activations_and_workspace": predict_activations(config, *batch_shape, element, cls_only,
+                                                         checkpointed=checkpointed, lm_vocab=lm_vocab,
+                                                         logits_element_size=logits_element),
+    }
+
+
+def predicted_total(components: dict) -> int:
+    """The step's peak the components add up to: parameters, gradients and state, plus the larger
+    of the forward pass's activations and the optimizer step's temporaries (backward frees the
+    activations before the step allocates its temporaries). The gradients are counted whole
+    beside the activations: backward creates the last layers' gradients while the first layers'
+    activations are still held, so this bounds the peak from above."""
+    get = lambda k: components.get(k) or 0  # noqa: E731 (None: not modelled, or no such phase)
+    return (get("parameters") + get("gradients") + get("optimizer_state")
+            + max(get("activations_and_workspace"), get("optimizer_step_temporaries")))
+
+
+def element_sizes(mixed_precision: str, trainable) -> tuple[int, int]:
+    """(bytes per saved activation element, bytes per element of the matmul outputs such as the
+    logits). Autocast over fp32 weights keeps the activations at the weights' size: the residual
+    stream, the norms and the softmax stay fp32, and each matmul saves a bf16 copy of its fp32 input
+    beside it (a 2-layer Llama on CPU: bf16 autocast held 0.98x the fp32 run's forward peak), so
+    Korthikanti's half-precision e = 2 holds only for weights that are themselves half precision."""
+    weights = trainable[0].element_size()
+    return weights, (2 if mixed_precision in ("bf16", "fp16") else weights)
+
+
+def lm_vocab_size(model) -> int | None:
+    """The output vocabulary of a model with an LM head (None for an encoder with a task head)."""
+    base = getattr(model, "get_base_model", lambda: model)()
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    return getattr(head, "out_features", None) if isinstance(head, torch.nn.Linear) else None
 
 
 def predicted_breakdown(model, optimizer, spec, implementation: str, batch_shape: tuple, mixed_precision: str,
                         in_backward: bool = False, state_shards: int = 1) -> dict:
-    """In backward, each gradient is freed by its hook, so none is alive after backward and the
-    step has no separate phase. Under FSDP2 parameters and gradients are read from this rank's
-    shards, and the optimizer state is 1/`state_shards` of the whole model's."""
+    """predict_components for a built model and optimizer. Under FSDP2 parameters and gradients
+    are read from this rank's shards."""
     params = unique_parameters(model)
-    trainable = [p for p in params if p.requires_grad]
-    element = 2 if mixed_precision in ("bf16", "fp16") else trainable[0].element_size()
-    return {
-        "parameters": sum(tensor_storage_bytes(p) for p in params),
-        "gradients": 0 if in_backward else sum(tensor_storage_bytes(p) for p in trainable),
-        "optimizer_state": spec.state_bytes_for(optimizer.param_groups) // state_shards,
-        "optimizer_step_temporaries": (None if in_backward else
-                                       predict_step_temporaries(spec, implementation, optimizer.param_groups)),
-        "activations_and_workspace": predict_activations(getattr(model, "config", None), *batch_shape, element,
-                                                         cls_only_last_layer.is_applied(model),
-                                                         checkpointed=_checkpointed(model)),
-    }
+    return predict_components(params, optimizer.param_groups, spec, implementation, getattr(model, "config", None),
+                              batch_shape, mixed_precision, cls_only=cls_only_last_layer.is_applied(model),
+                              checkpointed=_checkpointed(model), lm_vocab=lm_vocab_size(model),
+                              in_backward=in_backward, state_shards=state_shards)
 
 
 def _checkpointed(model) -> bool:
@@ -275,15 +333,29 @@ def _sharded(accelerator) -> bool:
 
 
 def memory_breakdown(run, training_step) -> dict:
-    """The engine's record of its probed step: measured, predicted, and their ratio."""
+    """The engine's record of its probed step: measured, predicted, and their ratio; and, because
+    the probed step's batch is whichever came last in warm-up (SST-2: [32, 7] where the longest is
+    [32, 64]), the prediction at the run's longest batch, the one that decides whether it fits."""
     cfg, probe = run.cfg, training_step.probe
     model = run.accelerator.unwrap_model(run.model)
     measured = measured_breakdown(model, run.optimizer, probe.phases, probe.gradients)
     # the step's own peak above what it started with (parameters + state): what in-backward lowers
     measured["step_peak_above_start"] = probe.peak_above_step_start
-    predicted = predicted_breakdown(model, run.optimizer, run.spec, cfg.implementation, training_step.batch_shape,
-                                    cfg.mixed_precision, in_backward=cfg.optimizer_in_backward,
-                                    state_shards=run.accelerator.num_processes if _sharded(run.accelerator) else 1)
+    shards = run.accelerator.num_processes if _sharded(run.accelerator) else 1
+
+    def predict(batch_shape):
+        return predicted_breakdown(model, run.optimizer, run.spec, cfg.implementation, batch_shape,
+                                   cfg.mixed_precision, in_backward=cfg.optimizer_in_backward, state_shards=shards)
+
+    predicted = predict(training_step.batch_shape)
+    rows, length = training_step.batch_shape
+    longest_shape = (rows, max(length, getattr(cfg, "max_length", length)))
+    longest = predict(longest_shape)
     return {"method": probe.method, "batch_shape": list(training_step.batch_shape),
             "optimizer_in_backward": cfg.optimizer_in_backward, "measured": measured, "predicted": predicted,
-            "measured_over_predicted": compare(predicted, measured)}
+            "predicted_total": predicted_total(predicted),
+            "measured_over_predicted": compare(predicted, measured),
+            "longest_batch": {"batch_shape": list(longest_shape), "measured": longest_shape == training_step.batch_shape,
+                              "basis": "predicted at batch rows x max_length, which no batch exceeds "
+                                       "(measured only where the probed batch was that long)",
+                              "predicted": longest, "predicted_total": predicted_total(longest)}}

@@ -49,6 +49,17 @@ def create_optimizer(name: str, model_or_params, *, implementation: str | None =
     return optimizer
 
 
+def planned_param_groups(name: str, model, implementation: str | None = None, **hyperparams) -> list[dict]:
+    """The parameter groups `create_optimizer` would build, each holding its hyperparameters as the
+    built optimizer's groups do (defaults filled in), without building the optimizer: what the
+    spec's cost model reads. For `finetune-opt plan`, on a model on the meta device."""
+    spec = get_optimizer_spec(name)
+    implementation = spec.resolve_implementation(implementation)
+    hp = spec.validate(hyperparams)
+    defaults = {**hp, **spec.fixed_kwargs, **spec.implementations[implementation].flags}
+    return [{**defaults, **g} for g in _param_groups(spec, model, hp)]
+
+
 def _param_groups(spec: OptimizerSpec, model_or_params, hp: dict) -> list[dict]:
     if isinstance(model_or_params, nn.Module):
         make = spec.param_groups or (lambda model, wd: build_param_groups(model, wd))
