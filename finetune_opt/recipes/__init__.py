@@ -1,7 +1,7 @@
-"""The recipes, one module each: `run(cfg)` does the job, `main()` parses `--config FILE key=value ...`.
+"""The recipes, one module each: `run(cfg)` does the job, `main()` parses `--config FILE|NAME key=value ...`.
 
-    python -m finetune_opt.recipes.finetune_glue --config sst2.yaml     (installed package)
-    python recipes/finetune_glue.py --config sst2  (source checkout: a thin wrapper)
+    python -m finetune_opt.recipes.finetune_glue --config sst2     (installed package; a packaged config by name)
+    python recipes/finetune_glue.py --config my_sst2.yaml          (source checkout: a thin wrapper; a file)
 
 Each task names its recipe by file name (finetune_opt.tasks.RECIPES); `module` turns it into this
 package's module, which `finetune-opt study` runs.
