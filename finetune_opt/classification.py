@@ -7,7 +7,7 @@ from transformers import DataCollatorWithPadding
 
 from finetune_opt import cls_only_last_layer
 from finetune_opt.data import TaskData, load_task
-from finetune_opt.metrics import compute_metrics
+from finetune_opt.metrics import check_metrics, compute_metrics
 from finetune_opt.models import load_model
 from finetune_opt.tasks import REGRESSION
 
@@ -16,6 +16,8 @@ def load_classification(cfg, tokenizer, main_process_first) -> TaskData:
     """Tokenized splits (+ "train_eval": a seeded slice of the training subset, for the train-vs-dev
     gap, when cfg.train_eval_examples is set); labels in column "labels"."""
     data = load_task(cfg)
+    if cfg.metric and data.task.problem_type != REGRESSION and data.num_labels != 2:  # validation tried 2 classes
+        check_metrics(cfg.metric, "classification", data.num_labels)
     splits = data.splits
     if cfg.train_eval_examples:
         n = min(cfg.train_eval_examples, len(splits["train"]))
@@ -62,9 +64,9 @@ def eval_splits(data: TaskData) -> list[str]:
     return [s for s in data.splits if s != "train"]
 
 
-def task_metrics(task, logits: torch.Tensor, labels: torch.Tensor, prefix: str = "") -> dict:
-    """eval_loss (the training loss: cross-entropy, or MSE for regression), the task's metrics, and
-    the example count."""
+def task_metrics(task, logits: torch.Tensor, labels: torch.Tensor, prefix: str = "", metrics=None) -> dict:
+    """eval_loss (the training loss: cross-entropy, or MSE for regression), the task's metrics (or the
+    `metric:` modules given, with the task's headline when none of them reports it), and the example count."""
     logits = logits.double()  # metrics in float64, whatever precision the model ran in
     if task.problem_type == REGRESSION:
         predictions, labels = logits.squeeze(-1), labels.double()
@@ -72,6 +74,8 @@ def task_metrics(task, logits: torch.Tensor, labels: torch.Tensor, prefix: str =
     else:
         predictions, labels = logits.argmax(-1), labels.long()
         loss = F.cross_entropy(logits, labels)
-    result = {"eval_loss": loss.item(), **compute_metrics(task.metrics, predictions.numpy(), labels.numpy()),
-              "eval_examples": len(labels)}
+    scores = compute_metrics(metrics or task.metrics, predictions.numpy(), labels.numpy())
+    if task.headline not in scores:  # compare and study rank runs by it
+        scores.update(compute_metrics([task.headline], predictions.numpy(), labels.numpy()))
+    result = {"eval_loss": loss.item(), **scores, "eval_examples": len(labels)}
     return {f"{prefix}{k}": v for k, v in result.items()}

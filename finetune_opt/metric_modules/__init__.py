@@ -1,0 +1,1 @@
+"""The packaged `evaluate` metric modules: one folder each, <name>/<name>.py (the layout evaluate.load reads)."""

@@ -1,0 +1,1 @@
+"""The `accuracy` metric module (evaluate.load(<this folder>) loads accuracy.py)."""

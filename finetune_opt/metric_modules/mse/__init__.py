@@ -1,0 +1,1 @@
+"""The `mse` metric module (evaluate.load(<this folder>) loads mse.py)."""

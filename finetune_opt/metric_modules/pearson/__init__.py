@@ -1,0 +1,1 @@
+"""The `pearson` metric module (evaluate.load(<this folder>) loads pearson.py)."""

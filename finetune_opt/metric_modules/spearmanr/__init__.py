@@ -1,0 +1,1 @@
+"""The `spearmanr` metric module (evaluate.load(<this folder>) loads spearmanr.py)."""
