@@ -91,7 +91,9 @@ class RunConfig:
     max_nonfinite_steps: int = 10    # skip steps with NaN/inf loss or gradients, stop after this many
     # measurement and output
     timing_warmup_steps: int = 5     # excluded from step-time statistics
-    memory_breakdown: bool = True    # measure one warm-up step's memory by phase (finetune_opt.memory)
+    # one warm-up step's memory by phase (finetune_opt.memory); null: measured by the engine's recipes
+    # (not by the Trainer recipe, which refuses true)
+    memory_breakdown: bool | None = None
     log_every: int = 10
     log_with: str | None = "auto"    # trackers (finetune_opt.tracking): auto = TensorBoard if installed; none; wandb, ...
     output_dir: str = "runs/sst2-adamw"
@@ -152,8 +154,7 @@ class RunConfig:
             raise one_of("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         self.mixed_precision = resolve_mixed_precision(self.mixed_precision)  # the config says what ran
         trackers(self.log_with)  # an unknown or uninstalled tracker: one line, now
-        for name in ("optimizer_in_backward", "memory_breakdown", "group_by_length", "compile_model",
-                     "gradient_checkpointing"):
+        for name in ("optimizer_in_backward", "group_by_length", "compile_model", "gradient_checkpointing"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.optimizer_in_backward:

@@ -384,7 +384,7 @@ def train(run: Training, state: LoopState, batches: Iterator, meter: Meter, stop
     probe_step = state.step + max(1, min(cfg.timing_warmup_steps, cfg.max_steps - state.step))
     run.model.train()
     for step in range(state.step + 1, cfg.max_steps + 1):
-        probed = cfg.memory_breakdown and step == probe_step
+        probed = cfg.memory_breakdown is not False and step == probe_step
         training_step.probe = phase_probe(run.accelerator.device) if probed else NO_PROBE
         with training_step.probe.step():
             outcome = training_step(batches, lambda: stop_signal() is not None)

@@ -242,6 +242,9 @@ def not_done_cases() -> list[Case]:
                f"(recipes/finetune_glue.py does it): set {key}=false", recipe="trainer_glue.py",
                what="the Trainer recipe")
           for key in ("save_final_model", "eval_before_training")],
+        Case("trainer-memory_breakdown", ["memory_breakdown=true"], "memory_breakdown is not done by the Trainer "
+             "recipe (recipes/finetune_glue.py does it): set memory_breakdown=null", recipe="trainer_glue.py",
+             what="the Trainer recipe"),
         with_base(SFT, "sft-train-eval-examples", ["train_eval_examples=8"], "train_eval_examples is not done by the "
                   "SFT recipe (its eval scores held-out responses only): set train_eval_examples=null",
                   recipe="finetune_sft.py", what="task=gsm8k"),

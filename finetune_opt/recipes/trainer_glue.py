@@ -79,6 +79,9 @@ def run(cfg):
     if cfg.resume or cfg.save_every:
         raise ConfigError("the Trainer recipe does not take resume/save_every; use recipes/finetune_glue.py")
     refuse_unused(cfg, TRAINER_DOES_NOT, "is not done by the Trainer recipe (recipes/finetune_glue.py does it)")
+    if cfg.memory_breakdown:  # (null and false: not measured)
+        raise ConfigError("memory_breakdown is not done by the Trainer recipe (recipes/finetune_glue.py does it): "
+                          "set memory_breakdown=null")
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
     report_to, tracker_callbacks = trainer_reporting(cfg.log_with, cfg.output_dir)
     args = TrainingArguments(
