@@ -21,7 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from finetune_opt import plan_check as pc  # noqa: E402
-from finetune_opt.memory import COMPONENTS  # noqa: E402
+from finetune_opt.memory import PLANNED  # noqa: E402
 
 GRID = [
     pc.case("single full fp32 adamw"),
@@ -42,7 +42,8 @@ GRID = [
     pc.case("fsdp2 lora fp32 adamw", distribution="fsdp2", tuning="lora"),
 ]
 SHORT = {"parameters": "params", "gradients": "grads", "optimizer_state": "state",
-         "optimizer_step_temporaries": "step temps", "activations_and_workspace": "activations"}
+         "optimizer_step_temporaries": "step temps", "activations_and_workspace": "activations",
+         "ddp_gradient_buckets": "DDP buckets"}
 
 
 def cell(x: dict) -> str:
@@ -55,7 +56,7 @@ def cell(x: dict) -> str:
 
 
 def markdown(rows: list[dict], env: dict) -> str:
-    head = ["configuration", "batch", *(SHORT[c] for c in COMPONENTS), "total predicted / measured step peak",
+    head = ["configuration", "batch", *(SHORT[c] for c in PLANNED), "total predicted / measured step peak",
             "plan = run's predicted"]
     lines = [f"# finetune-opt plan vs measurement (CPU, {env['when']})", "",
              f"Model: tiny Llama {json.dumps(pc.TINY_LLAMA)}; task {pc.TASK}; 3 steps, the third probed; "
@@ -66,7 +67,7 @@ def markdown(rows: list[dict], env: dict) -> str:
              f"gradients whole beside the activations, an upper bound.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        comps = [cell(r["components"][c]) for c in COMPONENTS]
+        comps = [cell(r["components"][c]) for c in PLANNED]
         total = f"{r['predicted_total'] / 2**20:.2f} / {r['measured_step_peak'] / 2**20:.2f}"
         lines.append(f"| {r['case']} | {r['batch_shape']} | " + " | ".join(comps)
                      + f" | {total} | {'yes' if r['plan_equals_run_prediction'] else 'NO'} |")

@@ -214,7 +214,7 @@ def predict_step_temporaries(spec, implementation: str, param_groups, local_byte
 
 def predict_activations(config, batch_size: int, seq_len: int, element_size: int,
                         cls_only: bool = False, checkpointed: bool = False, lm_vocab: int | None = None,
-                        logits_element_size: int | None = None) -> int | None:
+                        logits_element_size: int | None = None, scores_kept: bool = True) -> int | None:
     """Korthikanti et al. 2022's per-layer activation bytes, times the layers; None for a model
     whose config does not name the sizes. A last layer computed for [CLS] only
     (finetune_opt.cls_only_last_layer) keeps its input, keys and values for every position
@@ -223,7 +223,8 @@ def predict_activations(config, batch_size: int, seq_len: int, element_size: int
     recomputation). A causal LM (`lm_vocab`: its output vocabulary) also holds its logits, which
     their per-layer count leaves out and which dominate a large-vocabulary model at long
     sequences (see `predict_logits`; `logits_element_size`: the LM head's output dtype, default
-    `element_size`)."""
+    `element_size`). `scores_kept`: whether attention keeps its a s^2 b score matrices for
+    backward (see `attention_scores_kept`); without them a layer holds sbh(16e+2) alone."""
     h = getattr(config, "hidden_size", None)
     layers = getattr(config, "num_hidden_layers", None)
     heads = getattr(config, "num_attention_heads", None)
@@ -232,7 +233,7 @@ def predict_activations(config, batch_size: int, seq_len: int, element_size: int
     s, b, e = seq_len, batch_size, element_size
 
     def layer(queries: int) -> int:
-        return queries * b * h * (16 * e + 2) + heads * queries * s * b * (2 * e + 1)
+        return queries * b * h * (16 * e + 2) + (heads * queries * s * b * (2 * e + 1) if scores_kept else 0)
 
     logits = predict_logits(b, s, lm_vocab, logits_element_size or e) if lm_vocab else 0
     if checkpointed:  # the logits are freed by backward before the first layer is recomputed
@@ -251,14 +252,16 @@ def predict_logits(batch_size: int, seq_len: int, vocab: int, element_size: int)
 def predict_components(params, param_groups, spec, implementation: str, config, batch_shape: tuple,
                        mixed_precision: str, *, cls_only: bool = False, checkpointed: bool = False,
                        lm_vocab: int | None = None, in_backward: bool = False, state_shards: int = 1,
-                       local_bytes=None) -> dict:
+                       local_bytes=None, ddp: bool = False, device_type: str = "cpu") -> dict:
     """The one memory model: each component's predicted bytes for one rank. The run fills
     results.json's `predicted` with it (from its model and optimizer) and `finetune-opt plan` calls it
     for every configuration it lists (from a model on the meta device), so the two cannot drift.
     `params`: every parameter once; `param_groups`: the optimizer's groups, hyperparameters filled
     in; `local_bytes(p)`: the bytes of p this rank holds (default: read from the tensor). In backward
     each gradient is freed by its hook, so none is alive after backward and the step has no phase
-    of its own. The optimizer state is 1/`state_shards` of the whole model's (FSDP2)."""
+    of its own. The optimizer state is 1/`state_shards` of the whole model's (FSDP2). Under DDP
+    (`ddp`) each rank also holds the reducer's gradient buckets (see `ddp_gradient_buckets`).
+    `device_type`: where it trains ("cpu", "cuda"), which decides the attention kernel's memory."""
     local_bytes = local_bytes or tensor_storage_bytes
     trainable = [p for p in params if p.requires_grad]
     element, logits_element = element_sizes(mixed_precision, trainable)
@@ -270,8 +273,30 @@ def predict_components(params, param_groups, spec, implementation: str, config, 
                                        predict_step_temporaries(spec, implementation, param_groups, local_bytes)),
         "activations_and_workspace": predict_activations(config, *batch_shape, element, cls_only,
                                                          checkpointed=checkpointed, lm_vocab=lm_vocab,
-                                                         logits_element_size=logits_element),
+                                                         logits_element_size=logits_element,
+                                                         scores_kept=attention_scores_kept(config, device_type)),
+        "ddp_gradient_buckets": ddp_gradient_buckets(trainable, local_bytes) if ddp else 0,
     }
+
+
+def ddp_gradient_buckets(trainable, local_bytes) -> int:
+    """DDP with torch's default gradient_as_bucket_view=False (Accelerate passes no other) copies
+    every gradient into flat all-reduce buckets it allocates once, at wrap time, as large as the
+    gradients together: memory on each rank beside the gradients, though outside a step's own peak."""
+    return sum(local_bytes(p) for p in trainable)
+
+
+def attention_scores_kept(config, device_type: str) -> bool:
+    """Whether attention keeps its score matrices for backward. Eager attention does. SDPA runs a
+    fused kernel that keeps only a log-sum-exp per row, except where the kernel cannot take the
+    attention dropout: on a CPU, torch 2.13 falls back to the unfused math for dropout > 0 (a BERT
+    in training), which keeps them. Flash-attention-2 never keeps them. Measured on CPU: a 2-layer
+    Llama (no attention dropout) held 0.91x of the prediction without scores."""
+    kind = getattr(config, "_attn_implementation", None) or "eager"
+    if kind == "eager":
+        return True
+    dropout = max((getattr(config, k, 0) or 0) for k in ("attention_dropout", "attention_probs_dropout_prob", "attn_pdrop"))
+    return kind == "sdpa" and device_type == "cpu" and dropout > 0
 
 
 def predicted_total(components: dict) -> int:
@@ -281,7 +306,7 @@ def predicted_total(components: dict) -> int:
     beside the activations: backward creates the last layers' gradients while the first layers'
     activations are still held, so this bounds the peak from above."""
     get = lambda k: components.get(k) or 0  # noqa: E731 (None: not modelled, or no such phase)
-    return (get("parameters") + get("gradients") + get("optimizer_state")
+    return (get("parameters") + get("gradients") + get("optimizer_state") + get("ddp_gradient_buckets")
             + max(get("activations_and_workspace"), get("optimizer_step_temporaries")))
 
 
@@ -303,14 +328,15 @@ def lm_vocab_size(model) -> int | None:
 
 
 def predicted_breakdown(model, optimizer, spec, implementation: str, batch_shape: tuple, mixed_precision: str,
-                        in_backward: bool = False, state_shards: int = 1) -> dict:
+                        in_backward: bool = False, state_shards: int = 1, ddp: bool = False,
+                        device_type: str = "cpu") -> dict:
     """predict_components for a built model and optimizer. Under FSDP2 parameters and gradients
     are read from this rank's shards."""
     params = unique_parameters(model)
     return predict_components(params, optimizer.param_groups, spec, implementation, getattr(model, "config", None),
                               batch_shape, mixed_precision, cls_only=cls_only_last_layer.is_applied(model),
                               checkpointed=_checkpointed(model), lm_vocab=lm_vocab_size(model),
-                              in_backward=in_backward, state_shards=state_shards)
+                              in_backward=in_backward, state_shards=state_shards, ddp=ddp, device_type=device_type)
 
 
 def _checkpointed(model) -> bool:
@@ -319,6 +345,7 @@ def _checkpointed(model) -> bool:
 
 
 COMPONENTS = ("parameters", "gradients", "optimizer_state", "optimizer_step_temporaries", "activations_and_workspace")
+PLANNED = (*COMPONENTS, "ddp_gradient_buckets")  # what predicted_total adds up
 
 
 def compare(predicted: dict, measured: dict) -> dict:
@@ -341,11 +368,14 @@ def memory_breakdown(run, training_step) -> dict:
     measured = measured_breakdown(model, run.optimizer, probe.phases, probe.gradients)
     # the step's own peak above what it started with (parameters + state): what in-backward lowers
     measured["step_peak_above_start"] = probe.peak_above_step_start
+    measured["ddp_gradient_buckets"] = ddp_bucket_bytes(run.model)
     shards = run.accelerator.num_processes if _sharded(run.accelerator) else 1
+    ddp = run.model is not model and isinstance(run.model, torch.nn.parallel.DistributedDataParallel)
 
     def predict(batch_shape):
         return predicted_breakdown(model, run.optimizer, run.spec, cfg.implementation, batch_shape,
-                                   cfg.mixed_precision, in_backward=cfg.optimizer_in_backward, state_shards=shards)
+                                   cfg.mixed_precision, in_backward=cfg.optimizer_in_backward, state_shards=shards,
+                                   ddp=ddp, device_type=run.accelerator.device.type)
 
     predicted = predict(training_step.batch_shape)
     rows, length = training_step.batch_shape
@@ -359,3 +389,12 @@ def memory_breakdown(run, training_step) -> dict:
                               "basis": "predicted at batch rows x max_length, which no batch exceeds "
                                        "(measured only where the probed batch was that long)",
                               "predicted": longest, "predicted_total": predicted_total(longest)}}
+
+
+def ddp_bucket_bytes(wrapped) -> int | None:
+    """Bytes of a DDP model's all-reduce buckets, from its reducer's own record (None: not DDP)."""
+    if not isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
+        return None
+    data = wrapped._get_ddp_logging_data()
+    sizes = data.get("bucket_sizes")
+    return sum(int(x) for x in str(sizes).split(",")) if sizes else None

@@ -22,7 +22,7 @@ import torch
 
 from finetune_opt import cls_only_last_layer, distributed
 from finetune_opt.errors import ConfigError, one_of
-from finetune_opt.memory import (COMPONENTS, lm_vocab_size, predict_components, predicted_total,
+from finetune_opt.memory import (PLANNED, lm_vocab_size, predict_components, predicted_total,
                                  unique_parameters)
 from finetune_opt.optim import REGISTRY
 from finetune_opt.optim.build import planned_param_groups
@@ -54,6 +54,7 @@ class Setup:
     bandwidth_source: str
     lora_r: int = 16
     reserve: float = 0.0              # bytes a rank needs besides the step (CUDA context, runtime)
+    device: str = "cpu"               # where it would train: decides the attention kernel's memory
     model: str | None = None
     model_config: dict | None = None
     only: dict = field(default_factory=dict)
@@ -213,7 +214,8 @@ def predict_row(setup: Setup, model, spec, combo: dict) -> dict:
         (setup.batch_size, setup.max_length), "bf16" if combo["precision"] == "bf16" else "no", cls_only=cls_only,
         checkpointed=combo["checkpointing"] == "on", lm_vocab=lm_vocab_size(model),
         in_backward=combo["in_backward"] == "on", state_shards=shards,
-        local_bytes=shard_bytes(shards) if fsdp else None)
+        local_bytes=shard_bytes(shards) if fsdp else None, ddp=combo["distribution"] == distributed.DDP,
+        device_type=setup.device)
     total = predicted_total(components)
     traffic = spec.traffic_bytes_for(groups) / shards
     return {**combo, "implementation": spec.default_implementation, **components, "total": total,
@@ -241,6 +243,13 @@ def combinations(setup: Setup):
 
 def plan(setup: Setup) -> list[dict]:
     """Every row: predicted, or refused with its reason; sorted runnable-first by total bytes."""
+    import warnings
+    with warnings.catch_warnings():  # transformers' deprecation notice of a flag peft reads
+        warnings.simplefilter("ignore", FutureWarning)
+        return _plan(setup)
+
+
+def _plan(setup: Setup) -> list[dict]:
     models = {}
     rows = []
     for combo in combinations(setup):
@@ -275,7 +284,8 @@ def measure_bandwidth(megabytes: int = 64, repeats: int = 5) -> float:
 # --- output -------------------------------------------------------------------------------------------
 
 SHORT = {"parameters": "params", "gradients": "grads", "optimizer_state": "state",
-         "activations_and_workspace": "activations", "optimizer_step_temporaries": "step temps"}
+         "activations_and_workspace": "activations", "optimizer_step_temporaries": "step temps",
+         "ddp_gradient_buckets": "DDP buckets"}
 
 
 def _unit(rows: list[dict]) -> tuple[str, int]:
@@ -292,14 +302,15 @@ def table(setup: Setup, rows: list[dict]) -> str:
     """The console table: bytes per rank, runnable rows by total, then the refused with their reason."""
     unit, scale = _unit(rows)
     head = ["optimizer", "tuning", "prec", "dist", "in-bwd", "ckpt",
-            *(SHORT[c] for c in COMPONENTS), "total", "fits", "step ms"]
+            *(SHORT[c] for c in PLANNED), "total", "fits", "step ms"]
     lines = [_header(setup, unit), "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         keys = [r["optimizer"], r["tuning"], r["precision"], _dist(setup, r), r["in_backward"], r["checkpointing"]]
         if r["refused"]:
             lines.append("| " + " | ".join(keys) + f" | refused: {r['refused']} |")
             continue
-        cells = [_size(r[c], scale) for c in COMPONENTS] + [_size(r["total"], scale), "yes" if r["fits"] else "NO", f"{r['step_ms']:.1f}"]
+        cells = [_size(r[c], scale) for c in PLANNED] + [_size(r["total"], scale), "yes" if r["fits"] else "NO",
+                                                         f"{r['step_ms']:.{1 if r['step_ms'] >= 1 else 2}f}"]
         lines.append("| " + " | ".join(keys + cells) + " |")
     return "\n".join(lines)
 
@@ -311,7 +322,7 @@ def _dist(setup: Setup, r: dict) -> str:
 def _header(setup: Setup, unit: str) -> str:
     what = setup.model or "model_config " + ", ".join(f"{k}={v}" for k, v in setup.model_config.items())
     return (f"plan: {what}; task {setup.task}, batch {setup.batch_size} x {setup.max_length} tokens per rank, "
-            f"{setup.processes} process(es); {unit} per rank; memory {setup.memory / 2**30:.1f} GiB "
+            f"{setup.processes} process(es) on {setup.device}; {unit} per rank; memory {setup.memory / 2**30:.1f} GiB "
             f"({setup.memory_source}), reserve {setup.reserve / 2**30:.2f} GiB; step ms = bytes the optimizer "
             f"step streams / {setup.bandwidth_GBps:.0f} GB/s ({setup.bandwidth_source}); in-bwd rows assume "
             f"max_grad_norm=null\n")
@@ -321,7 +332,7 @@ def to_json(setup: Setup, rows: list[dict]) -> dict:
     from dataclasses import asdict
     inputs = {k: (sorted(v) if isinstance(v, set) else v) for k, v in asdict(setup).items() if k != "only"}
     return {"inputs": {**inputs, "only": {k: sorted(v) for k, v in setup.only.items()}},
-            "components": list(COMPONENTS), "rows": rows}
+            "components": list(PLANNED), "rows": rows}
 
 
 def plot(setup: Setup, rows: list[dict], path: str) -> str:
@@ -354,7 +365,8 @@ def _bar_parts():
     def get(r, c):
         return r[c] or 0
     return [("params", lambda r: get(r, "parameters")), ("grads", lambda r: get(r, "gradients")),
-            ("state", lambda r: get(r, "optimizer_state")), ("activations", lambda r: get(r, "activations_and_workspace")),
+            ("state", lambda r: get(r, "optimizer_state")), ("DDP buckets", lambda r: get(r, "ddp_gradient_buckets")),
+            ("activations", lambda r: get(r, "activations_and_workspace")),
             ("step temps above activations",
              lambda r: max(0, get(r, "optimizer_step_temporaries") - get(r, "activations_and_workspace")))]
 
@@ -371,7 +383,8 @@ def setup_from_args(args) -> Setup:
     if args.model is None and args.model_config is None:
         raise ConfigError("plan needs --model NAME|DIR or --model-config MAPPING")
     memory, memory_source, bandwidth, bandwidth_source = _machine(args)
-    return Setup(task=args.task, max_length=args.max_length, batch_size=args.batch_size, processes=args.processes,
+    gpu = args.gpu is not None or args.gpu_memory is not None or torch.cuda.is_available()
+    return Setup(device="cuda" if gpu else "cpu", task=args.task, max_length=args.max_length, batch_size=args.batch_size, processes=args.processes,
                  memory=memory, memory_source=memory_source, bandwidth_GBps=bandwidth,
                  bandwidth_source=bandwidth_source, lora_r=args.lora_r,
                  reserve=parse_memory(args.reserve) if args.reserve else 0.0, model=args.model,
@@ -397,7 +410,7 @@ def _machine(args) -> tuple:
             raise ConfigError(f"--bandwidth must be GB/s > 0, got {args.bandwidth}")
         return memory, memory_source, args.bandwidth, "--bandwidth"
     if gpu:
-        return memory, memory_source, gpu["bandwidth_GBps"], gpu["source"] + " (datasheet peak)"
+        return memory, memory_source, gpu["bandwidth_GBps"], f"{args.gpu} datasheet peak"
     return memory, memory_source, measure_bandwidth(), "this machine, in-place add measured now"
 
 
