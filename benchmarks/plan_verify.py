@@ -63,8 +63,9 @@ def markdown(rows: list[dict], env: dict) -> str:
              f"{env['machine']}; torch {env['torch']}. Cells: predicted / measured MiB per rank (measured / "
              f"predicted); **MISS**: outside the tolerance (10%; activations 25%). Activations measured = the "
              f"larger of the forward peak and the backward peak less the gradients. Step peak measured = "
-             f"parameters + state + the probed step's peak above its start; the predicted total counts the "
-             f"gradients whole beside the activations, an upper bound.", "",
+             f"parameters + state + the probed step's peak above its start (+ DDP's buckets); the predicted "
+             f"total counts the gradients whole beside the activations (an upper bound where the components "
+             f"are right).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         comps = [cell(r["components"][c]) for c in PLANNED]
@@ -82,7 +83,14 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.path.join(REPO, "benchmarks/results/cpu_2core/plan"))
     p.add_argument("--only", nargs="*", help="case names (default: the whole grid)")
+    p.add_argument("--markdown-only", action="store_true", help="rewrite verify.md from verify.json, run nothing")
     args = p.parse_args()
+    if args.markdown_only:
+        with open(os.path.join(args.out, "verify.json")) as f:
+            saved = json.load(f)
+        with open(os.path.join(args.out, "verify.md"), "w") as f:
+            f.write(markdown(saved["rows"], saved["env"]))
+        return
     import torch
     from accelerate.state import AcceleratorState, GradientState
     start, rows = time.time(), []

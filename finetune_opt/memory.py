@@ -304,7 +304,9 @@ def predicted_total(components: dict) -> int:
     of the forward pass's activations and the optimizer step's temporaries (backward frees the
     activations before the step allocates its temporaries). The gradients are counted whole
     beside the activations: backward creates the last layers' gradients while the first layers'
-    activations are still held, so this bounds the peak from above."""
+    activations are still held: an upper bound when every component is right (on CPU the measured
+    step peaks were 0.85-1.14x of it, the spread of the activation predictions;
+    benchmarks/results/cpu_2core/plan/verify.md)."""
     get = lambda k: components.get(k) or 0  # noqa: E731 (None: not modelled, or no such phase)
     return (get("parameters") + get("gradients") + get("optimizer_state") + get("ddp_gradient_buckets")
             + max(get("activations_and_workspace"), get("optimizer_step_temporaries")))

@@ -353,7 +353,7 @@ def plot(setup: Setup, rows: list[dict], path: str) -> str:
     ax.set_yticks(range(len(rows)), labels, fontsize=7)
     ax.invert_yaxis()
     ax.set(xlabel="GiB per rank (predicted)", title="finetune-opt plan")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the bars, never over them
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
