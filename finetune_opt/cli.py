@@ -1,4 +1,4 @@
-"""`finetune-opt` command line: list-optimizers, inspect, compare, study, configs.
+"""`finetune-opt` command line: list-optimizers, inspect, compare, study, configs, plan.
 
 Bad input raises ConfigError anywhere below; main() prints it as one line and exits 2, the same
 code argparse uses for usage errors.

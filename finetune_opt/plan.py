@@ -250,16 +250,20 @@ def plan(setup: Setup) -> list[dict]:
 
 
 def _plan(setup: Setup) -> list[dict]:
-    models = {}
+    # the full model answers the checkpointing question for both (LoRA wraps the same base); the
+    # LoRA model is built only once a LoRA row is not refused (peft fails on a task's other heads)
+    models = {"full": meta_model(setup, lora=False)}
+    ckpt_refusal = checkpointing_refusal(models["full"])
     rows = []
     for combo in combinations(setup):
         spec = REGISTRY[combo["optimizer"]]
-        if combo["tuning"] not in models:
-            models[combo["tuning"]] = (model := meta_model(setup, combo["tuning"] == "lora"),
-                                       checkpointing_refusal(model))
-        model, ckpt_refusal = models[combo["tuning"]]
         reason = refusal(setup, spec, combo, ckpt_refusal)
-        rows.append({**combo, "refused": reason} if reason else predict_row(setup, model, spec, combo))
+        if reason:
+            rows.append({**combo, "refused": reason})
+            continue
+        if combo["tuning"] not in models:
+            models[combo["tuning"]] = meta_model(setup, lora=True)
+        rows.append(predict_row(setup, models[combo["tuning"]], spec, combo))
     if "fits" in setup.only:
         rows = [r for r in rows if r["refused"] is None and ("yes" if r["fits"] else "no") in setup.only["fits"]]
     return sorted(rows, key=lambda r: (r["refused"] is not None, r.get("total") or 0, r.get("step_ms") or 0))

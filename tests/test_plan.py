@@ -203,3 +203,18 @@ def test_fits_agrees_with_a_run_under_a_memory_cap(tmp_path):
         row = plan.plan(setup(model_config=BIGGER, max_length=128, memory=cap, reserve=r["baseline"],
                               only={k: {c[k]} for k in plan.AXES}))[0]
         assert row["total"] == r["total"] and row["fits"] == r["ran"], r
+
+
+def test_a_pretrained_directory_is_planned_from_its_config_as_the_glue_recipe_builds_it(minilm_path):
+    """--model DIR: only config.json is read; the rows equal the run's prediction for the real
+    pretrained classifier with its [CLS]-only last layer (the recipe's default), and LoRA rows are
+    refused for a GLUE task (before peft would be tried on a classification head)."""
+    from finetune_opt import cls_only_last_layer
+    rows = plan.plan(setup(model_config=None, model=minilm_path, task="sst2", only={
+        "optimizer": {"adamw"}, "precision": {"fp32"}, "in_backward": {"off"}, "checkpointing": {"off"}}))
+    full = next(r for r in rows if r["tuning"] == "full")
+    assert next(r for r in rows if r["tuning"] == "lora")["refused"].startswith("peft is for the SFT recipe")
+    model = load_model(minilm_path, head="classification", num_labels=2)
+    cls_only_last_layer.apply(model)
+    run = predicted_breakdown(model, create_optimizer("adamw", model), REGISTRY["adamw"], "foreach", (4, 64), "no")
+    assert {c: full[c] for c in PLANNED} == run
