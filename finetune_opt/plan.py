@@ -88,7 +88,7 @@ def parse_only(items: list[str], processes: int) -> dict:
     values, only = axis_values(processes), {}
     for item in items or []:
         key, sep, wanted = item.partition("=")
-        if key not in values or not sep:
+        if (key not in values and key != "fits") or not sep:
             raise one_of("--only key", key, [f"{k}=..." for k in (*values, "fits")])
         choices = values[key] if key != "fits" else ("yes", "no")
         for v in wanted.split(","):

@@ -83,6 +83,10 @@ def test_the_command_prints_writes_json_and_png(tmp_path, capsys):
     assert "/ 3350 GB/s (H100-80GB datasheet peak)" in printed and "on cuda" in printed
     assert printed.count("| adamw") == len(rows)
     assert out_png.stat().st_size > 10_000
+    assert main(["plan", "--model-config", TINY_FLOW, "--max-length", "64", "--gpu-memory", "13MiB",
+                 "--bandwidth", "10", "--only", "fits=no", "--only", "optimizer=adamw"]) == 0
+    printed = capsys.readouterr().out
+    assert "| NO |" in printed and "| yes |" not in printed and "refused" not in printed
 
 
 @pytest.mark.parametrize("argv,message", [
