@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import sys
-from types import SimpleNamespace
 
 import torch
 
