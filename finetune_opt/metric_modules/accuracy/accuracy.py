@@ -4,27 +4,13 @@ An `evaluate` metric module of finetune_opt: it runs offline (no Hub) and loads 
 `evaluate.load(<this file or its folder>)`. Computed by scikit-learn's accuracy_score.
 """
 
-import datasets
-import evaluate
 from sklearn import metrics
 
-_DESCRIPTION = "Accuracy: the fraction of predictions equal to their reference."
-_KWARGS_DESCRIPTION = """
-Args:
-    predictions: class ids (int)
-    references: class ids (int)
-Returns:
-    accuracy: float in [0, 1]
-"""
-_CITATION = ""
+from finetune_opt.metric_modules import score_metric  # (the module: evaluate.load takes the first Metric class it finds)
 
 
-class Accuracy(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION, citation=_CITATION, inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("int64"),
-                                        "references": datasets.Value("int64")}))
+class Accuracy(score_metric.ScoreMetric):
+    key, inputs, returns = "accuracy", score_metric.CLASS_IDS, "float in [0, 1]"
 
-    def _compute(self, predictions, references):
-        return {"accuracy": float(metrics.accuracy_score(references, predictions))}
+    def score(self, predictions, references):
+        return metrics.accuracy_score(references, predictions)

@@ -4,27 +4,13 @@ An `evaluate` metric module of finetune_opt: it runs offline (no Hub) and loads 
 `evaluate.load(<this file or its folder>)`. Computed by scikit-learn's mean_squared_error.
 """
 
-import datasets
-import evaluate
 from sklearn import metrics
 
-_DESCRIPTION = "Mean squared error."
-_KWARGS_DESCRIPTION = """
-Args:
-    predictions: predicted values (float)
-    references: target values (float)
-Returns:
-    mse: float >= 0
-"""
-_CITATION = ""
+from finetune_opt.metric_modules import score_metric  # (the module: evaluate.load takes the first Metric class it finds)
 
 
-class MSE(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION, citation=_CITATION, inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("float64"),
-                                        "references": datasets.Value("float64")}))
+class MSE(score_metric.ScoreMetric):
+    key, inputs, returns = "mse", score_metric.VALUES, "float >= 0"
 
-    def _compute(self, predictions, references):
-        return {"mse": float(metrics.mean_squared_error(references, predictions))}
+    def score(self, predictions, references):
+        return metrics.mean_squared_error(references, predictions)
