@@ -343,7 +343,9 @@ def predicted_breakdown(model, optimizer, spec, implementation: str, batch_shape
 
 def _checkpointed(model) -> bool:
     base = getattr(model, "get_base_model", lambda: model)()
-    return bool(getattr(base, "is_activation_checkpointing", None) or getattr(base, "is_gradient_checkpointing", False))
+    # transformers 5.24 renamed the flag; reading the old name there warns (FutureWarning) on every run
+    new_name = hasattr(type(base), "is_activation_checkpointing")
+    return bool(getattr(base, "is_activation_checkpointing" if new_name else "is_gradient_checkpointing", False))
 
 
 COMPONENTS = ("parameters", "gradients", "optimizer_state", "optimizer_step_temporaries", "activations_and_workspace")
