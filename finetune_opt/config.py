@@ -387,16 +387,21 @@ def load_config(path: str | None, overrides: list[str]) -> RunConfig:
                 raise ConfigError(f"{key} must be a number, got {values[key]!r}") from None
     if isinstance(values.get("optimizer_args"), dict):
         values["optimizer_args"] = {k: _exponent_number(v) for k, v in values["optimizer_args"].items()}
-    _refuse_unused_model(values)
+    _refuse_unused_model(values, file_values, dict(pairs))
     return RunConfig(**values)
 
 
-def _refuse_unused_model(values: dict):
+def _refuse_unused_model(values: dict, file_values: dict, overrides: dict):
     """A `model` given beside model_config and tokenizer names nothing that runs (model_config builds
-    the model, tokenizer loads the tokenizer), yet results.json would record it as the model."""
-    if "model" in values and values.get("model_config") and values.get("tokenizer"):
-        raise ConfigError(f"model {values['model']!r} is not used: model_config builds the model and tokenizer "
-                          f"names the tokenizer; drop model, or set model_config=null to load {values['model']!r}")
+    the model, tokenizer loads the tokenizer), yet results.json would record it as the model. Refused
+    where one source says all three: the command line, or a config file by itself. (Overriding a
+    file's model with model_config and tokenizer is how a packaged config is reused on another model.)"""
+    if not (values.get("model_config") and values.get("tokenizer")):
+        return
+    if "model" in overrides or all(file_values.get(k) for k in ("model", "model_config", "tokenizer")):
+        model = values["model"]
+        raise ConfigError(f"model {model!r} is not used: model_config builds the model and tokenizer names the "
+                          f"tokenizer; drop model, or set model_config=null to load {model!r}")
 
 
 def _exponent_number(value):

@@ -23,8 +23,8 @@ LOCK_FILE = ".finetune_opt.lock"
 # (every implementation resumes every other), and a larger max_steps. Everything else (optimizer,
 # hyperparameters, batch, data, model, seed, evaluation) would mix two runs into one result.
 RESUME_MAY_CHANGE = ("max_steps", "log_every", "save_every", "timing_warmup_steps", "implementation",
-                     "max_nonfinite_steps", "memory_breakdown", "save_final_model", "merge_adapter",
-                     "eval_before_training", "eval_batch_size", "output_dir", "overwrite", "log_with")
+                     "max_nonfinite_steps", "save_final_model", "merge_adapter", "eval_before_training",
+                     "eval_batch_size", "output_dir", "overwrite", "log_with", "memory_breakdown")
 RUN_OUTPUTS = (RESULTS_FILE, "checkpoints", "model", LOG_DIR)
 PATH_FIELDS = ("data_dir", "model", "tokenizer")  # the same place however spelled (symlink, trailing slash)
 
