@@ -10,6 +10,7 @@ import pytest
 import scipy.stats
 import yaml
 
+from finetune_opt import cli
 from finetune_opt.config import RunConfig
 from finetune_opt.data import load_task
 from finetune_opt.errors import ConfigError
@@ -261,12 +262,22 @@ def study_cli(path, *extra):
     ({"sensitivity": {"lr": 1e-4, "weight_decay": [0.0]}}, "sensitivity.lr must be a non-empty list of numbers > 0"),
     ({"tasks": {"sst2": 5}}, "task 'sst2' must be a mapping, got 5"),
 ])
-def test_bad_study_config_is_rejected_before_running(tmp_path, change, message):
+def test_bad_study_config_is_rejected_before_running(tmp_path, capsys, change, message):
+    """The CLI in-process (its start-up is the console-script test's, once, below): exit 2, one line."""
     path = write_study(tmp_path, **change)
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_study(str(path))
+    code = cli.main(["study", "--config", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("finetune-opt: error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "study").exists()
+
+
+def test_the_study_command_refuses_a_bad_config_with_exit_2(tmp_path):
+    path = write_study(tmp_path, optimizers=["adamw", "adamx"])
     r = subprocess.run(["finetune-opt", "study", "--config", str(path)], capture_output=True, text=True, cwd=REPO)
-    assert r.returncode == 2 and message in r.stderr and not (tmp_path / "study").exists()
+    assert (r.returncode, r.stderr.splitlines()[-1].startswith("finetune-opt: error: unknown optimizer 'adamx'")) == (2, True)
+    assert not (tmp_path / "study").exists()
 
 
 def test_base_config_is_a_packaged_name_or_a_path_beside_the_study_file(tmp_path, monkeypatch):
