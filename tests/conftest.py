@@ -40,3 +40,24 @@ def fresh_dynamo_caches():
 
     torch._dynamo.reset()
     yield
+
+
+_RECIPE_RUNS = {}  # recipes/<script> -> its run(cfg), read once
+
+
+def recipe_refusal(script: str, argv: list, capsys) -> str:
+    """`python recipes/<script> argv`, run in this process, for input it must refuse: asserts exit code
+    2 and returns stderr. (Each case as a subprocess spends ~10 s importing torch and transformers;
+    the script's own start-up is tested once per recipe elsewhere.)"""
+    import runpy
+
+    from finetune_opt.config import recipe_main
+
+    if script not in _RECIPE_RUNS:
+        _RECIPE_RUNS[script] = runpy.run_path(str(REPO / "recipes" / script))["run"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        recipe_main(_RECIPE_RUNS[script], "bad input", [str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2, err[-2000:]
+    return err

