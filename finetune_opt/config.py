@@ -88,7 +88,9 @@ class RunConfig:
     save_every: int | None = None    # checkpoint every N steps into <output_dir>/checkpoints
     resume: str | None = None        # a checkpoint dir, or a run dir (its newest checkpoint)
     save_final_model: bool = False   # <output_dir>/model, loadable with from_pretrained
-    max_nonfinite_steps: int = 10    # skip steps with NaN/inf loss or gradients, stop after this many
+    # skip steps with NaN/inf loss or gradients, stop after this many; null: 10 in the engine's recipes
+    # (the Trainer recipe does not skip them, and refuses a number)
+    max_nonfinite_steps: int | None = None
     # measurement and output
     timing_warmup_steps: int = 5     # excluded from step-time statistics
     # one warm-up step's memory by phase (finetune_opt.memory); null: measured by the engine's recipes
@@ -126,8 +128,8 @@ class RunConfig:
         if not isinstance(self.timing_warmup_steps, int) or not 0 <= self.timing_warmup_steps < self.max_steps:
             raise ConfigError(f"timing_warmup_steps must be in [0, max_steps={self.max_steps}), "
                               f"got {self.timing_warmup_steps!r}")
-        if not isinstance(self.max_nonfinite_steps, int) or self.max_nonfinite_steps < 0:
-            raise ConfigError(f"max_nonfinite_steps must be an integer >= 0, got {self.max_nonfinite_steps!r}")
+        if self.max_nonfinite_steps is not None and self.max_nonfinite_steps < 0:
+            raise ConfigError(f"max_nonfinite_steps must be an integer >= 0 or null, got {self.max_nonfinite_steps!r}")
         if self.model_config is not None and not (isinstance(self.model_config, dict)
                                                   and all(v is not None for v in self.model_config.values())):
             raise ConfigError(f"model_config must be a mapping like {{model_type: bert, hidden_size: 32}}, "
@@ -225,6 +227,11 @@ class RunConfig:
                               f"not both")
         steps = self.max_steps if isinstance(self.max_steps, int) else 0
         return {**values, "warmup_steps": math.ceil(ratio * steps)}
+
+    @property
+    def nonfinite_limit(self) -> int:
+        """How many non-finite steps the engine skips before it stops (max_nonfinite_steps, null: 10)."""
+        return 10 if self.max_nonfinite_steps is None else self.max_nonfinite_steps
 
     @property
     def hyperparams(self) -> dict:

@@ -365,10 +365,10 @@ def _count_skip(run: Training, state: LoopState, outcome: StepOutcome, step: int
     """Skipped steps are counted; too many non-finite ones stop the run with the last good state saved."""
     if outcome.nonfinite:
         state.nonfinite_skipped += 1
-        if state.nonfinite_skipped > run.cfg.max_nonfinite_steps:
+        if state.nonfinite_skipped > run.cfg.nonfinite_limit:
             path = run.save_checkpoint(state)  # state.step is still step - 1
             raise TrainingStopped(f"{state.nonfinite_skipped} steps had non-finite loss or gradients "
-                                  f"(max_nonfinite_steps={run.cfg.max_nonfinite_steps}); stopped at step {step}, "
+                                  f"(max_nonfinite_steps={run.cfg.nonfinite_limit}); stopped at step {step}, "
                                   f"state of step {step - 1} saved in {path}")
     elif not outcome.updated:
         state.overflow_skipped += 1

@@ -242,6 +242,9 @@ def not_done_cases() -> list[Case]:
                f"(recipes/finetune_glue.py does it): set {key}=false", recipe="trainer_glue.py",
                what="the Trainer recipe")
           for key in ("save_final_model", "eval_before_training")],
+        Case("trainer-max_nonfinite_steps", ["max_nonfinite_steps=3"], "max_nonfinite_steps is not done by the "
+             "Trainer recipe (it does not skip non-finite steps; recipes/finetune_glue.py does): set "
+             "max_nonfinite_steps=null", recipe="trainer_glue.py", what="the Trainer recipe"),
         Case("trainer-memory_breakdown", ["memory_breakdown=true"], "memory_breakdown is not done by the Trainer "
              "recipe (recipes/finetune_glue.py does it): set memory_breakdown=null", recipe="trainer_glue.py",
              what="the Trainer recipe"),

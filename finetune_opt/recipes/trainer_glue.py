@@ -82,6 +82,9 @@ def run(cfg):
     if cfg.memory_breakdown:  # (null and false: not measured)
         raise ConfigError("memory_breakdown is not done by the Trainer recipe (recipes/finetune_glue.py does it): "
                           "set memory_breakdown=null")
+    if cfg.max_nonfinite_steps is not None:  # the Trainer steps on NaN/inf losses; only the engine skips them
+        raise ConfigError("max_nonfinite_steps is not done by the Trainer recipe (it does not skip non-finite "
+                          "steps; recipes/finetune_glue.py does): set max_nonfinite_steps=null")
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
     report_to, tracker_callbacks = trainer_reporting(cfg.log_with, cfg.output_dir)
     args = TrainingArguments(
