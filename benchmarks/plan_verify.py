@@ -59,7 +59,7 @@ def markdown(rows: list[dict], env: dict) -> str:
     head = ["configuration", "batch", *(SHORT[c] for c in PLANNED), "total predicted / measured step peak",
             "plan = run's predicted"]
     lines = [f"# finetune-opt plan vs measurement (CPU, {env['when']})", "",
-             f"Model: tiny Llama {json.dumps(pc.TINY_LLAMA)}; task {pc.TASK}; 3 steps, the third probed; "
+             f"Model: tiny Llama {json.dumps(pc.TINY_LLAMA)}; task {pc.TASK}; 3 steps, the second probed (DDP: the third, after the reducer's one-off bucket rebuild); "
              f"{env['machine']}; torch {env['torch']}. Cells: predicted / measured MiB per rank (measured / "
              f"predicted); **MISS**: outside the tolerance (10%; activations 25%). Activations measured = the "
              f"larger of the forward peak and the backward peak less the gradients. Step peak measured = "

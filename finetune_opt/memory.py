@@ -281,8 +281,10 @@ def predict_components(params, param_groups, spec, implementation: str, config, 
 
 def ddp_gradient_buckets(trainable, local_bytes) -> int:
     """DDP with torch's default gradient_as_bucket_view=False (Accelerate passes no other) copies
-    every gradient into flat all-reduce buckets it allocates once, at wrap time, as large as the
-    gradients together: memory on each rank beside the gradients, though outside a step's own peak."""
+    every gradient into flat all-reduce buckets it allocates at wrap time, as large as the
+    gradients together: memory on each rank beside the gradients, though outside a step's own peak.
+    The second step's forward rebuilds them once in the order gradients arrived (no recurring
+    cost); the engine does not probe that step (see train)."""
     return sum(local_bytes(p) for p in trainable)
 
 
@@ -305,7 +307,7 @@ def predicted_total(components: dict) -> int:
     activations before the step allocates its temporaries). The gradients are counted whole
     beside the activations: backward creates the last layers' gradients while the first layers'
     activations are still held: an upper bound when every component is right (on CPU the measured
-    step peaks were 0.85-1.14x of it, the spread of the activation predictions;
+    step peaks were 0.88-1.10x of it, the spread of the activation predictions;
     benchmarks/results/cpu_2core/plan/verify.md)."""
     get = lambda k: components.get(k) or 0  # noqa: E731 (None: not modelled, or no such phase)
     return (get("parameters") + get("gradients") + get("optimizer_state") + get("ddp_gradient_buckets")

@@ -59,7 +59,8 @@ def run_config(c: dict, output_dir: str, lora_r: int = 4):
 
 
 def measure(c: dict, output_dir: str, lora_r: int = 4) -> dict:
-    """Train 3 steps (the third probed) on random tokens of the plan's shape; the run's breakdown."""
+    """Train 3 steps (the second probed, the engine's last warm-up step; DDP: the third, after its
+    one-off bucket rebuild) on random tokens of the plan's shape; the run's breakdown."""
     from finetune_opt.engine import fit, make_accelerator
     from finetune_opt.models import load_model
     from finetune_opt.peft_setup import apply_peft
