@@ -53,6 +53,7 @@ def test_roofline_arithmetic_uses_each_specs_own_bytes(step_bench):
     assert adam["traffic_bytes"] * 5 == lion["traffic_bytes"] * 7  # 7 vs 5 parameter-sized streams
 
 
+@pytest.mark.slow  # a second benchmark run (the fixture's is without memory): about a minute here
 def test_memory_children_and_outputs(tmp_path):
     result = bench(tmp_path, "--optimizers", "adamw_fused", "adamw", "--implementations", "fused")
     assert [r["optimizer"] for r in result["rows"]] == ["adamw_fused", "adamw"]

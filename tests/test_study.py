@@ -399,6 +399,7 @@ def test_tuned_study_selects_on_held_out_data_in_parallel(tmp_path):
     assert "Each optimizer's lr was chosen per task on 24 examples held out" in (tmp_path / "study/report.md").read_text()
 
 
+@pytest.mark.slow  # nine cells, each a recipe process: over two minutes here
 def test_sensitivity_map(tmp_path):
     path = write_study(tmp_path, optimizers=["adamw"], seeds=[1],
                        sensitivity={"optimizers": ["adam_l2", "adamw"], "lr": [1e-4, 1e-3], "weight_decay": [0.0, 1.0]})
