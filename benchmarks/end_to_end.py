@@ -25,7 +25,7 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = "sst2"  # the packaged config (finetune_opt/configs/sst2.yaml)
+CONFIG = "sst2"  # the packaged config (finetune_opt/config/builtin/sst2.yaml)
 GLUE, TRAINER = os.path.join(REPO, "recipes/finetune_glue.py"), os.path.join(REPO, "recipes/trainer_glue.py")
 
 # name -> (command after the interpreter, overrides). Recipes take RunConfig overrides. "engine" has
@@ -55,11 +55,11 @@ def bare_loop(cfg):
     from torch.utils.data import DataLoader
     from transformers import get_scheduler
 
-    from finetune_opt.classification import classification_model, collator, load_classification, task_metrics
-    from finetune_opt.measure import StepTimer
-    from finetune_opt.models import load_tokenizer
+    from finetune_opt.train.classification import classification_model, collator, load_classification, task_metrics
+    from finetune_opt.measure.timing import StepTimer
+    from finetune_opt.models.loading import load_tokenizer
     from finetune_opt.optim import create_optimizer
-    from finetune_opt.results import write_json_atomic
+    from finetune_opt.measure.results import write_json_atomic
 
     torch.manual_seed(cfg.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -153,7 +153,7 @@ def summarise(rounds, contenders):
 def markdown(rows, env, a) -> str:
     bases = [b for b in BASELINES if b in rows]
     lines = [f"{env['device']}; torch {env['torch']}; OMP_NUM_THREADS={env['omp_threads']}; {env['date']}. "
-             f"finetune_opt/configs/sst2.yaml (MiniLM on SST-2, batch 32, length <= 64) for {a.steps} steps, {a.optimizer}"
+             f"finetune_opt/config/builtin/sst2.yaml (MiniLM on SST-2, batch 32, length <= 64) for {a.steps} steps, {a.optimizer}"
              f"{', overrides: ' + ' '.join(a.set) if a.set else ''}; "
              f"{a.rounds} rounds = seeds {a.seed}..{a.seed + a.rounds - 1}, each contender in its own process, "
              f"alternating within a round. Load average (1 min) {env['load_average_1_5_15_min']['before'][0]:.1f} "
@@ -187,7 +187,7 @@ def markdown(rows, env, a) -> str:
 
 def main():
     if "--bare" in sys.argv:  # one bare-loop run: recipe-style arguments
-        from finetune_opt.config import recipe_main
+        from finetune_opt.recipes.entry import recipe_main
 
         sys.argv.remove("--bare")
         recipe_main(bare_loop, "bare PyTorch loop")
@@ -226,8 +226,8 @@ def main():
     env = {"device": f"cpu ({os.cpu_count()} cores)", "torch": __import__("torch").__version__,
            "omp_threads": os.environ.get("OMP_NUM_THREADS", "unset"), "date": time.strftime("%Y-%m-%d"),
            "argv": sys.argv[1:], "load_average_1_5_15_min": {"before": load_before, "after": os.getloadavg()}}
-    from finetune_opt.precision import native_bf16_flags
-    from finetune_opt.results import write_json_atomic
+    from finetune_opt.models.precision import native_bf16_flags
+    from finetune_opt.measure.results import write_json_atomic
 
     env["cpu_native_bf16"] = native_bf16_flags()
     write_json_atomic(os.path.join(a.out, "end_to_end.json"), {"env": env, "args": vars(a), "rounds": rounds,

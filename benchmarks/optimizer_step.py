@@ -38,9 +38,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from param_sets import CONFIGS, make_model  # noqa: E402
 
-from finetune_opt.measure import optimizer_state_bytes  # noqa: E402
+from finetune_opt.measure.timing import optimizer_state_bytes  # noqa: E402
 from finetune_opt.optim import REGISTRY, create_optimizer  # noqa: E402
-from finetune_opt.results import write_json_atomic  # noqa: E402
+from finetune_opt.measure.results import write_json_atomic  # noqa: E402
 
 
 

@@ -20,12 +20,12 @@ import time
 import torch
 from accelerate.state import AcceleratorState, GradientState
 
-from finetune_opt.config import RunConfig
-from finetune_opt.engine import make_accelerator
+from finetune_opt.config.run_config import RunConfig
+from finetune_opt.train.engine import make_accelerator
 from finetune_opt.optim import create_optimizer
-from finetune_opt.packing import pad_collator, packed_collator, packed_vs_padded, padding_share
-from finetune_opt.results import environment, write_json_atomic
-from finetune_opt.sft import build_model, prepare_data
+from finetune_opt.data.packing import pad_collator, packed_collator, packed_vs_padded, padding_share
+from finetune_opt.measure.results import environment, write_json_atomic
+from finetune_opt.train.sft import build_model, prepare_data
 
 MODEL = {"model_type": "llama", "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
          "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024}

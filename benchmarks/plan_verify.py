@@ -1,7 +1,7 @@
 """`finetune-opt plan` against measurement: a grid of tiny-Llama configurations on this CPU
 (single process, DDP x2 and FSDP2 x2; full and LoRA; fp32 and bf16 autocast; optimizer in backward;
 activation checkpointing), each trained 3 steps through the engine on batches of the plan's shape,
-its measured per-rank breakdown beside the plan's row (finetune_opt.plan_check).
+its measured per-rank breakdown beside the plan's row (finetune_opt.plan.check).
 
     FINETUNE_OPT_DATA=../shared/data python benchmarks/plan_verify.py
 
@@ -20,8 +20,8 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from finetune_opt import plan_check as pc  # noqa: E402
-from finetune_opt.memory import PLANNED  # noqa: E402
+from finetune_opt.plan import check as pc  # noqa: E402
+from finetune_opt.measure.memory import PLANNED  # noqa: E402
 
 GRID = [
     pc.case("single full fp32 adamw"),

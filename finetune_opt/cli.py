@@ -30,7 +30,7 @@ def cmd_list_optimizers(args):
 
 def cmd_inspect(args):
     """Build the optimizer for a model and show its groups: what will and will not be decayed."""
-    from finetune_opt.models import load_model  # transformers import only when needed
+    from finetune_opt.models.loading import load_model  # transformers import only when needed
 
     spec = get_optimizer_spec(args.optimizer)
     hyperparams = {k: v for k, v in (("lr", args.lr), ("weight_decay", args.weight_decay)) if v is not None}
@@ -55,31 +55,31 @@ def cmd_inspect(args):
 
 
 def cmd_compare(args):
-    from finetune_opt.report import write_comparison
+    from finetune_opt.report.compare import write_comparison
 
     print(write_comparison(args.runs, args.out))
 
 
 def cmd_study(args):
-    from finetune_opt.study import run_study
+    from finetune_opt.study.runner import run_study
 
     print(run_study(args.config, args.parallel, args.overrides, report_only=args.report_only))
 
 
 def cmd_configs(args):
-    from finetune_opt import configs
+    from finetune_opt.config import builtin as configs
 
     print(configs.copy(args.name, args.dest) if args.action == "cp" else configs.listing())
 
 
 def cmd_plan(args):
-    from finetune_opt import plan
+    from finetune_opt.plan import planner as plan
 
     print(plan.run(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from finetune_opt.models import MODEL_HEADS  # (imports torch, as finetune_opt.optim does)
+    from finetune_opt.models.loading import MODEL_HEADS  # (imports torch, as finetune_opt.optim does)
 
     parser = argparse.ArgumentParser(prog="finetune-opt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = actions.add_parser("cp", help="copy one out to edit; an existing file is not overwritten")
     c.add_argument("name", help="a packaged config's name (finetune-opt configs)")
     c.add_argument("dest", help="the file to write, or a folder (then <folder>/<name>.yaml)")
-    from finetune_opt.plan import add_parser as add_plan_parser
+    from finetune_opt.plan.planner import add_parser as add_plan_parser
     add_plan_parser(sub).set_defaults(func=cmd_plan)
     return parser
 

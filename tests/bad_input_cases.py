@@ -8,13 +8,13 @@ import struct
 import types
 from dataclasses import dataclass, field
 
-from finetune_opt.cls_only_last_layer import CLS_HEAD_MODEL_TYPES
-from finetune_opt.config import RunConfig
-from finetune_opt.metrics import PACKAGED
+from finetune_opt.models.cls_only_last_layer import CLS_HEAD_MODEL_TYPES
+from finetune_opt.config.run_config import RunConfig
+from finetune_opt.metrics.loading import PACKAGED
 from finetune_opt.optim import REGISTRY
 from finetune_opt.tasks import TASKS
-from finetune_opt.results import SCHEMA_VERSION
-from finetune_opt.tracking import AUTO, OFF, TRACKERS
+from finetune_opt.measure.results import SCHEMA_VERSION
+from finetune_opt.train.tracking import AUTO, OFF, TRACKERS
 
 
 @dataclass

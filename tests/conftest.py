@@ -51,7 +51,7 @@ def recipe_refusal(script: str, argv: list, capsys) -> str:
     the script's own start-up is tested once per recipe elsewhere.)"""
     import runpy
 
-    from finetune_opt.config import recipe_main
+    from finetune_opt.recipes.entry import recipe_main
 
     if script not in _RECIPE_RUNS:
         _RECIPE_RUNS[script] = runpy.run_path(str(REPO / "recipes" / script))["run"]

@@ -10,9 +10,9 @@ import sys
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from finetune_opt.config import RunConfig
-from finetune_opt.engine import set_up, make_accelerator
-from finetune_opt.measure import optimizer_state_bytes, tensor_storage_bytes
+from finetune_opt.config.run_config import RunConfig
+from finetune_opt.train.engine import set_up, make_accelerator
+from finetune_opt.measure.timing import optimizer_state_bytes, tensor_storage_bytes
 from finetune_opt.optim import REGISTRY, create_optimizer, get_optimizer_spec
 
 # 64 x 128 matrices: above torchao's 4,096-element quantisation threshold, and rows that split

@@ -23,9 +23,11 @@ import accelerate.accelerator
 import accelerate.checkpointing
 import torch
 
-from finetune_opt import checkpoint, engine
-from finetune_opt.checkpoint import LOOP_STATE, RUN_CONFIG, STEP_DIR, find_checkpoint
-from finetune_opt.config import RunConfig
+from finetune_opt.train import checkpoint
+
+from finetune_opt.train import engine
+from finetune_opt.train.checkpoint import LOOP_STATE, RUN_CONFIG, STEP_DIR, find_checkpoint
+from finetune_opt.config.run_config import RunConfig
 from tests.test_reliability import Toy, toy_loader
 
 STEPS = 30  # a checkpoint after each of steps 1..29 (none after the last: the run finishes instead)

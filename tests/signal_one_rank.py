@@ -9,7 +9,7 @@ import runpy
 import signal
 import sys
 
-from finetune_opt import engine
+from finetune_opt.train import engine
 
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "finetune_glue.py")
 after_step = engine.Meter.after_step

@@ -10,7 +10,7 @@ import datasets
 import pytest
 
 from finetune_opt.errors import ConfigError
-from finetune_opt.run_dir import LOCK_FILE
+from finetune_opt.train.run_dir import LOCK_FILE
 from tests.bad_input_cases import BASE, curated_cases, type_cases
 from tests.conftest import REPO, recipe_refusal
 
@@ -96,7 +96,7 @@ def test_switching_optimizer_drops_the_files_own_hyperparameters_with_a_notice(c
     """gsm8k_sft_tiny.yaml gives AdamW's betas; `optimizer=muon` used to fail on them ("optimizer
     'muon' has no hyperparameter 'betas'"). The file's lr and weight_decay carry over; an override
     naming a hyperparameter the new optimizer lacks is still refused."""
-    from finetune_opt.config import load_config
+    from finetune_opt.config.loading import load_config
 
     file = "gsm8k_sft_tiny"  # the packaged config
     cfg = load_config(file, ["optimizer=muon"])
@@ -109,7 +109,7 @@ def test_switching_optimizer_drops_the_files_own_hyperparameters_with_a_notice(c
 
 def test_a_field_longer_than_csvs_default_limit_is_data(tmp_path):
     """csv's 131,072-character field limit used to end the run in a traceback (_csv.Error)."""
-    from finetune_opt.tables import read_table
+    from finetune_opt.data.tables import read_table
 
     long = "word " * 40_000  # 200,000 characters
     (tmp_path / "train.tsv").write_text(f"sentence\tlabel\n{long}\t1\nshort\t0\n")
@@ -127,7 +127,7 @@ def test_compare_out_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, w
     (FileExistsError / NotADirectoryError from makedirs); now a ConfigError: one line, exit 2."""
     from types import SimpleNamespace
 
-    from finetune_opt import report
+    from finetune_opt.report import compare as report
 
     monkeypatch.setattr(report, "load_runs", lambda dirs: [SimpleNamespace(task="sst2")])  # runs that load
     monkeypatch.setattr(report, "rank_runs", lambda runs: runs)

@@ -1,4 +1,4 @@
-"""Length-grouped batching (finetune_opt.batching): what each batch holds, determinism in (seed,
+"""Length-grouped batching (finetune_opt.data.batching): what each batch holds, determinism in (seed,
 epoch), the same batches for any number of processes, the padding it saves on SST-2, and the
 token / padding accounting in results.json."""
 
@@ -7,11 +7,11 @@ import torch
 from accelerate.data_loader import BatchSamplerShard
 from torch.utils.data import BatchSampler
 
-from finetune_opt.batching import LengthGroupedSampler, example_lengths, grouped_or_shuffled_loader
-from finetune_opt.config import RunConfig
-from finetune_opt.engine import _batch_size_and_tokens
-from finetune_opt.measure import StepTimer
-from finetune_opt.precision import resolve_mixed_precision
+from finetune_opt.data.batching import LengthGroupedSampler, example_lengths, grouped_or_shuffled_loader
+from finetune_opt.config.run_config import RunConfig
+from finetune_opt.train.engine import _batch_size_and_tokens
+from finetune_opt.measure.timing import StepTimer
+from finetune_opt.models.precision import resolve_mixed_precision
 
 DISTINCT = [(i * 37) % 101 + 1 for i in range(101)]  # 101 distinct lengths, in no order
 
@@ -78,8 +78,8 @@ def test_processes_share_out_exactly_the_single_process_batches(processes):
 def test_grouping_removes_most_padding_of_sst2(data_dir, minilm_path):
     """The issue's job (9.6k SST-2 examples, batch 32, length 64): measured shares of padding over
     one epoch, shuffled vs grouped."""
-    from finetune_opt.classification import collator, load_classification
-    from finetune_opt.models import load_tokenizer
+    from finetune_opt.train.classification import collator, load_classification
+    from finetune_opt.models.loading import load_tokenizer
 
     cfg = RunConfig(data_dir=str(data_dir / "sst2"), train_examples=9600)
     tokenizer = load_tokenizer(minilm_path)
@@ -113,7 +113,7 @@ def test_token_accounting_of_a_padded_batch():
 
 @pytest.mark.parametrize("flags,expected", [([], "no"), (["avx512_bf16"], "bf16"), (["amx_bf16"], "bf16")])
 def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch, flags, expected):
-    import finetune_opt.precision as precision
+    import finetune_opt.models.precision as precision
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", *flags})
@@ -168,7 +168,7 @@ class _MeanEmbedding(torch.nn.Module):
 def _trained_weights(tmp_path, batch_size, grad_accum, group_by_length) -> dict:
     from accelerate.state import AcceleratorState, GradientState
 
-    from finetune_opt.engine import fit, make_accelerator
+    from finetune_opt.train.engine import fit, make_accelerator
 
     AcceleratorState._reset_state(True)
     GradientState._reset_state()

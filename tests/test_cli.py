@@ -89,12 +89,12 @@ def test_inspect_shows_muon_split():
 
 
 def test_configs_lists_the_packaged_configs_by_name_recipe_and_first_comment_line(capsys):
-    """`finetune-opt configs`: one line each, the configs the wheel ships (finetune_opt/configs/)."""
+    """`finetune-opt configs`: one line each, the configs the wheel ships (finetune_opt/config/builtin/)."""
     from finetune_opt.cli import main
 
     assert main(["configs"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines] == sorted(p.stem for p in (REPO / "finetune_opt/configs").glob("*.yaml"))
+    assert [line.split()[0] for line in lines] == sorted(p.stem for p in (REPO / "finetune_opt/config/builtin").glob("*.yaml"))
     assert "sst2            finetune_opt.recipes.finetune_glue  GLUE SST-2 with all-MiniLM-L6-v2 (22.7M params), " \
            "dev accuracy ~0.84-0.85 after 300 steps on CPU." in lines
     assert "alpaca_sft      finetune_opt.recipes.finetune_sft   Alpaca-style instruction data (instruction / input / " \
@@ -104,9 +104,9 @@ def test_configs_lists_the_packaged_configs_by_name_recipe_and_first_comment_lin
 
 def test_configs_cp_copies_one_out_and_never_overwrites(tmp_path, capsys):
     from finetune_opt.cli import main
-    from finetune_opt.config import load_config
+    from finetune_opt.config.loading import load_config
 
-    packaged = (REPO / "finetune_opt/configs/rte.yaml").read_text()
+    packaged = (REPO / "finetune_opt/config/builtin/rte.yaml").read_text()
     assert main(["configs", "cp", "rte", str(tmp_path)]) == 0  # a folder: <folder>/rte.yaml
     assert capsys.readouterr().out == f"{tmp_path / 'rte.yaml'}\n" and (tmp_path / "rte.yaml").read_text() == packaged
     assert load_config(str(tmp_path / "rte.yaml"), []).task == "rte"

@@ -5,9 +5,9 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from finetune_opt import cls_only_last_layer
-from finetune_opt.cls_only_last_layer import ATTENTION_IMPLEMENTATIONS, CLS_HEAD_MODEL_TYPES
-from finetune_opt.config import RunConfig
+from finetune_opt.models import cls_only_last_layer
+from finetune_opt.models.cls_only_last_layer import ATTENTION_IMPLEMENTATIONS, CLS_HEAD_MODEL_TYPES
+from finetune_opt.config.run_config import RunConfig
 from finetune_opt.errors import ConfigError
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48, vocab_size=120,
@@ -111,7 +111,7 @@ def saved_activation_bytes(model, batch) -> int:
 
 
 def test_saved_activations_fall_as_the_memory_prediction_says():
-    from finetune_opt.memory import predict_activations
+    from finetune_opt.measure.memory import predict_activations
 
     g = torch.Generator().manual_seed(2)
     batch = {"input_ids": torch.randint(5, 120, (8, 32), generator=g), "labels": torch.zeros(8, dtype=torch.long)}

@@ -3,7 +3,7 @@ same RunConfig, validated against that optimizer's own schema, with defaults fil
 
 import pytest
 
-from finetune_opt.config import load_config
+from finetune_opt.config.loading import load_config
 from finetune_opt.errors import ConfigError
 from finetune_opt.optim import REGISTRY
 

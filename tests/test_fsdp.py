@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from finetune_opt.config import RunConfig
+from finetune_opt.config.run_config import RunConfig
 from finetune_opt.errors import ConfigError
 from finetune_opt.optim import REGISTRY
 from tests.conftest import DATA_DIR, REPO, recipe_refusal
@@ -234,7 +234,7 @@ def test_a_sharded_checkpoint_with_non_finite_weights_is_refused(tmp_path):
 
     import torch.distributed.checkpoint as dcp
 
-    from finetune_opt.run_dir import check_weights_finite
+    from finetune_opt.train.run_dir import check_weights_finite
     step = tmp_path / "step-0000003"
     weights = {"encoder.weight": torch.ones(4, 4), "head.weight": torch.ones(2, 4), "steps": torch.tensor(3)}
     weights["head.weight"][1, 2] = float("nan")

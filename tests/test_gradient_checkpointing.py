@@ -5,10 +5,10 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
-from finetune_opt.config import RunConfig
+from finetune_opt.config.run_config import RunConfig
 from finetune_opt.errors import ConfigError
-from finetune_opt.models import enable_gradient_checkpointing
-from finetune_opt.peft_setup import apply_peft
+from finetune_opt.models.loading import enable_gradient_checkpointing
+from finetune_opt.models.peft import apply_peft
 from tests.test_reliability import fresh_accelerate_state  # noqa: F401 (fixture)
 
 BERT = BertConfig(vocab_size=200, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
@@ -58,7 +58,7 @@ def test_a_model_without_support_is_refused_in_one_line():
 
 
 def activations(tmp_path, checkpointed: bool) -> tuple[int, int]:
-    from finetune_opt.engine import fit, make_accelerator
+    from finetune_opt.train.engine import fit, make_accelerator
     cfg = RunConfig(model_config={"model_type": "bert"}, max_steps=3, timing_warmup_steps=2, log_with=None,
                     last_layer_cls_only=False, gradient_checkpointing=checkpointed, warmup_ratio=0,
                     output_dir=str(tmp_path / str(checkpointed)))

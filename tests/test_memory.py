@@ -1,4 +1,4 @@
-"""The memory breakdown (finetune_opt.memory) and the optimizer step in backward
+"""The memory breakdown (finetune_opt.measure.memory) and the optimizer step in backward
 (finetune_opt.optim.in_backward): probes on known allocations, predicted vs measured through the
 engine for every registry entry, foreach's temporaries against fused's none, and in-backward's
 equality with the normal step and the peak it saves."""
@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from finetune_opt.config import RunConfig
+from finetune_opt.config.run_config import RunConfig
 from finetune_opt.errors import ConfigError
-from finetune_opt.memory import CpuPhaseProbe
+from finetune_opt.measure.memory import CpuPhaseProbe
 from finetune_opt.optim import REGISTRY, create_optimizer
 from finetune_opt.optim.in_backward import refusal, step_in_backward
 from tests.nets import net
@@ -41,7 +41,7 @@ def deep_loader():
 def deep_fit(tmp_path, **overrides):
     from accelerate.state import AcceleratorState, GradientState
 
-    from finetune_opt.engine import fit, make_accelerator
+    from finetune_opt.train.engine import fit, make_accelerator
     cfg = RunConfig(max_steps=4, log_every=1, timing_warmup_steps=2, lr=1e-3, warmup_ratio=0,
                     output_dir=str(tmp_path), **overrides)
     AcceleratorState._reset_state(True)

@@ -13,10 +13,10 @@ import torch
 from scipy import stats
 from sklearn import metrics as skm
 
-from finetune_opt.classification import task_metrics
-from finetune_opt.config import recipe_main
+from finetune_opt.train.classification import task_metrics
+from finetune_opt.recipes.entry import recipe_main
 from finetune_opt.errors import ConfigError
-from finetune_opt.metrics import PACKAGED, check_metrics, compute_metrics, load_metric, module_path
+from finetune_opt.metrics.loading import PACKAGED, check_metrics, compute_metrics, load_metric, module_path
 from finetune_opt.tasks import CLASSIFICATION, REGRESSION, TASKS
 from tests.conftest import REPO
 
@@ -88,7 +88,7 @@ def test_every_task_metric_is_a_packaged_evaluate_module():
         assert isinstance(load_metric(name), evaluate.Metric) and load_metric(name) is load_metric(name)  # loaded once
 
 
-# Before the evaluate modules, finetune_opt.metrics computed these (as the recipes' task_metrics called them).
+# Before the evaluate modules, finetune_opt.metrics.loading computed these (as the recipes' task_metrics called them).
 def _old_correlation(fn):
     return lambda p, r: float(fn(p, r).statistic)
 

@@ -95,8 +95,9 @@ def test_wheel_runs_outside_the_checkout(tmp_path):
     isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-w", tmp_path / "dist", src], tmp_path, env)
     wheel = next((tmp_path / "dist").glob("finetune_opt-*.whl"))
-    assert {f"finetune_opt/configs/{p.name}" for p in (PACKAGE / "configs").glob("*.yaml")} <= \
-        set(zipfile.ZipFile(wheel).namelist())  # the recipe configs travel with the package
+    packaged = [p.relative_to(REPO).as_posix() for p in (PACKAGE / "config" / "builtin").glob("*.yaml")]
+    packaged += [p.relative_to(REPO).as_posix() for p in (PACKAGE / "metrics" / "modules").glob("*/*.py")]
+    assert len(packaged) > 20 and set(packaged) <= set(zipfile.ZipFile(wheel).namelist())  # configs, metric modules
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", venv], tmp_path, env)
     _see_this_environments_packages(venv, env)

@@ -54,7 +54,7 @@ def test_rmsnorm_and_custom_norm_names_excluded():
 
 # --- every registry entry's groups on real architectures ----------------------------------------
 
-from finetune_opt.measure import optimizer_state_bytes  # noqa: E402
+from finetune_opt.measure.timing import optimizer_state_bytes  # noqa: E402
 from finetune_opt.optim import REGISTRY, create_optimizer  # noqa: E402
 from finetune_opt.optim.muon import muon_parameter_names  # noqa: E402
 

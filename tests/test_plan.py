@@ -1,5 +1,5 @@
-"""`finetune-opt plan` (finetune_opt.plan): its bytes are the run's `predicted` block (one function),
-verified against measured breakdowns (finetune_opt.plan_check: single process in the default suite,
+"""`finetune-opt plan` (finetune_opt.plan.planner): its bytes are the run's `predicted` block (one function),
+verified against measured breakdowns (finetune_opt.plan.check: single process in the default suite,
 DDP and FSDP2 on 2 gloo processes marked slow), `fits` against a run under a memory cap, the
 refusals in the run's own words, and bad input as one line with exit code 2."""
 
@@ -12,10 +12,12 @@ import textwrap
 import pytest
 import torch
 
-from finetune_opt import plan, plan_check
+from finetune_opt.plan import planner as plan
+
+from finetune_opt.plan import check as plan_check
 from finetune_opt.cli import main
-from finetune_opt.memory import PLANNED, predicted_breakdown
-from finetune_opt.models import load_model
+from finetune_opt.measure.memory import PLANNED, predicted_breakdown
+from finetune_opt.models.loading import load_model
 from finetune_opt.optim import REGISTRY, create_optimizer
 from tests.conftest import REPO
 from tests.test_reliability import fresh_accelerate_state  # noqa: F401 (fixture)
@@ -156,9 +158,9 @@ CAPPED = textwrap.dedent("""
     import gc, json, resource, sys
     import torch
     from accelerate.state import AcceleratorState, GradientState
-    from finetune_opt import plan_check
-    from finetune_opt.engine import fit, make_accelerator
-    from finetune_opt.models import load_model
+    from finetune_opt.plan import check as plan_check
+    from finetune_opt.train.engine import fit, make_accelerator
+    from finetune_opt.models.loading import load_model
     c, warm = json.loads(sys.argv[1]), json.loads(sys.argv[2])
     def vm():  # the address space: what RLIMIT_AS limits
         return int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
@@ -214,7 +216,7 @@ def test_a_pretrained_directory_is_planned_from_its_config_as_the_glue_recipe_bu
     """--model DIR: only config.json is read; the rows equal the run's prediction for the real
     pretrained classifier with its [CLS]-only last layer (the recipe's default), and LoRA rows are
     refused for a GLUE task (before peft would be tried on a classification head)."""
-    from finetune_opt import cls_only_last_layer
+    from finetune_opt.models import cls_only_last_layer
     rows = plan.plan(setup(model_config=None, model=minilm_path, task="sst2", only={
         "optimizer": {"adamw"}, "precision": {"fp32"}, "in_backward": {"off"}, "checkpointing": {"off"}}))
     full = next(r for r in rows if r["tuning"] == "full")

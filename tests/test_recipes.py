@@ -9,7 +9,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from finetune_opt.tasks import TASKS
-from finetune_opt.tracking import LOG_DIR
+from finetune_opt.train.tracking import LOG_DIR
 from tests.conftest import DATA_DIR, REPO, recipe_refusal
 
 TINY_BERT = "{model_type: bert, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64}"

@@ -13,13 +13,13 @@ import torch
 from accelerate.optimizer import AcceleratedOptimizer
 from accelerate.state import AcceleratorState, GradientState
 
-from finetune_opt.batching import LengthGroupedSampler
-from finetune_opt.checkpoint import find_checkpoint
-from finetune_opt.config import RunConfig
-from finetune_opt.engine import fit, make_accelerator, step_optimizer
+from finetune_opt.data.batching import LengthGroupedSampler
+from finetune_opt.train.checkpoint import find_checkpoint
+from finetune_opt.config.run_config import RunConfig
+from finetune_opt.train.engine import fit, make_accelerator, step_optimizer
 from finetune_opt.errors import ConfigError, Interrupted, TrainingStopped
 from finetune_opt.optim import REGISTRY, create_optimizer
-from finetune_opt.results import load_results, write_json_atomic
+from finetune_opt.measure.results import load_results, write_json_atomic
 from tests.conftest import DATA_DIR, REPO
 
 
@@ -219,7 +219,7 @@ def test_two_gloo_processes_match_one_process_with_double_batch(tmp_path):
 
 def _signal_during_save(monkeypatch, signals: int):
     """Send `signals` SIGTERMs to this process inside the next checkpoint save (before its manifest)."""
-    from finetune_opt import checkpoint
+    from finetune_opt.train import checkpoint
 
     write, sent = checkpoint._write_json, []
 
@@ -255,7 +255,7 @@ def test_a_second_signal_during_a_save_finishes_it_then_stops(tmp_path, monkeypa
 
 def _claim(tmp_path, **overrides):
     """claim_output_dir as recipe_main calls it, with the toy run's config."""
-    from finetune_opt.run_dir import claim_output_dir
+    from finetune_opt.train.run_dir import claim_output_dir
 
     cfg = RunConfig(**{"max_steps": 12, "log_every": 1, "timing_warmup_steps": 0, "lr": 1e-2, "warmup_ratio": 0,
                        **overrides})
@@ -284,7 +284,7 @@ def test_resume_accepts_the_data_dir_spelled_another_way_or_moved(tmp_path):
     data's hashes) names the same data: not a config change. Other files are."""
     import shutil
 
-    from finetune_opt.run_dir import resume_changes
+    from finetune_opt.train.run_dir import resume_changes
 
     (tmp_path / "data").mkdir()
     (tmp_path / "data/train.tsv").write_text("sentence\tlabel\ngood\t1\n")
@@ -343,7 +343,7 @@ class Recorded(Toy):
 def test_clipping_logs_the_norm_and_scales_the_update(tmp_path, monkeypatch, max_grad_norm):
     """One SGD step (no momentum, no decay): the norm the engine logs equals the hand-computed
     gradient norm, and the update is -lr * g * min(1, max_grad_norm / |g|)."""
-    from finetune_opt import engine
+    from finetune_opt.train import engine
 
     norms = []
     after_step = engine.Meter.after_step
@@ -371,7 +371,7 @@ def test_resaving_a_step_keeps_a_complete_checkpoint_even_when_killed_between_re
     """Too many non-finite steps at step 4 re-save step 3 (saved already by save_every=3): the
     .old branch. Killed between its two renames, no step-0000003 exists; resuming takes its .old,
     complete, and the run then ends as the uninterrupted one."""
-    from finetune_opt import checkpoint
+    from finetune_opt.train import checkpoint
 
     replace = checkpoint.os.replace
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from finetune_opt.errors import ConfigError
-from finetune_opt.results import RESULTS_FILE, SCHEMA_VERSION, Results, format_table, load_results
+from finetune_opt.measure.results import RESULTS_FILE, SCHEMA_VERSION, Results, format_table, load_results
 
 RUN = Results(task="sst2", config={"output_dir": "runs/a", "seed": 1}, device={"type": "cpu", "name": "x", "processes": 1},
               versions={"torch": "2"}, date="2026-11-25", optimizer={"name": "adamw", "implementation": "foreach"},

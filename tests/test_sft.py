@@ -13,16 +13,16 @@ from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from finetune_opt.config import RunConfig
-from finetune_opt.engine import fit, make_accelerator
+from finetune_opt.config.run_config import RunConfig
+from finetune_opt.train.engine import fit, make_accelerator
 from finetune_opt.errors import ConfigError
-from finetune_opt.instruct_data import (Columns, PromptFormat, encode_example, load_instruct, make_prompt_format,
+from finetune_opt.data.instructions import (Columns, PromptFormat, encode_example, load_instruct, make_prompt_format,
                                         prompt_text, tokenize_instruct)
-from finetune_opt.models import load_model, load_tokenizer, with_tokenizer_tokens
+from finetune_opt.models.loading import load_model, load_tokenizer, with_tokenizer_tokens
 from finetune_opt.optim import create_optimizer
-from finetune_opt.packing import check_packing, packed_collator, packed_vs_padded, padding_share
-from finetune_opt.sft import build_model, make_evaluate, prepare_data, train_loader
-from finetune_opt.sft_eval import extract_gsm8k_answer
+from finetune_opt.data.packing import check_packing, packed_collator, packed_vs_padded, padding_share
+from finetune_opt.train.sft import build_model, make_evaluate, prepare_data, train_loader
+from finetune_opt.train.sft_eval import extract_gsm8k_answer
 from tests.conftest import DATA_DIR, REPO, recipe_refusal
 
 GSM8K = DATA_DIR / "gsm8k"
@@ -263,7 +263,7 @@ def test_lora_trains_only_the_adapter(tmp_path):
 
 
 def test_merged_lora_model_gives_the_adapter_model_outputs(tmp_path, tokenizer):
-    from finetune_opt.peft_setup import apply_peft, model_to_save
+    from finetune_opt.models.peft import apply_peft, model_to_save
 
     model = apply_peft(tiny_model(LLAMA, tokenizer), LORA)
     for name, p in model.named_parameters():

@@ -11,12 +11,12 @@ import scipy.stats
 import yaml
 
 from finetune_opt import cli
-from finetune_opt.config import RunConfig
-from finetune_opt.data import load_task
+from finetune_opt.config.run_config import RunConfig
+from finetune_opt.data.loading import load_task
 from finetune_opt.errors import ConfigError
-from finetune_opt.results import Results
-from finetune_opt.stats import least_significant_difference, mean_std_ci, paired_difference
-from finetune_opt.study import (
+from finetune_opt.measure.results import Results
+from finetune_opt.study.statistics import least_significant_difference, mean_std_ci, paired_difference
+from finetune_opt.study.runner import (
     StudyConfig,
     cell_dir,
     cell_overrides,
@@ -27,7 +27,7 @@ from finetune_opt.study import (
     select_lr,
     tuning_cells,
 )
-from finetune_opt.study_report import grid_edge
+from finetune_opt.study.report import grid_edge
 from tests.bad_input_cases import CONFIGS
 from tests.conftest import DATA_DIR, REPO
 
@@ -284,14 +284,14 @@ def test_base_config_is_a_packaged_name_or_a_path_beside_the_study_file(tmp_path
     """Not the working directory's: a relative base_config used to be read from wherever the command ran."""
     folder = tmp_path / "studies"
     folder.mkdir()
-    (folder / "my_rte.yaml").write_text((REPO / "finetune_opt/configs/rte.yaml").read_text())
+    (folder / "my_rte.yaml").write_text((REPO / "finetune_opt/config/builtin/rte.yaml").read_text())
     (folder / "study.yaml").write_text(yaml.safe_dump({"output_dir": "out", "optimizers": ["adamw"], "seeds": [1],
                                                        "tasks": {"sst2": {"base_config": "sst2"},
                                                                  "rte": {"base_config": "my_rte.yaml"}}}))
     monkeypatch.chdir(tmp_path)  # neither the study's folder nor the checkout
     study = load_study("studies/study.yaml")
     assert {label: base for label, (base, _) in study.task_configs().items()} == \
-        {"sst2": str(REPO / "finetune_opt/configs/sst2.yaml"), "rte": str(folder / "my_rte.yaml")}
+        {"sst2": str(REPO / "finetune_opt/config/builtin/sst2.yaml"), "rte": str(folder / "my_rte.yaml")}
     (folder / "old.yaml").write_text(yaml.safe_dump({"base_config": "recipes/configs/sst2.yaml", "output_dir": "out"}))
     with pytest.raises(ConfigError) as e:
         load_study("studies/old.yaml")
@@ -447,7 +447,7 @@ def test_gpu_study_script_stops_hard_and_packs_only_finished_cells(tmp_path):
 
 SIGTERM_TO_A_WORKER = """
 import os, signal, subprocess, sys, threading, time
-import finetune_opt.study as study
+import finetune_opt.study.runner as study
 
 study.cell_done = lambda s, c: False
 CELL = "trap 'echo terminated > $0; kill $!; exit 0' TERM; touch $0.ready; sleep 60 & wait"

@@ -9,11 +9,14 @@ import datasets
 import pytest
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from finetune_opt.config import RunConfig, load_config, recipe_main
-from finetune_opt.data import load_task
+from finetune_opt.config.run_config import RunConfig
+
+from finetune_opt.config.loading import load_config
+
+from finetune_opt.recipes.entry import recipe_main
+from finetune_opt.data.loading import load_task
 from finetune_opt.errors import ConfigError
-from finetune_opt.recipes import module as recipe_module
-from finetune_opt.tasks import CLASSIFICATION, REGRESSION, TASKS, get_task
+from finetune_opt.tasks import CLASSIFICATION, REGRESSION, TASKS, get_task, recipe_module
 from tests.bad_input_cases import data_cases
 from tests.conftest import DATA_DIR, REPO
 from tests.test_recipes import QUICK, TINY_BERT, run_recipe
@@ -80,8 +83,8 @@ def test_registry_facts():
 
 @pytest.mark.parametrize("task", [t for t in TASKS.values() if not t.by_columns], ids=lambda t: t.name)
 def test_every_task_has_a_config_with_its_run_command(task):
-    configs = [p for p in sorted((REPO / "finetune_opt/configs").glob("*.yaml")) if f"\ntask: {task.name}\n" in p.read_text()]
-    assert configs, f"no finetune_opt/configs/*.yaml with task: {task.name}"
+    configs = [p for p in sorted((REPO / "finetune_opt/config/builtin").glob("*.yaml")) if f"\ntask: {task.name}\n" in p.read_text()]
+    assert configs, f"no finetune_opt/config/builtin/*.yaml with task: {task.name}"
     for path in configs:
         header = path.read_text().split("\ntask:")[0]
         assert f"-m {recipe_module(task.recipes['accelerate'])} --config {path.stem}" in header, path.name
@@ -260,7 +263,7 @@ def fake_run(tmp_path, task, name, metrics):
     ("wikitext2", {"a": {"perplexity": 300.0}, "b": {"perplexity": 120.0}, "c": {"perplexity": 200.0}}, ["b", "c", "a"]),
 ])
 def test_compare_ranks_by_the_task_headline(tmp_path, task, runs, order):
-    from finetune_opt.report import write_comparison
+    from finetune_opt.report.compare import write_comparison
 
     dirs = [fake_run(tmp_path, task, name, metrics) for name, metrics in runs.items()]
     md = write_comparison(dirs, str(tmp_path / "report"))

@@ -8,10 +8,10 @@ from accelerate.tracking import get_available_trackers
 from accelerate.state import AcceleratorState, GradientState
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from finetune_opt.config import RunConfig
+from finetune_opt.config.run_config import RunConfig
 from finetune_opt.errors import ConfigError
-from finetune_opt.run_dir import claim_output_dir
-from finetune_opt.tracking import AUTO, LOG_DIR, TRACKERS, trackers
+from finetune_opt.train.run_dir import claim_output_dir
+from finetune_opt.train.tracking import AUTO, LOG_DIR, TRACKERS, trackers
 from tests.test_reliability import toy_fit
 
 LOGGED = ("train/loss", "train/lr", "train/grad_norm", "train/step_ms", "train/memory_mib")

@@ -83,7 +83,7 @@ class Implementation:
     devices: tuple = ("any",)
     # What one step allocates beyond the state, as (scope, multiple): a multi-tensor (foreach) step
     # holds intermediates for a whole parameter group at once ("group"), a per-tensor step for one
-    # tensor at a time ("tensor", so its largest), a fused kernel none. finetune_opt.memory predicts
+    # tensor at a time ("tensor", so its largest), a fused kernel none. finetune_opt.measure.memory predicts
     # the step's temporaries from it; measured values sit beside it in every results.json.
     temporaries: tuple = ("tensor", 1.0)
 

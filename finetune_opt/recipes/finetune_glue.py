@@ -14,14 +14,14 @@ Hub (nyu-mll/glue).
 
 from torch.utils.data import DataLoader
 
-from finetune_opt.batching import grouped_or_shuffled_loader
-from finetune_opt.classification import (classification_model, collator, eval_splits, load_classification,
+from finetune_opt.data.batching import grouped_or_shuffled_loader
+from finetune_opt.train.classification import (classification_model, collator, eval_splits, load_classification,
                                          metric_prefix, task_metrics)
-from finetune_opt.config import recipe_main
-from finetune_opt.engine import fit, make_accelerator
-from finetune_opt.evaluation import evaluate_splits
-from finetune_opt.models import load_tokenizer
-from finetune_opt.results import save_results
+from finetune_opt.recipes.entry import recipe_main
+from finetune_opt.train.engine import fit, make_accelerator
+from finetune_opt.train.evaluation import evaluate_splits
+from finetune_opt.models.loading import load_tokenizer
+from finetune_opt.measure.results import save_results
 from finetune_opt.tasks import check_recipe
 
 

@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from transformers import default_data_collator
 
-from finetune_opt.config import recipe_main
-from finetune_opt.data import lm_blocks, load_task
-from finetune_opt.engine import fit, make_accelerator
-from finetune_opt.evaluation import evaluate_splits
-from finetune_opt.models import load_model, load_tokenizer, with_tokenizer_tokens
-from finetune_opt.results import save_results
+from finetune_opt.recipes.entry import recipe_main
+from finetune_opt.data.loading import lm_blocks, load_task
+from finetune_opt.train.engine import fit, make_accelerator
+from finetune_opt.train.evaluation import evaluate_splits
+from finetune_opt.models.loading import load_model, load_tokenizer, with_tokenizer_tokens
+from finetune_opt.measure.results import save_results
 from finetune_opt.tasks import check_recipe
 
 

@@ -10,10 +10,10 @@ Data: `data_dir=<dir or file>` (JSONL / JSON / CSV), else $FINETUNE_OPT_DATA/<ta
 (`dataset=<name>`, or openai/gsm8k for task gsm8k). The loss is on the response tokens only.
 """
 
-from finetune_opt.config import recipe_main
-from finetune_opt.engine import fit, make_accelerator
-from finetune_opt.results import save_results
-from finetune_opt.sft import build_model, check_sft_task, make_evaluate, prepare_data, train_loader
+from finetune_opt.recipes.entry import recipe_main
+from finetune_opt.train.engine import fit, make_accelerator
+from finetune_opt.measure.results import save_results
+from finetune_opt.train.sft import build_model, check_sft_task, make_evaluate, prepare_data, train_loader
 
 
 def run(cfg):

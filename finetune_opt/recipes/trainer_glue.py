@@ -12,17 +12,17 @@ import os
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from finetune_opt.classification import (classification_model, collator, eval_splits, load_classification,
+from finetune_opt.train.classification import (classification_model, collator, eval_splits, load_classification,
                                          metric_prefix, task_metrics)
-from finetune_opt.config import recipe_main
+from finetune_opt.recipes.entry import recipe_main
 from finetune_opt.errors import ConfigError, refuse_unused
-from finetune_opt.measure import (StepTimer, current_rss_bytes, global_throughput, optimizer_state_bytes, per_rank,
+from finetune_opt.measure.timing import (StepTimer, current_rss_bytes, global_throughput, optimizer_state_bytes, per_rank,
                                   peak_memory, reset_peak_memory)
-from finetune_opt.models import load_tokenizer
+from finetune_opt.models.loading import load_tokenizer
 from finetune_opt.optim import describe_optimizer, get_optimizer_spec, trainer_optimizer_cls_and_kwargs
-from finetune_opt.results import new_results, save_results
+from finetune_opt.measure.results import new_results, save_results
 from finetune_opt.tasks import check_recipe
-from finetune_opt.tracking import trainer_reporting
+from finetune_opt.train.tracking import trainer_reporting
 
 
 # Engine features this recipe does not implement, with the value that leaves them off.

@@ -7,15 +7,14 @@ and nowhere else. One module per task family; adding a task is one entry in its 
 import os
 
 from finetune_opt.errors import ConfigError, one_of
-from finetune_opt.tables import check_format
 from finetune_opt.tasks import glue, instruction, language_modelling, text_classification
 from finetune_opt.tasks.base import (CAUSAL_LM, CLASSIFICATION, INSTRUCTION_SFT, RECIPES, REGRESSION, LocalFiles,
-                                     Task)
+                                     Task, check_format, recipe_module)
 
 TASKS = {t.name: t for family in (glue, text_classification, language_modelling, instruction) for t in family.TASKS}
 
 __all__ = ["CAUSAL_LM", "CLASSIFICATION", "INSTRUCTION_SFT", "RECIPES", "REGRESSION", "TASKS", "LocalFiles", "Task",
-           "get_task", "check_recipe", "check_task_fields"]
+           "get_task", "check_recipe", "check_task_fields", "recipe_module"]
 
 
 def get_task(name: str) -> Task:
@@ -38,7 +37,7 @@ def check_task_fields(task: Task, cfg) -> None:
     if cfg.metric is not None and not task.by_columns:
         raise ConfigError(f"metric is for task=text_classification or text_regression; task {task.name!r} "
                           f"has fixed metrics (set metric=null)")
-    if task.problem_type == INSTRUCTION_SFT:  # dataset= is its too; finetune_opt.sft_config checks the rest
+    if task.problem_type == INSTRUCTION_SFT:  # dataset= is its too; finetune_opt.config.sft checks the rest
         return
     given = [f for f in ("data_files", "dataset", "text_columns", "label_column") if getattr(cfg, f) is not None]
     if not task.by_columns:
@@ -65,7 +64,7 @@ def check_task_fields(task: Task, cfg) -> None:
         raise ConfigError(f"text_columns cannot hold a column named 'label' while label_column is "
                           f"{cfg.label_column!r}; rename that column in the data files")
     if cfg.metric is not None:  # every module loads and scores, now: not after training
-        from finetune_opt.metrics import check_metrics
+        from finetune_opt.metrics.loading import check_metrics
 
         check_metrics(cfg.metric, "regression" if task.problem_type == REGRESSION else "classification")
 

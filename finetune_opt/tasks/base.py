@@ -2,12 +2,31 @@
 
 import csv
 import math
+import os
 from dataclasses import dataclass, field
+
+from finetune_opt.errors import one_of
 
 CLASSIFICATION = "single_label_classification"  # the names transformers' config.problem_type uses
 REGRESSION = "regression"
 CAUSAL_LM = "causal_lm"
-INSTRUCTION_SFT = "instruction_sft"  # a causal LM trained on prompt -> response (finetune_opt.instruct_data)
+INSTRUCTION_SFT = "instruction_sft"  # a causal LM trained on prompt -> response (finetune_opt.data.instructions)
+
+# The file formats a task's data files may have: extension -> delimiter (finetune_opt.data.tables reads them)
+FORMATS = {".csv": ",", ".tsv": "\t", ".json": None, ".jsonl": None}
+
+
+def check_format(path: str) -> str:
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in FORMATS:
+        raise one_of(f"data file format (of {path})", ext or "(no extension)", list(FORMATS))
+    return ext
+
+
+def recipe_module(script: str) -> str:
+    """"finetune_glue.py" -> "finetune_opt.recipes.finetune_glue" (a task names its recipe by file name)."""
+    return f"finetune_opt.recipes.{script.removesuffix('.py')}"
+
 
 # Which recipe runs a task, per engine: a fact of the problem type, so one entry per family.
 RECIPES = {

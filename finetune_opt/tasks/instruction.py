@@ -1,5 +1,5 @@
 """Instruction SFT of causal LMs (recipes/finetune_sft.py). How the data is read (columns, prompt
-templates, generation metric) is finetune_opt.instruct_data's; these entries give the rest of the
+templates, generation metric) is finetune_opt.data.instructions's; these entries give the rest of the
 toolkit (config, study, compare) the task's name, recipe and headline metric."""
 
 from finetune_opt.tasks.base import INSTRUCTION_SFT, LocalFiles, Task

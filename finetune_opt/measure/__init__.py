@@ -1,0 +1,1 @@
+"""Measurement: step timing, memory by phase, the results file."""

@@ -1,0 +1,1 @@
+"""Metrics: evaluate modules, packaged (offline) or named by the config."""

@@ -1,0 +1,17 @@
+"""Pearson correlation, as GLUE reports it for STS-B.
+
+An `evaluate` metric module of finetune_opt: it runs offline (no Hub) and loads with
+`evaluate.load(<this file or its folder>)`. Computed by
+scipy.stats.pearsonr; the correlation of constant predictions is undefined: NaN.
+"""
+
+from scipy import stats
+
+from finetune_opt.metrics.modules import score_metric  # (the module: evaluate.load takes the first Metric class it finds)
+
+
+class Pearson(score_metric.ScoreMetric):
+    key, inputs, returns = "pearson", score_metric.VALUES, "float in [-1, 1], or NaN"
+
+    def score(self, predictions, references):
+        return stats.pearsonr(predictions, references).statistic

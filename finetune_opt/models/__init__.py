@@ -1,0 +1,1 @@
+"""Models: loading, PEFT adapters, the [CLS]-only last layer, precision."""

@@ -1,0 +1,1 @@
+"""The memory planner: will a run fit, per rank, before it starts."""

@@ -1,0 +1,1 @@
+"""Reports: comparison tables, memory breakdowns and study plots."""

@@ -1,0 +1,1 @@
+"""Studies: the multi-seed runner, its cell layout, report and statistics."""

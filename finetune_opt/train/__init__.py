@@ -1,0 +1,1 @@
+"""Training: the engine, checkpoints and the run directory, tracking, evaluation, the task runners."""
