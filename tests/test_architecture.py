@@ -99,3 +99,13 @@ def test_the_checker_sees_an_upward_import(tmp_path, monkeypatch):
     fake.write_text("def f():\n    from finetune_opt.config.run_config import RunConfig\n")
     monkeypatch.setitem(MODULES, "finetune_opt.train.upward", fake)
     assert "finetune_opt.config.run_config" in imported_modules("finetune_opt.train.upward")
+
+
+def test_no_function_longer_than_a_screen():
+    """Short functions (the brief's ~60 lines): a longer one is split where it does two things."""
+    long = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                long.append(f"{module}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert not long, long
