@@ -179,10 +179,12 @@ def run_children(args, variants: list[dict], deadline: float, memory=False) -> l
 
 def process_batches(args) -> list[list[dict]]:
     """The variants, grouped into the processes that measure them (see the module docstring)."""
-    def chosen(spec):
+    def chosen(spec):  # only what runs on this device (the rest is refused there: not timed)
         if args.implementations == ["default"]:
-            return [spec.default_implementation]
-        return [i for i in spec.implementations if i in args.implementations]
+            wanted = [spec.default_for(args.device)]
+        else:
+            wanted = [i for i in spec.implementations if i in args.implementations]
+        return [i for i in wanted if spec.supports(i, args.device)]
     configs = [(s, d) for s in args.sets for d in args.dtypes]
     per_optimizer = [[{"set": s, "dtype": d, "optimizer": name, "implementation": impl} for s, d in configs]
                      for name in args.optimizers for impl in chosen(REGISTRY[name])]
@@ -212,6 +214,31 @@ def markdown(rows, env) -> str:
             f"{r['fraction_of_inplace_add']:.0%} | {_fmt(r.get('TFLOPs'), '.3f')} | "
             f"{_fmt(r.get('fraction_of_matmul'), '.0%')} | {_fmt(mem and mem / 2**20, '.0f')} | "
             f"{_fmt(r['compile_s'], '.1f')} |")
+    return "\n".join(lines)
+
+
+def _share(r) -> str:
+    if "fraction_of_matmul" in r:
+        return f"{r['fraction_of_matmul']:.0%} of bf16 matmul ({r['matmul_bf16_TFLOPs']:.2f} TFLOP/s)"
+    return f"{r['fraction_of_inplace_add']:.0%} of in-place add ({r['inplace_add_GBps']:.1f} GB/s)"
+
+
+def by_entry(rows, dtype="float32") -> str:
+    """One line per entry and set: its implementations fastest first (steady-state median; the
+    compiled ones' first-step compile time beside them), the fastest one's roofline share, and its
+    step time over fused AdamW's on the same set (what README's optimizer table shows)."""
+    ok = [r for r in rows if "error" not in r and r["dtype"] == dtype]
+    fused = {r["set"]: r["median_ms"] for r in ok if (r["optimizer"], r["implementation"]) == ("adamw_fused", "fused")}
+    lines = [f"| set | optimizer | state B/param | {dtype} step ms (impl; compile s) | fastest's roofline share | "
+             "x fused AdamW |", "|---|---|---|---|---|---|"]
+    for key in dict.fromkeys((r["set"], r["optimizer"]) for r in ok):
+        mine = sorted((r for r in ok if (r["set"], r["optimizer"]) == key), key=lambda r: r["median_ms"])
+        impls = ", ".join(f"{r['implementation']} {r['median_ms']:.0f}"
+                          + (f" ({r['compile_s']:.0f} s)" if r["compile_s"] is not None else "") for r in mine)
+        best = mine[0]
+        ratio = f"{best['median_ms'] / fused[key[0]]:.2f}" if key[0] in fused else "-"
+        lines.append(f"| {key[0]} | {key[1]} | {best['state_bytes_predicted'] / best['params']:.2f} | {impls} | "
+                     f"{_share(best)} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -283,6 +310,8 @@ def main():
     write_json_atomic(os.path.join(args.out, "optimizer_step.json"), {"env": env, "rows": rows})
     with open(os.path.join(args.out, "optimizer_step.md"), "w") as f:
         f.write(markdown(rows, env) + "\n")
+    with open(os.path.join(args.out, "optimizer_step_by_entry.md"), "w") as f:
+        f.write("\n\n".join(by_entry(rows, d) for d in args.dtypes) + "\n")
     plot(rows, os.path.join(args.out, "step_time_by_optimizer.png"))
     print(markdown(rows, env))
 

@@ -17,6 +17,7 @@ import contextlib
 import pytest
 import torch
 
+from finetune_opt.errors import ConfigError
 from finetune_opt.optim import REGISTRY, create_optimizer
 from finetune_opt.optim.muon import muon_parameter_names
 from finetune_opt.optim.param_groups import decay_parameter_names
@@ -24,10 +25,14 @@ from tests import nets
 from tests.references import REFERENCES
 
 STEPS = 12
-TOLERANCE = {"muon": 2e-2, "adamw_8bit": 3e-2, "adamw_4bit": 3e-1}  # lowbit: on the tensors they quantise
-QUANTISED_FROM = 4096  # torchao quantises the moments of tensors with at least this many elements
-UNQUANTISED_TOLERANCE = 1e-4  # lowbit entries on the other tensors: float32 AdamW
-CASES = [(name, impl) for name, spec in REGISTRY.items() for impl in spec.implementations]
+# low-bit entries: on the tensors they quantise (spec.quantised_from)
+TOLERANCE = {"muon": 2e-2, "adamw_8bit": 3e-2, "adamw_4bit": 3e-1,
+             "adamw_bnb_8bit": 3e-2, "paged_adamw_bnb_8bit": 3e-2, "lion_bnb_8bit": 8e-2}
+UNQUANTISED_TOLERANCE = 1e-4  # low-bit entries on the other tensors: float32 AdamW / Lion
+RUNS_HERE = [(name, impl) for name, spec in REGISTRY.items() for impl in spec.implementations
+             if spec.supports(impl, "cpu")]
+ELSEWHERE = [(name, impl) for name, spec in REGISTRY.items() for impl in spec.implementations
+             if not spec.supports(impl, "cpu")]
 
 
 @contextlib.contextmanager
@@ -95,9 +100,10 @@ def tolerances(name) -> list[tuple[list, float]]:
     """(tensor names, allowed displacement error) groups: one, or for torchao's entries the
     quantised tensors and the rest."""
     sizes = {n: p.numel() for n, p in net().named_parameters()}
-    if name not in ("adamw_8bit", "adamw_4bit"):
+    quantised_from = REGISTRY[name].quantised_from
+    if quantised_from is None:
         return [(list(sizes), TOLERANCE.get(name, 1e-12))]
-    quantised = [n for n, size in sizes.items() if size >= QUANTISED_FROM]
+    quantised = [n for n, size in sizes.items() if size >= quantised_from]
     return [(quantised, TOLERANCE[name]), ([n for n in sizes if n not in quantised], UNQUANTISED_TOLERANCE)]
 
 
@@ -108,7 +114,7 @@ def variants(spec):
     return flips + [{k: o} for k, h in spec.hyperparams.items() for o in h.options if o != h.default]
 
 
-@pytest.mark.parametrize("name,impl", CASES, ids=[f"{n}-{i}" for n, i in CASES])
+@pytest.mark.parametrize("name,impl", RUNS_HERE, ids=[f"{n}-{i}" for n, i in RUNS_HERE])
 def test_matches_float64_reference(name, impl):
     spec = REGISTRY[name]
     for flips in [{}] + variants(spec):
@@ -120,6 +126,19 @@ def test_matches_float64_reference(name, impl):
             diff = displacement_error(got, want, names)
             print(f"{name} {impl} {flips} ({len(names)} tensors): displacement error {diff:.2e}")
             assert diff < tolerance, (flips, names, diff)
+
+
+@pytest.mark.parametrize("name,impl", ELSEWHERE, ids=[f"{n}-{i}" for n, i in ELSEWHERE])
+def test_what_does_not_run_on_cpu_is_refused_in_one_line_naming_the_choice(name, impl):
+    """Not downgraded (bitsandbytes would run its paged optimizers unpaged on CPU): refused."""
+    spec = REGISTRY[name]
+    with pytest.raises(ConfigError) as e:
+        create_optimizer(name, net(spec.param_dtypes[0]), implementation=impl)
+    message = str(e.value)
+    assert "\n" not in message and "on cpu" in message
+    assert spec.elsewhere and message.endswith(spec.elsewhere)
+    named = [n for n in REGISTRY if f" {n}," in f" {spec.elsewhere},"]
+    assert named and all(REGISTRY[n].supports(REGISTRY[n].default_implementation, "cpu") for n in named)
 
 
 def test_every_entry_has_a_reference():

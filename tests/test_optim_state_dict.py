@@ -9,10 +9,14 @@ import pytest
 import torch
 
 from finetune_opt.errors import ConfigError
-from finetune_opt.optim import REGISTRY, create_optimizer, describe_optimizer
+from finetune_opt.optim import REGISTRY, create_optimizer, describe_optimizer, runs_on
 from tests.nets import net
 
-NAMES = list(REGISTRY)
+NAMES = runs_on("cpu")  # entries that run only elsewhere: refused here (test_optim_parity)
+
+
+def here(spec) -> list[str]:
+    return [i for i in spec.implementations if spec.supports(i, "cpu")]
 
 
 def train(model, opt, steps, seed):
@@ -67,19 +71,19 @@ def _max_difference(a, b) -> float:
 IMPLEMENTATION_TOLERANCE = 1e-6
 
 
-@pytest.mark.parametrize("name", [n for n, s in REGISTRY.items() if len(s.implementations) > 1])
+@pytest.mark.parametrize("name", [n for n in NAMES if len(here(REGISTRY[n])) > 1])
 def test_checkpoint_of_one_implementation_resumes_in_every_other(name):
     """E.g. compiled (which feeds the step a tensor lr) saved, foreach loaded: foreach kernels
     refuse a tensor lr, so lr must be a float again and the flags the new implementation's. The
     trained weights and state are loaded, and two more steps land where the saving run's own two
     more steps land."""
     spec = REGISTRY[name]
-    for saved_impl in spec.implementations:
+    for saved_impl in here(spec):
         model, opt = built(name, saved_impl)
         train(model, opt, 2, seed=1)
         state, weights = saved(opt), copy.deepcopy(model.state_dict())
         train(model, opt, 2, seed=3)  # the saving run, continued
-        for impl in spec.implementations:
+        for impl in here(spec):
             m2, opt2 = built(name, impl)
             m2.load_state_dict(weights)
             expected_flags = kernel_flags(opt2)
@@ -159,7 +163,7 @@ def test_same_algorithm_other_entry_continues_exactly():
     assert {g["finetune_opt_name"] for g in adamw.param_groups} == {"adamw"}  # what it saves next
 
 
-@pytest.mark.parametrize("name", [n for n, s in REGISTRY.items() if s.structural])
+@pytest.mark.parametrize("name", [n for n in NAMES if REGISTRY[n].structural])
 def test_state_shaping_mismatch_is_refused_before_loading(name):
     """AMSGrad's v_max, SGD's momentum buffer: a checkpoint without them cannot resume a run that
     needs them. The refusal comes before the optimizer took any of the checkpoint's state."""

@@ -55,7 +55,7 @@ def test_rmsnorm_and_custom_norm_names_excluded():
 # --- every registry entry's groups on real architectures ----------------------------------------
 
 from finetune_opt.measure.timing import optimizer_state_bytes  # noqa: E402
-from finetune_opt.optim import REGISTRY, create_optimizer  # noqa: E402
+from finetune_opt.optim import REGISTRY, create_optimizer, runs_on  # noqa: E402
 from finetune_opt.optim.muon import muon_parameter_names  # noqa: E402
 
 
@@ -66,7 +66,7 @@ TIED = {  # LM heads that share the embedding tensor (transformers' Llama defaul
 }
 
 
-@pytest.mark.parametrize("name", list(REGISTRY))
+@pytest.mark.parametrize("name", runs_on("cpu"))
 @pytest.mark.parametrize("arch", list(TIED))
 def test_frozen_parameters_stay_out_and_tied_weights_count_once(arch, name):
     """The embedding shared with the LM head is one tensor, trainable, listed exactly once; a frozen
@@ -164,7 +164,7 @@ def test_conv1d_steps_as_the_linear_it_stands_for(adjust_lr_fn, n_in, n_out):
     assert torch.allclose(conv_update.T, linear_update, rtol=0, atol=1e-7)
 
 
-@pytest.mark.parametrize("name", list(REGISTRY))
+@pytest.mark.parametrize("name", runs_on("cpu"))
 def test_state_bytes_predicted_within_one_percent(name):
     """The spec's cost model (what memory prediction and the roofline use) against the bytes the
     optimizer actually holds after its first step, on tiny BERT."""

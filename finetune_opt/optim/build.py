@@ -5,6 +5,8 @@ silently change.
     opt = create_optimizer("lion", model, lr=1e-5, weight_decay=0.1, betas=(0.9, 0.99))
 """
 
+import importlib
+
 import torch
 from torch import nn
 from torch._dynamo.utils import counters as _dynamo_counters
@@ -26,18 +28,21 @@ def create_optimizer(name: str, model_or_params, *, implementation: str | None =
                      **hyperparams) -> torch.optim.Optimizer:
     """Optimizer `name` for a model (its spec's parameter groups: by default decay / no-decay, as
     the HF Trainer splits them) or for explicit parameters / param groups. Hyperparameters are
-    that optimizer's own (see `finetune-opt list-optimizers`); missing ones take the defaults."""
+    that optimizer's own (see `finetune-opt list-optimizers`); missing ones take the defaults, and
+    a missing implementation the entry's default on the parameters' device."""
     spec = get_optimizer_spec(name)
-    implementation = spec.resolve_implementation(implementation)
+    spec.resolve_implementation(implementation)  # an unknown name fails before the groups are built
     hp = spec.validate(hyperparams)
     groups = _param_groups(spec, model_or_params, hp)
     params = [p for g in groups for p in g["params"]]
     if not params:
         raise ConfigError("the model has no trainable parameters to optimize")
+    implementation = spec.resolve_implementation(implementation, params[0].device.type)
+    spec.check_installed()  # a missing package first: no device or dtype would make it run
     spec.check_parameters(implementation, params)
 
     impl = spec.implementations[implementation]
-    cls = _compiled_class(spec.load_class()) if impl.compile_step else spec.load_class()
+    cls = _implementation_class(spec, impl)
     kwargs = {**hp, **spec.fixed_kwargs, **impl.flags}
     optimizer = spec.build(cls, groups, kwargs) if spec.build else cls(groups, **kwargs)
     for group in optimizer.param_groups:
@@ -58,6 +63,14 @@ def planned_param_groups(name: str, model, implementation: str | None = None, **
     hp = spec.validate(hyperparams)
     defaults = {**hp, **spec.fixed_kwargs, **spec.implementations[implementation].flags}
     return [{**defaults, **g} for g in _param_groups(spec, model, hp)]
+
+
+def _implementation_class(spec: OptimizerSpec, impl) -> type:
+    cls = spec.load_class()
+    if impl.subclass:
+        module, _, name = impl.subclass.partition(":")
+        return getattr(importlib.import_module(module), name)
+    return _compiled_class(cls) if impl.compile_step else cls
 
 
 def _param_groups(spec: OptimizerSpec, model_or_params, hp: dict) -> list[dict]:
@@ -96,8 +109,17 @@ def _guard_loading(optimizer: torch.optim.Optimizer, spec: OptimizerSpec):
             elif spec.tensor_lr and not torch.is_tensor(group["lr"]):
                 group["lr"] = torch.tensor(group["lr"])
 
-    optimizer.register_load_state_dict_pre_hook(check_before)
-    optimizer.register_load_state_dict_post_hook(reassert_after)
+    if type(optimizer).load_state_dict is torch.optim.Optimizer.load_state_dict:
+        optimizer.register_load_state_dict_pre_hook(check_before)
+        optimizer.register_load_state_dict_post_hook(reassert_after)
+    else:  # bitsandbytes' own load_state_dict runs no hooks: the same checks around it
+        load = optimizer.load_state_dict
+
+        def load_state_dict(state_dict, *args, **kwargs):
+            check_before(optimizer, state_dict)
+            load(state_dict, *args, **kwargs)
+            reassert_after(optimizer)
+        optimizer.load_state_dict = load_state_dict
 
 
 def refuse_other_algorithm(spec: OptimizerSpec, state_dict: dict):

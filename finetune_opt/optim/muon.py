@@ -107,7 +107,8 @@ class MuonWithAdamW(torch.optim.Optimizer):
     state, so LR schedulers, Accelerate, checkpoints and the Trainer see a single optimizer."""
 
     def __init__(self, params, lr=5e-5, weight_decay=0.01, momentum=0.95, nesterov=True, ns_steps=5,
-                 adjust_lr_fn="match_rms_adamw", adamw_betas=(0.9, 0.999), adamw_eps=1e-8, foreach=True):
+                 adjust_lr_fn="match_rms_adamw", adamw_betas=(0.9, 0.999), adamw_eps=1e-8, foreach=True,
+                 fused=False):
         groups = [g if isinstance(g, dict) else {"params": [g]} for g in params]
         for g in groups:  # explicit params without a role: Muon for 2-D, AdamW otherwise
             g.setdefault("use_muon", all(p.ndim == 2 for p in g["params"]))
@@ -118,7 +119,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
                                      ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn) \
             if any(g["use_muon"] for g in groups) else None
         self.adamw = torch.optim.AdamW([g for g in groups if not g["use_muon"]], lr=lr, betas=adamw_betas,
-                                       eps=adamw_eps, weight_decay=weight_decay, foreach=foreach) \
+                                       eps=adamw_eps, weight_decay=weight_decay, foreach=foreach, fused=fused) \
             if not all(g["use_muon"] for g in groups) else None
         super().__init__(groups, dict(lr=lr, weight_decay=weight_decay))
         self._link()

@@ -30,8 +30,10 @@ from finetune_opt.optim.spec import (
     OptimizerSpec,
     betas,
     boolean,
+    compiled_update,
     choice,
     elementwise,
+    fused_devices,
     integer,
     number,
 )
@@ -78,12 +80,15 @@ def _adafactor_traffic(shape, dtype, group):
     return 5 * math.prod(shape) * dtype.itemsize + _adafactor_state(shape, dtype, group) * 2
 
 
+TORCHAO_MIN_SIZE = 4096  # torchao quantises the moments of tensors with at least this many elements
+
+
 def _lowbit_cost(bits: int, block_size: int):
     """torchao low-bit AdamW: two moments of `bits` each, one fp32 scale per block and a
     2**bits-entry fp32 code map per tensor."""
     def state(shape, dtype, group):
         n = math.prod(shape)
-        if n < 4096 or n % block_size:  # torchao (as bitsandbytes) keeps these in full precision
+        if n < TORCHAO_MIN_SIZE or n % block_size:  # torchao (as bitsandbytes) keeps these in full precision
             return 2 * n * dtype.itemsize
         return 2 * (n * bits // 8 + 4 * math.ceil(n / block_size) + 4 * 2 ** bits)
 
@@ -115,8 +120,45 @@ def _torchao_spec(bits: int, block_size: int) -> OptimizerSpec:
         # (torch 2.13 CPU, torchao 0.18), and its compiled step failed on a later entry's shapes
         fsdp2_refusal="its quantised states on FSDP2 DTensor shards gave wrong updates here "
                       "(torchao 0.18); use DDP (accelerate_configs/multi_gpu.yaml) or another optimizer",
-        tensor_lr=True,
+        tensor_lr=True, quantised_from=TORCHAO_MIN_SIZE,
     )
+
+
+BNB_BLOCK = 256          # bitsandbytes' 8-bit blockwise quantisation: one fp32 absmax per block
+BNB_MIN_8BIT_SIZE = 4096  # its default min_8bit_size: smaller tensors keep fp32 moments
+BNB_QMAP_BYTES = 4 * 256  # the 256-entry fp32 code map each moment's state points to
+
+
+def _bnb_cost(moments: int):
+    """bitsandbytes 8-bit optimizers: per moment one uint8 per element, one fp32 absmax per
+    256-element block and a reference to its fp32 code map; under 4096 elements fp32 moments
+    whatever the parameter's dtype. The code map is one tensor per optimizer that every
+    parameter's state holds: counted per parameter, as the state dict (and measure) count it,
+    so the prediction is the measured bytes (<= 2 KiB x tensors above what is allocated)."""
+    def state(shape, dtype, group):
+        n = math.prod(shape)
+        if n < BNB_MIN_8BIT_SIZE:
+            return moments * 4 * n
+        return moments * (n + 4 * math.ceil(n / BNB_BLOCK) + BNB_QMAP_BYTES)
+
+    def traffic(shape, dtype, group):
+        # read p and g, write p; read and write every moment and its scales
+        return 3 * math.prod(shape) * dtype.itemsize + 2 * state(shape, dtype, group)
+    return state, traffic
+
+
+def _bnb_spec(name: str, description: str, cls: str, hyperparams: dict, devices: tuple, **fields) -> OptimizerSpec:
+    state, traffic = _bnb_cost(2 if "Adam" in cls else 1)
+    return OptimizerSpec(
+        name, description + " (bitsandbytes; Dettmers et al. 2022)", f"bitsandbytes.optim:{cls}", hyperparams,
+        # bitsandbytes' own kernel: one per tensor (CUDA), dequantise-update-requantise in one pass
+        implementations={"fused": Implementation(devices=devices, temporaries=(None, 0.0))},
+        default_implementation="fused", state_bytes=state, traffic_bytes=traffic, extra="bnb",
+        quantised_from=BNB_MIN_8BIT_SIZE,
+        param_dtypes=(torch.float32, torch.bfloat16, torch.float16),  # its kernels: no float64
+        fsdp2_refusal="bitsandbytes' 8-bit kernels step plain tensors, not FSDP2's DTensor shards (not tried "
+                      "here); use DDP (accelerate_configs/multi_gpu.yaml) or another optimizer",
+        **fields)
 
 
 _SPECS = (
@@ -163,7 +205,9 @@ _SPECS = (
         {"beta2_decay": number(None, 0, default=-0.8), "d": number(1, default=1.0),
          # eps is the paper's eps2, the floor on the parameter RMS; eps1 is the dtype's epsilon
          "eps": number(0, low_open=True, default=1e-3)},
-        default_lr=1e-3, implementations=FOREACH_OR_LOOP, default_implementation="foreach",
+        default_lr=1e-3,
+        implementations={**FOREACH_OR_LOOP, "compiled": compiled_update("finetune_opt.optim.adafactor:CompiledAdafactor")},
+        default_implementation="foreach",
         state_bytes=_adafactor_state, traffic_bytes=_adafactor_traffic,
         # The paper's relative step is min(1e-2, 1/sqrt(t)): it decays from step 10^4 on. torch
         # caps it at lr instead, so at the default lr (1e-3) it is a constant 1e-3, a tenth of the
@@ -176,7 +220,8 @@ _SPECS = (
     OptimizerSpec(
         "lion", "Lion: sign of an interpolated momentum, one state buffer (Chen et al. 2023)",
         Lion, {"betas": betas((0.9, 0.99))}, default_lr=1.5e-5,
-        implementations=FOREACH_OR_LOOP, default_implementation="foreach",
+        implementations={**FOREACH_OR_LOOP, "compiled": compiled_update("finetune_opt.optim.lion:CompiledLion")},
+        default_implementation="foreach",
         state_bytes=elementwise(1), traffic_bytes=elementwise(5),  # m; read p g m, write p m
         paper="Chen et al. 2023, Algorithm 2", default_weight_decay=0.1,
     ),
@@ -187,9 +232,11 @@ _SPECS = (
          "ns_steps": integer(1, 99, 5), "adjust_lr_fn": choice("match_rms_adamw", "match_rms_adamw", "original"),
          "adamw_betas": betas((0.9, 0.999)), "adamw_eps": number(0, low_open=True, default=1e-8)},
         default_lr=5e-5,
-        # Muon's own step is per matrix (matmuls); the flag picks the AdamW half's kernel.
+        # Muon's own step is per matrix (matmuls); the flag picks the AdamW half's kernel. Its
+        # momentum is torch's: two in-place lerps per matrix, ~2% of the Newton-Schulz time.
         implementations={"foreach": Implementation({"foreach": True}),
-                         "for-loop": Implementation({"foreach": False})},
+                         "for-loop": Implementation({"foreach": False}),
+                         "fused": Implementation({"foreach": False, "fused": True}, devices=fused_devices())},
         default_implementation="foreach",
         state_bytes=muon_state_bytes, traffic_bytes=muon_traffic_bytes, step_flops=newton_schulz_flops,
         paper="Jordan et al. 2024 (Newton-Schulz); Liu et al. 2025 (match_rms_adamw, decoupled decay)",
@@ -202,9 +249,13 @@ _SPECS = (
         {"betas": betas((0.9, 0.999)), "eps": number(0, low_open=True, default=1e-8),
          "warmup_steps": integer(0, 10**9, 0), "r": number(0, default=0.0),
          "weight_lr_power": number(0, default=2.0)},
-        default_lr=1e-4, implementations=FOREACH_OR_LOOP, default_implementation="foreach",
-        # z, v; read y g z v, write y z v and the gradient it normalises in place
-        state_bytes=elementwise(2), traffic_bytes=elementwise(8),
+        default_lr=1e-4,
+        implementations={**FOREACH_OR_LOOP,
+                         "compiled": compiled_update("finetune_opt.optim.schedule_free:CompiledAdamWScheduleFree")},
+        default_implementation="foreach",
+        # z, v; read y g z v, write y z v (the package's eager steps also write the normalised
+        # gradient back into p.grad, an eighth stream the algorithm does not need)
+        state_bytes=elementwise(2), traffic_bytes=elementwise(7),
         # What runs is the package's AdamWScheduleFree, not the paper's literal Algorithm 1 (which
         # puts sqrt(1 - beta2^t) into gamma_t and so into the averaging weights): 0.31 apart in
         # displacement after test_optim_parity's 12 steps, the package 1e-14.
@@ -215,6 +266,22 @@ _SPECS = (
     ),
     _torchao_spec(8, 256),
     _torchao_spec(4, 128),
+    _bnb_spec("adamw_bnb_8bit", "AdamW with 8-bit blockwise-quantised moments", "AdamW8bit",
+              {k: ADAM_HYPERPARAMS[k] for k in ("betas", "eps")}, ("cpu", "cuda"), default_lr=5e-5,
+              paper="AdamW (Loshchilov & Hutter 2019) with 8-bit states; parity against float64 AdamW within "
+                    "the quantisation error"),
+    # Paged: state in CUDA unified memory, evicted to host RAM under pressure. On CPU
+    # bitsandbytes 0.50 runs it unpaged with a warning: refused there instead of relabelled.
+    _bnb_spec("paged_adamw_bnb_8bit", "AdamW with 8-bit moments in paged (CUDA unified) memory", "PagedAdamW8bit",
+              {k: ADAM_HYPERPARAMS[k] for k in ("betas", "eps")}, ("cuda",), default_lr=5e-5,
+              paper="AdamW (Loshchilov & Hutter 2019) with 8-bit states; parity against float64 AdamW within "
+                    "the quantisation error",
+              elsewhere="paging is CUDA memory (bitsandbytes would run it unpaged on cpu); on cpu choose "
+                        "adamw_bnb_8bit, the same 8-bit states"),
+    _bnb_spec("lion_bnb_8bit", "Lion with an 8-bit blockwise-quantised momentum", "Lion8bit",
+              {"betas": betas((0.9, 0.99))}, ("cpu", "cuda"), default_lr=1.5e-5, default_weight_decay=0.1,
+              paper="Chen et al. 2023, Algorithm 2, with an 8-bit state; parity against float64 Lion within "
+                    "the quantisation error"),
 )
 REGISTRY = {s.name: s for s in _SPECS}
 
@@ -223,6 +290,11 @@ def get_optimizer_spec(name: str) -> OptimizerSpec:
     if name not in REGISTRY:
         raise one_of("optimizer", name, REGISTRY)
     return REGISTRY[name]
+
+
+def runs_on(device_type: str) -> list[str]:
+    """The entries whose default implementation on `device_type` runs there."""
+    return [name for name, s in REGISTRY.items() if s.supports(s.default_for(device_type), device_type)]
 
 
 def list_optimizers() -> list[dict]:

@@ -79,7 +79,11 @@ class Implementation:
     """How one implementation is selected: constructor flags, and whether we compile the step."""
 
     flags: dict = field(default_factory=dict)
-    compile_step: bool = False  # run the class's own step under torch.compile (tensor lr inside)
+    compile_step: bool = False  # the step runs under torch.compile: the class's own step (tensor lr
+                                # inside), or, with `subclass`, that subclass's compiled update
+    subclass: str | None = None  # "module:Class", a subclass of the spec's class with its own step
+                                 # (optim/compiled.py); loaded after the spec's class, so a missing
+                                 # optional package is still reported by its extra
     devices: tuple = ("any",)
     # What one step allocates beyond the state, as (scope, multiple): a multi-tensor (foreach) step
     # holds intermediates for a whole parameter group at once ("group"), a per-tensor step for one
@@ -108,6 +112,15 @@ FOREACH_OR_LOOP = {  # classes with a foreach flag but no fused one (Adafactor, 
     "for-loop": Implementation({"foreach": False}, temporaries=("tensor", 1.0)),
     "foreach": Implementation({"foreach": True}, temporaries=("group", 1.0)),
 }
+
+
+def compiled_update(subclass: str) -> Implementation:
+    """The "compiled" implementation of an entry whose step is one of optim/compiled.py's updates:
+    one Inductor kernel per tensor (and reduction), so no step-sized temporaries."""
+    return Implementation({"foreach": False}, compile_step=True, subclass=subclass, devices=INDUCTOR_DEVICES,
+                          temporaries=(None, 0.0))
+
+
 IMPLEMENTATION_NAMES = ("for-loop", "foreach", "fused", "compiled")
 
 
@@ -131,7 +144,7 @@ class OptimizerSpec:
     hyperparams: dict                    # name -> Hyperparam, beyond lr and weight_decay
     default_lr: float                    # a fine-tuning starting point (the study tunes around it)
     implementations: dict                # name -> Implementation
-    default_implementation: str
+    default_implementation: str          # where the device is not known yet (config validation)
     state_bytes: Callable                # (shape, dtype, group) -> optimizer-state bytes of one parameter
     traffic_bytes: Callable              # (shape, dtype, group) -> bytes one step reads + writes for it
     paper: str                           # where the update rule comes from (tests' reference)
@@ -152,6 +165,13 @@ class OptimizerSpec:
     fsdp2_refusal: str | None = None     # why this entry cannot step FSDP2 shards (None: it can)
     rules: tuple = ()                    # (hp) -> a message or None: rules across hyperparameters that
                                          # the class would otherwise raise on when built, mid-run
+    quantised_from: int | None = None    # low-bit states: tensors with at least this many elements hold
+                                         # quantised moments, smaller ones full-precision (the tests'
+                                         # parity bounds differ between the two)
+    device_defaults: dict = field(default_factory=dict)  # device type -> the fastest exact implementation
+                                         # there, by a committed measurement (registry.py cites it)
+    elsewhere: str = ""                  # why it does not run on other devices and what to choose
+                                         # there: ends the one-line device refusal
 
     @property
     def all_hyperparams(self) -> dict:
@@ -177,8 +197,12 @@ class OptimizerSpec:
             raise ConfigError(f"{self.name}: {broken}")
         return out
 
-    def resolve_implementation(self, implementation: str | None) -> str:
-        implementation = implementation or self.default_implementation
+    def default_for(self, device_type: str | None) -> str:
+        return self.device_defaults.get(device_type, self.default_implementation)
+
+    def resolve_implementation(self, implementation: str | None, device_type: str | None = None) -> str:
+        """The implementation asked for, or this entry's default on `device_type` (if known)."""
+        implementation = implementation or self.default_for(device_type)
         if implementation not in IMPLEMENTATION_NAMES:
             raise one_of("implementation", implementation, IMPLEMENTATION_NAMES)
         if implementation not in self.implementations:
@@ -235,4 +259,5 @@ class OptimizerSpec:
                 dtypes = ", ".join(str(d).removeprefix("torch.") for d in self.param_dtypes)
                 raise ConfigError(
                     f"{self.name} ({implementation}) needs parameters of dtype {dtypes} on device "
-                    f"{', '.join(devices)}; got {str(p.dtype).removeprefix('torch.')} on {p.device.type}")
+                    f"{', '.join(devices)}; got {str(p.dtype).removeprefix('torch.')} on {p.device.type}"
+                    + (f": {self.elsewhere}" if self.elsewhere and not device_ok else ""))
