@@ -39,7 +39,7 @@ if [ -n "$CARRY" ]; then  # the GPU image lacks datasets, dill, multiprocess, sc
 fi
 DEVICE=$(python3 -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
 python3 benchmarks/write_env.py "$OUT/env.json" "$DEVICE"
-STUDY_DIR=$(python3 -c "from finetune_opt.study import load_study; print(load_study('$CONFIG').output_dir)")
+STUDY_DIR=$(python3 -c "from finetune_opt.study.runner import load_study; print(load_study('$CONFIG').output_dir)")
 
 # setsid: the study leads its own process group, which its cells join, so one kill stops them all.
 setsid python3 -m finetune_opt.cli study --config "$CONFIG" --parallel "$PARALLEL" "${MODEL[@]}" \
