@@ -84,7 +84,7 @@ def bare_loop(cfg):
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        timer.end_step(len(batch["labels"]), int(batch["attention_mask"].sum()), batch["input_ids"].numel())
+        timer.end_step(len(batch["labels"]), batch["attention_mask"].sum(), batch["input_ids"].numel())  # read at the end
         timer.begin_step()
     model.eval()
     with torch.no_grad():

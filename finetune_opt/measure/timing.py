@@ -1,8 +1,10 @@
 """Cheap, honest measurement of a training run.
 
-Times are wall-clock around synchronised points: on CUDA the host waits for the device before
-reading the clock, otherwise we would time kernel launches, not work. The first
-`warmup_steps` steps (allocator growth, kernel selection, torch.compile) are excluded.
+On a GPU, step times come from device events recorded around each phase and read back only when
+the engine logs (or at the end), so timing adds no host synchronisation to a step: synchronising
+every step would stall the queue of kernels the host runs ahead with, and time that stall. On CPU
+the host clock is the device clock. The first `warmup_steps` steps (allocator growth, kernel
+selection, torch.compile) are excluded.
 """
 
 import resource
@@ -14,11 +16,35 @@ import torch
 from torch.distributed.tensor import DTensor
 
 
-def _synchronize(device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "xpu":
-        torch.xpu.synchronize(device)
+class HostClock:
+    """perf_counter marks: where the host runs the work (CPU), its clock times it."""
+
+    def mark(self) -> float:
+        return time.perf_counter()
+
+    def seconds(self, start: float, end: float) -> float:
+        return end - start
+
+
+class DeviceClock:
+    """Timing events recorded on the device's stream; `seconds` waits for the later one only when
+    it is read, at a logging step."""
+
+    def __init__(self, device: torch.device):
+        self.event_class = torch.cuda.Event if device.type == "cuda" else torch.xpu.Event
+
+    def mark(self):
+        event = self.event_class(enable_timing=True)
+        event.record()
+        return event
+
+    def seconds(self, start, end) -> float:
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+
+
+def clock_for(device: torch.device):
+    return DeviceClock(device) if device.type in ("cuda", "xpu") else HostClock()
 
 
 def percentiles(values) -> dict:
@@ -29,47 +55,63 @@ def percentiles(values) -> dict:
             "p90": float(np.percentile(a, 90)), "mean": float(a.mean())}
 
 
-class StepTimer:
-    """begin_step / begin_optimizer / end_optimizer / end_step around each optimizer update."""
+def _count(value) -> int:
+    """A count kept on the device until it is read (a tensor), or already a number."""
+    return int(value) if torch.is_tensor(value) else value
 
-    def __init__(self, device: torch.device, warmup_steps: int):
-        self.device, self.warmup_steps = device, warmup_steps
+
+class StepTimer:
+    """begin_step / begin_optimizer / end_optimizer / end_step around each optimizer update. Marks
+    and token counts (tensors on the device) are kept as they are and resolved in `flush`, which the
+    engine calls on logging steps, and in `summary`."""
+
+    def __init__(self, device: torch.device, warmup_steps: int, clock=None):
+        self.clock = clock or clock_for(device)
+        self.warmup_steps = warmup_steps
         self.steps_seen = 0
         self.step_s, self.optimizer_s, self.warmup_s = [], [], []
         self.step_cpu_s = []  # this process's CPU time per step: on a shared machine, what waiting for a core does not inflate
         self.samples = self.tokens = self.positions = 0
-
-    def _now(self) -> float:
-        _synchronize(self.device)
-        return time.perf_counter()
+        self.pending = []     # ended steps not yet read back: (marks, optimizer marks, cpu s, counts)
 
     def begin_step(self):
-        self._t0 = self._now()
+        self._t0 = self.clock.mark()
         self._cpu0 = time.process_time()
-        self._opt = 0.0
+        self._opt = []
 
     def begin_optimizer(self):
-        self._t_opt = self._now()
+        self._t_opt = self.clock.mark()
 
     def end_optimizer(self):
-        self._opt += self._now() - self._t_opt
+        self._opt.append((self._t_opt, self.clock.mark()))
 
-    def end_step(self, samples: int, tokens: int, positions: int | None = None):
-        """`tokens`: real ones; `positions`: real + padding (the model's work), default = tokens."""
-        elapsed = self.last_step_s = self._now() - self._t0  # (last_step_s: warm-up steps too, for logging)
-        cpu = time.process_time() - self._cpu0
-        self.steps_seen += 1
-        if self.steps_seen > self.warmup_steps:
-            self.step_s.append(elapsed)
-            self.step_cpu_s.append(cpu)
-            self.optimizer_s.append(self._opt)
-            self.samples += samples
-            self.tokens += tokens
-            self.positions += tokens if positions is None else positions
-        else:  # torch.compile's compile time lands here: reported apart from step time
-            self.warmup_s.append(elapsed)
+    def end_step(self, samples, tokens, positions=None):
+        """`tokens`: real ones; `positions`: real + padding (the model's work), default = tokens.
+        Counts may be tensors on the device: they are read in `flush`."""
+        self.pending.append(((self._t0, self.clock.mark()), self._opt, time.process_time() - self._cpu0,
+                             (samples, tokens, tokens if positions is None else positions)))
+
+    def flush(self) -> list[float]:
+        """Read back the steps ended since the last flush; their seconds (warm-up steps too, for logging)."""
+        seconds = []
+        for (t0, t1), opt, cpu, counts in self.pending:
+            elapsed = self.clock.seconds(t0, t1)
+            seconds.append(elapsed)
+            self.steps_seen += 1
+            if self.steps_seen > self.warmup_steps:
+                self.step_s.append(elapsed)
+                self.step_cpu_s.append(cpu)
+                self.optimizer_s.append(sum(self.clock.seconds(a, b) for a, b in opt))
+                samples, tokens, positions = (_count(c) for c in counts)
+                self.samples, self.tokens, self.positions = (self.samples + samples, self.tokens + tokens,
+                                                             self.positions + positions)
+            else:  # torch.compile's compile time lands here: reported apart from step time
+                self.warmup_s.append(elapsed)
+        self.pending = []
+        return seconds
 
     def summary(self) -> dict:
+        self.flush()
         total = sum(self.step_s)
         return {
             "timed_steps": len(self.step_s),
@@ -141,6 +183,7 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
 
 def global_throughput(accelerator, timer: StepTimer) -> dict:
     """Samples and tokens summed over ranks, divided by the slowest rank's timed seconds."""
+    timer.flush()
     local = torch.tensor([timer.samples, timer.tokens, timer.positions, sum(timer.step_s)], dtype=torch.float64,
                          device=accelerator.device)
     every = accelerator.gather(local[None]).view(-1, 4)

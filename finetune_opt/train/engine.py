@@ -81,13 +81,15 @@ def _batches(loader, accelerator, consumed: int):
         epoch, offset = epoch + 1, 0
 
 
-def _batch_size_and_tokens(batch) -> tuple[int, int, int]:
-    """Examples, real tokens, and token positions computed (real + padding)."""
+def _batch_size_and_tokens(batch) -> tuple:
+    """Examples, real tokens, and token positions computed (real + padding). A count that needs the
+    batch's values stays a tensor on the device (reading it would wait for the device): the timer
+    reads it when the engine logs."""
     ids = batch["input_ids"]
     mask = batch.get("attention_mask")
     if mask is None and "position_ids" in batch:  # packed (finetune_opt.data.packing): one example per position 0
-        return int((batch["position_ids"] == 0).sum()), ids.numel(), ids.numel()
-    return ids.shape[0], int(mask.sum()) if mask is not None else ids.numel(), ids.numel()
+        return (batch["position_ids"] == 0).sum(), ids.numel(), ids.numel()
+    return ids.shape[0], mask.sum() if mask is not None else ids.numel(), ids.numel()
 
 
 @contextmanager
@@ -328,7 +330,7 @@ class Meter:
         reset_peak_memory(run.accelerator.device)
         self.rss_before = current_rss_bytes()
         self.timer = StepTimer(run.accelerator.device, run.cfg.timing_warmup_steps)
-        self.window, self.grad_norms, self.step_seconds = [], [], []
+        self.window, self.grad_norms = [], []
         self.progress = tqdm(total=run.cfg.max_steps, initial=start, desc="train",
                              disable=not run.accelerator.is_local_main_process)
         self.train_start = time.perf_counter()
@@ -336,22 +338,23 @@ class Meter:
 
     def after_step(self, state: LoopState, outcome: StepOutcome):
         """Every log_every steps (and the last): the mean loss since the last log line into history;
-        it, the lr, the mean gradient norm and step time, and the memory in use to the trackers."""
+        it, the lr, the mean gradient norm and step time, and the memory in use to the trackers. Only
+        then are the loss, gradient norm and step times read back from the device."""
         cfg, accelerator = self.run.cfg, self.run.accelerator
         if outcome.loss is not None:
             self.window.append(outcome.loss)
             self.grad_norms.append(outcome.grad_norm)
-        self.step_seconds.append(self.timer.last_step_s)
         if (state.step % cfg.log_every == 0 or state.step == cfg.max_steps) and self.window:
+            step_seconds = self.timer.flush()
             mean_loss = accelerator.reduce(torch.stack(self.window).mean(), reduction="mean").item()
             lr = float(self.run.scheduler.get_last_lr()[0])
             state.history.append({"step": state.step, "loss": mean_loss, "lr": lr})
             accelerator.log({"train/loss": mean_loss, "train/lr": lr,
                              "train/grad_norm": torch.stack(self.grad_norms).float().mean().item(),
-                             "train/step_ms": 1e3 * sum(self.step_seconds) / len(self.step_seconds),
+                             "train/step_ms": 1e3 * sum(step_seconds) / len(step_seconds),
                              "train/memory_mib": memory_in_use(accelerator.device) / 2**20}, step=state.step)
             self.progress.set_postfix(loss=f"{mean_loss:.4f}")
-            self.window, self.grad_norms, self.step_seconds = [], [], []
+            self.window, self.grad_norms = [], []
         self.progress.update(1)
 
     def close(self) -> float:
