@@ -161,11 +161,19 @@ def _bnb_spec(name: str, description: str, cls: str, hyperparams: dict, devices:
         **fields)
 
 
+# Defaults by device: the fastest implementation each device's committed measurement timed
+# (tests/test_optim_defaults.py reads them). CPU: benchmarks/results/cpu_2core/optimizer_step_fast_steps*
+# (BERT-base fp32, one thread, 2026-12-03): fused Adam 103-142 ms and SGD 78 ms, compiled Lion 101,
+# schedule-free 115, Adafactor 343 (their compile on the first step: seconds with Inductor's disk
+# cache warm, 0.5-2.6 minutes cold). Elsewhere `default_implementation` (CUDA: foreach but where timed).
+CPU_FUSED = {"cpu": "fused"}
+CPU_COMPILED = {"cpu": "compiled"}
+
 _SPECS = (
     OptimizerSpec(
         "adam_l2", "Adam with coupled L2: weight_decay*p is added to the gradient (Kingma & Ba 2015)",
         torch.optim.Adam, ADAM_HYPERPARAMS, default_lr=5e-5,
-        implementations=TORCH_MULTI_TENSOR, default_implementation="foreach",
+        implementations=TORCH_MULTI_TENSOR, default_implementation="foreach", device_defaults=CPU_FUSED,
         state_bytes=_adam_state, traffic_bytes=_adam_traffic,
         paper="Kingma & Ba 2015, Algorithm 1; L2 term added to the gradient",
         fixed_kwargs={"decoupled_weight_decay": False}, structural=("amsgrad",),
@@ -174,6 +182,8 @@ _SPECS = (
         "adamw", "AdamW: decoupled weight decay p -= lr*wd*p (Loshchilov & Hutter 2019)",
         torch.optim.AdamW, ADAM_HYPERPARAMS, default_lr=5e-5,
         implementations=TORCH_MULTI_TENSOR, default_implementation="foreach",
+        # H200 (benchmarks/results/NVIDIA_H200/optimizer_step*): fused 1.3 ms, foreach 2.8, for-loop 12.2
+        device_defaults={**CPU_FUSED, "cuda": "fused"},
         state_bytes=_adam_state, traffic_bytes=_adam_traffic,
         paper="Loshchilov & Hutter 2019, Algorithm 2", structural=("amsgrad",),
     ),
@@ -192,7 +202,7 @@ _SPECS = (
         # (no "compiled": dynamo fails on SGD's momentum-buffer init in torch 2.13, a
         # SpeculationLogDivergence; the fused kernel is the fast path anyway)
         default_lr=1e-2, implementations={k: v for k, v in TORCH_MULTI_TENSOR.items() if k != "compiled"},
-        default_implementation="foreach",
+        default_implementation="foreach", device_defaults=CPU_FUSED,
         state_bytes=_sgd_state, traffic_bytes=_sgd_traffic,
         paper="Sutskever et al. 2013 (momentum as in torch.optim.SGD: first step buf = g)",
         default_weight_decay=0.0, structural=("momentum",), rules=(_sgd_nesterov_rule,),
@@ -207,7 +217,7 @@ _SPECS = (
          "eps": number(0, low_open=True, default=1e-3)},
         default_lr=1e-3,
         implementations={**FOREACH_OR_LOOP, "compiled": compiled_update("finetune_opt.optim.adafactor:CompiledAdafactor")},
-        default_implementation="foreach",
+        default_implementation="foreach", device_defaults=CPU_COMPILED,
         state_bytes=_adafactor_state, traffic_bytes=_adafactor_traffic,
         # The paper's relative step is min(1e-2, 1/sqrt(t)): it decays from step 10^4 on. torch
         # caps it at lr instead, so at the default lr (1e-3) it is a constant 1e-3, a tenth of the
@@ -221,7 +231,7 @@ _SPECS = (
         "lion", "Lion: sign of an interpolated momentum, one state buffer (Chen et al. 2023)",
         Lion, {"betas": betas((0.9, 0.99))}, default_lr=1.5e-5,
         implementations={**FOREACH_OR_LOOP, "compiled": compiled_update("finetune_opt.optim.lion:CompiledLion")},
-        default_implementation="foreach",
+        default_implementation="foreach", device_defaults=CPU_COMPILED,
         state_bytes=elementwise(1), traffic_bytes=elementwise(5),  # m; read p g m, write p m
         paper="Chen et al. 2023, Algorithm 2", default_weight_decay=0.1,
     ),
@@ -233,7 +243,7 @@ _SPECS = (
          "adamw_betas": betas((0.9, 0.999)), "adamw_eps": number(0, low_open=True, default=1e-8)},
         default_lr=5e-5,
         # Muon's own step is per matrix (matmuls); the flag picks the AdamW half's kernel. Its
-        # momentum is torch's: two in-place lerps per matrix, ~2% of the Newton-Schulz time.
+        # momentum is torch's: two in-place lerps per matrix beside Newton-Schulz's matmuls (not timed apart).
         implementations={"foreach": Implementation({"foreach": True}),
                          "for-loop": Implementation({"foreach": False}),
                          "fused": Implementation({"foreach": False, "fused": True}, devices=fused_devices())},
@@ -252,7 +262,7 @@ _SPECS = (
         default_lr=1e-4,
         implementations={**FOREACH_OR_LOOP,
                          "compiled": compiled_update("finetune_opt.optim.schedule_free:CompiledAdamWScheduleFree")},
-        default_implementation="foreach",
+        default_implementation="foreach", device_defaults=CPU_COMPILED,
         # z, v; read y g z v, write y z v (the package's eager steps also write the normalised
         # gradient back into p.grad, an eighth stream the algorithm does not need)
         state_bytes=elementwise(2), traffic_bytes=elementwise(7),
@@ -306,6 +316,7 @@ def list_optimizers() -> list[dict]:
             "class": s.class_path,
             "hyperparameters": {k: _jsonable(h.default) for k, h in s.all_hyperparams.items()},
             "default_implementation": s.default_implementation,
+            "device_defaults": dict(s.device_defaults),  # where a device's measurement chose another
             "implementations": {name: list(impl.devices) for name, impl in s.implementations.items()},
             "train_eval_modes": s.train_eval_modes,
             "extra": s.extra,

@@ -1,0 +1,42 @@
+"""Each entry's default implementation on a device is the fastest one a committed measurement of
+that device timed (BERT-base's parameters, fp32; benchmarks/optimizer_step.py). The measurement is
+read from the committed results, not rerun: a timing is not a test."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from finetune_opt.optim import REGISTRY
+
+RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+MEASURED = {  # device type -> the committed runs that time its implementations
+    "cpu": sorted((RESULTS / "cpu_2core").glob("optimizer_step_fast_steps*/optimizer_step.json")),
+    "cuda": sorted((RESULTS / "NVIDIA_H200").glob("optimizer_step*/optimizer_step.json")),
+}
+
+
+def timed(device: str, name: str) -> dict:
+    """implementation -> median ms of `name` on BERT-base fp32, over the device's committed runs."""
+    rows = [r for path in MEASURED[device] for r in json.loads(path.read_text())["rows"]]
+    return {r["implementation"]: r["median_ms"] for r in rows
+            if r["optimizer"] == name and r["set"] == "bert-base-110M" and r["dtype"] == "float32" and "error" not in r}
+
+
+@pytest.mark.parametrize("device", list(MEASURED))
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_default_is_the_fastest_measured_implementation(name, device):
+    spec, times = REGISTRY[name], timed(device, name)
+    runnable = {i: t for i, t in times.items() if i in spec.implementations}
+    if len(runnable) < 2:
+        pytest.skip(f"{name}: fewer than two implementations timed on {device} (nothing to choose by)")
+    assert spec.default_for(device) == min(runnable, key=runnable.get), runnable
+
+
+def test_an_entry_timed_on_cpu_has_every_implementation_that_runs_there_timed():
+    """A default is chosen among all of an entry's implementations, not some. (Muon was not timed
+    on the AVX2-only CPU of 2026-12-03: over 11 minutes for one variant; its default stays.)"""
+    for name, spec in REGISTRY.items():
+        here = {i for i in spec.implementations if spec.supports(i, "cpu")}
+        assert set(timed("cpu", name)) in (here, set()), name
+    assert timed("cpu", "lion").keys() == {"for-loop", "foreach", "compiled"}
