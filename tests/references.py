@@ -179,6 +179,6 @@ REFERENCES = {
     "adamw_8bit": lambda *a: adam(*a, decoupled=True),
     "adamw_4bit": lambda *a: adam(*a, decoupled=True),
     "adamw_bnb_8bit": lambda *a: adam(*a, decoupled=True),
-    "paged_adamw_bnb_8bit": lambda *a: adam(*a, decoupled=True),
+    "paged_adamw_8bit": lambda *a: adam(*a, decoupled=True),
     "lion_bnb_8bit": lion,
 }

@@ -27,7 +27,7 @@ from tests.references import REFERENCES
 STEPS = 12
 # low-bit entries: on the tensors they quantise (spec.quantised_from)
 TOLERANCE = {"muon": 2e-2, "adamw_8bit": 3e-2, "adamw_4bit": 3e-1,
-             "adamw_bnb_8bit": 3e-2, "paged_adamw_bnb_8bit": 3e-2, "lion_bnb_8bit": 8e-2}
+             "adamw_bnb_8bit": 3e-2, "paged_adamw_8bit": 3e-2, "lion_bnb_8bit": 8e-2}
 UNQUANTISED_TOLERANCE = 1e-4  # low-bit entries on the other tensors: float32 AdamW / Lion
 RUNS_HERE = [(name, impl) for name, spec in REGISTRY.items() for impl in spec.implementations
              if spec.supports(impl, "cpu")]

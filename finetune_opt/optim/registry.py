@@ -282,7 +282,7 @@ _SPECS = (
                     "the quantisation error"),
     # Paged: state in CUDA unified memory, evicted to host RAM under pressure. On CPU
     # bitsandbytes 0.50 runs it unpaged with a warning: refused there instead of relabelled.
-    _bnb_spec("paged_adamw_bnb_8bit", "AdamW with 8-bit moments in paged (CUDA unified) memory", "PagedAdamW8bit",
+    _bnb_spec("paged_adamw_8bit", "AdamW with 8-bit moments in paged (CUDA unified) memory", "PagedAdamW8bit",
               {k: ADAM_HYPERPARAMS[k] for k in ("betas", "eps")}, ("cuda",), default_lr=5e-5,
               paper="AdamW (Loshchilov & Hutter 2019) with 8-bit states; parity against float64 AdamW within "
                     "the quantisation error",
