@@ -61,26 +61,28 @@ def bare_loop(cfg):
     from finetune_opt.optim import create_optimizer
     from finetune_opt.measure.results import write_json_atomic
 
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.loop.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
-    data = load_classification(cfg, tokenizer, lambda: __import__("contextlib").nullcontext())
-    collate = collator(tokenizer, cfg)
-    model = classification_model(cfg, data).to(device).train()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16")
-    opt = create_optimizer(cfg.optimizer, model, implementation=cfg.implementation, **cfg.hyperparams)
-    sched = get_scheduler(cfg.scheduler, opt, num_warmup_steps=math.ceil(cfg.warmup_ratio * cfg.max_steps),
-                          num_training_steps=cfg.max_steps)
-    loader = DataLoader(data.splits["train"], batch_size=cfg.batch_size, shuffle=True, collate_fn=collate)
-    timer = StepTimer(device, cfg.timing_warmup_steps)
-    batches = (b for _ in range(cfg.max_steps) for b in loader)  # epochs, as many as needed
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
+    data = load_classification(cfg.task, cfg.data, cfg.loop.seed, tokenizer,
+                               lambda: __import__("contextlib").nullcontext())
+    collate = collator(tokenizer, cfg.precision)
+    model = classification_model(cfg.model, data, cfg.precision.last_layer_cls_only).to(device).train()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision.mixed_precision == "bf16")
+    opt = create_optimizer(cfg.optimizer.name, model, implementation=cfg.optimizer.implementation,
+                           **cfg.optimizer.hyperparams)
+    sched = get_scheduler(cfg.loop.scheduler, opt, num_training_steps=cfg.loop.max_steps,
+                          num_warmup_steps=math.ceil(cfg.loop.warmup_ratio * cfg.loop.max_steps))
+    loader = DataLoader(data.splits["train"], batch_size=cfg.loop.batch_size, shuffle=True, collate_fn=collate)
+    timer = StepTimer(device, cfg.measure.timing_warmup_steps)
+    batches = (b for _ in range(cfg.loop.max_steps) for b in loader)  # epochs, as many as needed
     timer.begin_step()
-    for _ in range(cfg.max_steps):
+    for _ in range(cfg.loop.max_steps):
         batch = {k: v.to(device) for k, v in next(batches).items()}
         with autocast:
             loss = model(**batch).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.loop.max_grad_norm)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
@@ -89,11 +91,12 @@ def bare_loop(cfg):
     model.eval()
     with torch.no_grad():
         logits = [model(**{k: v.to(device) for k, v in b.items()}).logits.float().cpu()
-                  for b in DataLoader(data.splits["eval"], batch_size=cfg.eval_batch_size, collate_fn=collate)]
+                  for b in DataLoader(data.splits["eval"], batch_size=cfg.loop.eval_batch_size, collate_fn=collate)]
     metrics = task_metrics(data.task, torch.cat(logits), torch.tensor(data.splits["eval"]["labels"]))
     timing = timer.summary()
-    write_json_atomic(os.path.join(cfg.output_dir, "results.json"), {
-        "metrics": metrics, "timing": timing, "config": {"batch_size": cfg.batch_size, "grad_accum": 1},
+    write_json_atomic(os.path.join(cfg.output.output_dir, "results.json"), {
+        "metrics": metrics, "timing": timing,
+        "config": {"loop": {"batch_size": cfg.loop.batch_size, "grad_accum": 1}},
         "throughput": {k: timing[k] for k in ("samples_per_s", "tokens_per_s", "padding_share")}})
 
 
@@ -113,7 +116,7 @@ def run_contender(name, common, seed, out_dir, log):
     # Every step, the warm-up ones too: the Trainer's group_by_length puts its longest batches first
     # (to meet an out-of-memory at once), so its timed steps, which start after the warm-up, hold
     # shorter examples than its run does; over all steps both samplers cover the same examples.
-    per_step = r["config"]["batch_size"] * r["config"]["grad_accum"]
+    per_step = r["config"]["loop"]["batch_size"] * r["config"]["loop"]["grad_accum"]
     timed_s = timing["timed_steps"] * per_step / t["samples_per_s"]
     all_steps = (timing["timed_steps"] + timing["warmup_steps_excluded"]) * per_step / (timed_s + timing["warmup_s"])
     return {"samples_per_s": t["samples_per_s"], "samples_per_cpu_s": timing["samples_per_cpu_s"],

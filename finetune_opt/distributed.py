@@ -49,9 +49,10 @@ def requested(env=os.environ) -> str:
     return DDP if world_size(env) > 1 else SINGLE
 
 
-def check_runs_here(cfg, spec, env=os.environ) -> str:
+def check_runs_here(modes: dict, spec, env=os.environ) -> str:
     """Refuse, before anything is loaded or written, a distribution this machine cannot run or an
-    option that cannot run under it. Returns the distribution."""
+    option that cannot run under it. Returns the distribution. `modes`: the settings sharding
+    cannot run with ({optimizer_in_backward, generation_examples, compile_model}, as configured)."""
     distribution = requested(env)
     cuda = torch.cuda.is_available()
     if distribution == DEEPSPEED and not cuda:
@@ -67,20 +68,20 @@ def check_runs_here(cfg, spec, env=os.environ) -> str:
         raise ConfigError(f"optimizer {spec.name} cannot step FSDP2 shards: {spec.fsdp2_refusal}")
     if distribution in (FSDP2, DEEPSPEED):
         for key, refused, why in _SHARDED_REFUSALS:
-            if refused(cfg, spec):
+            if refused(modes, spec):
                 raise ConfigError(f"{key} cannot run with {distribution}: {why}")
     return distribution
 
 
 # (config key, whether this config uses it, why it cannot run on sharded parameters)
 _SHARDED_REFUSALS = (
-    ("optimizer_in_backward", lambda cfg, spec: cfg.optimizer_in_backward,
+    ("optimizer_in_backward", lambda modes, spec: modes["optimizer_in_backward"],
      "a sharded gradient is written by the reduce-scatter after backward, not accumulated by autograd, "
      "so the per-parameter hooks never fire; set optimizer_in_backward=false"),
-    ("generation_examples", lambda cfg, spec: getattr(cfg, "generation_examples", 0) > 0,
+    ("generation_examples", lambda modes, spec: modes["generation_examples"] > 0,
      "greedy decoding runs a different number of forward passes on each rank, and every sharded forward "
      "needs all ranks; set generation_examples=0 (held-out loss is still measured) or run the generation on one process"),
-    ("compile_model", lambda cfg, spec: cfg.compile_model,
+    ("compile_model", lambda modes, spec: modes["compile_model"],
      "not verified with FSDP2 here; set compile_model=false"),
 )
 

@@ -1,15 +1,13 @@
 """The bad inputs of tests/test_bad_input.py: each one a case whose exact one-line message the test
 asserts, and which the README's "Bad input and faults" table is generated from."""
 
-import dataclasses
 import hashlib
 import json
 import struct
-import types
 from dataclasses import dataclass, field
 
 from finetune_opt.models.cls_only_last_layer import CLS_HEAD_MODEL_TYPES
-from finetune_opt.config.run_config import RunConfig
+from finetune_opt.config.run_config import FIELDS, RunConfig, flat_field_types
 from finetune_opt.metrics.loading import PACKAGED
 from finetune_opt.optim import REGISTRY
 from finetune_opt.tasks import TASKS
@@ -70,25 +68,23 @@ TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true
 def type_cases() -> list[Case]:
     """Every RunConfig field x the wrong types for its annotation: generated, never hand-kept."""
     cases = []
-    for f in dataclasses.fields(RunConfig):
-        kinds = f.type.__args__ if isinstance(f.type, types.UnionType) else (f.type,)
+    for name, kinds in flat_field_types().items():
         expected = " or ".join("null" if k is type(None) else TYPE_NAMES[k] for k in kinds)
         main = next(k for k in kinds if k is not type(None))
         for text in WRONG_VALUES[main]:
-            if main is float and text == "abc" and f.name in ("lr", "weight_decay", "warmup_ratio", "max_grad_norm"):
-                message = f"{f.name} must be a number, got 'abc'"  # YAML 1.1 strings such as 5e-5 are converted first
+            if main is float and text == "abc" and name in ("lr", "weight_decay", "warmup_ratio", "max_grad_norm"):
+                message = f"{name} must be a number, got 'abc'"  # YAML 1.1 strings such as 5e-5 are converted first
             else:
                 shown = {"true": "True", "abc": "'abc'", "1.5": "1.5", "[1]": "[1]", "5": "5", "[a]": "['a']",
                          "2": "2"}[text]
-                message = f"{f.name} must be {expected}, got {shown}"
-            cases.append(Case(f"type-{f.name}-{text}", [f"{f.name}={text}"], message))
+                message = f"{name} must be {expected}, got {shown}"
+            cases.append(Case(f"type-{name}-{text}", [f"{name}={text}"], message))
     return cases
 
 
 def _base_config(tmp: str, **changes) -> dict:
-    """The RunConfig a checkpoint of the base run would carry (as dataclasses.asdict writes it)."""
-    cfg = RunConfig(**{**BASE_VALUES(tmp), **changes})
-    return dataclasses.asdict(cfg)
+    """The RunConfig a checkpoint of the base run would carry (as the engine writes it)."""
+    return RunConfig(**{**BASE_VALUES(tmp), **changes}).model_dump()
 
 
 def BASE_VALUES(tmp: str) -> dict:
@@ -283,7 +279,7 @@ def curated_cases(tmp: str) -> list[Case]:
         Case("yaml-syntax", [], "config file '{tmp}/config.yaml' is not valid YAML at line 2: "
              "expected ',' or '}', but got '<stream end>'", config_text="lr: {a: 1\n"),
         Case("yaml-unknown-key", [], "unknown config key (in {tmp}/config.yaml) 'lrr'; choose one of: "
-             + ", ".join(f.name for f in dataclasses.fields(RunConfig)), config_text="lrr: 1\n"),
+             + ", ".join(FIELDS), config_text="lrr: 1\n"),
         Case("config-missing", ["--config", "{tmp}/nope.yaml"],
              f"config '{{tmp}}/nope.yaml' is neither a file nor a packaged config; packaged configs: {CONFIGS}"),
         Case("config-unknown-name", ["--config", "sst"],
@@ -391,7 +387,8 @@ def curated_cases(tmp: str) -> list[Case]:
                f"({old!r} -> {parsed!r}); only max_steps, log_every, save_every, timing_warmup_steps, implementation, "
                f"max_nonfinite_steps, save_final_model, merge_adapter, eval_before_training may change",
                files=checkpoint_files(3, base))
-          for key, new, parsed, old in [("optimizer", "adam_l2", "adam_l2", "adamw"), ("lr", "1e-3", 1e-3, base["lr"]),
+          for key, new, parsed, old in [("optimizer", "adam_l2", "adam_l2", "adamw"),
+                                        ("lr", "1e-3", 1e-3, base["optimizer"]["lr"]),
                                         ("batch_size", "8", 8, 4), ("seed", "1", 1, 42),
                                         ("train_examples", "10", 10, None), ("scheduler", "cosine", "cosine", "linear")]],
         Case("resume-fewer-steps", ["resume={tmp}/run", "max_steps=4"],

@@ -45,6 +45,12 @@ def fresh_dynamo_caches():
 _RECIPE_RUNS = {}  # recipes/<script> -> its run(cfg), read once
 
 
+def load_task_of(cfg):
+    """data.loading.load_task for a RunConfig, as the recipes call it."""
+    from finetune_opt.data.loading import load_task
+    return load_task(cfg.task, cfg.data, cfg.loop.seed)
+
+
 def recipe_refusal(script: str, argv: list, capsys) -> str:
     """`python recipes/<script> argv`, run in this process, for input it must refuse: asserts exit code
     2 and returns stderr. (Each case as a subprocess spends ~10 s importing torch and transformers;

@@ -101,8 +101,9 @@ def test_switching_optimizer_drops_the_files_own_hyperparameters_with_a_notice(c
     file = "gsm8k_sft_tiny"  # the packaged config
     cfg = load_config(file, ["optimizer=muon"])
     assert capsys.readouterr().err == "note: optimizer=muon replaces the config file's adamw; its betas (not muon's) are dropped\n"
-    assert cfg.optimizer == "muon" and "betas" not in cfg.optimizer_args and (cfg.lr, cfg.weight_decay) == (5e-3, 0.1)
-    assert load_config(file, ["optimizer=adam_l2"]).optimizer_args["betas"] == [0.9, 0.95]  # adam_l2 has betas
+    assert cfg.optimizer.name == "muon" and "betas" not in cfg.optimizer.args
+    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay) == (5e-3, 0.1)
+    assert load_config(file, ["optimizer=adam_l2"]).optimizer.args["betas"] == [0.9, 0.95]  # adam_l2 has betas
     with pytest.raises(ConfigError, match="^optimizer 'muon' has no hyperparameter 'betas'"):
         load_config(file, ["optimizer=muon", "optimizer.betas=[0.9,0.9]"])
 

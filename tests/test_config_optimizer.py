@@ -20,7 +20,7 @@ def test_block_flat_and_overrides_agree(tmp_path):
     dotted = config(tmp_path, "", "optimizer=lion", "optimizer.lr=1e-5", "optimizer.weight_decay=0.2",
                     "optimizer.betas=[0.9,0.95]")
     for c in (block, flat, dotted):
-        assert (c.optimizer, c.implementation, c.lr, c.weight_decay, c.optimizer_args) == \
+        assert (c.optimizer.name, c.optimizer.implementation, c.optimizer.lr, c.optimizer.weight_decay, c.optimizer.args) == \
             ("lion", "foreach", 1e-5, 0.2, {"betas": [0.9, 0.95]})
 
 
@@ -28,21 +28,21 @@ def test_block_flat_and_overrides_agree(tmp_path):
 def test_unset_hyperparameters_take_the_entrys_defaults(tmp_path, name):
     spec = REGISTRY[name]
     c = config(tmp_path, f"optimizer: {name}\nwarmup_ratio: 0\n")
-    assert c.lr == spec.default_lr and c.weight_decay == spec.default_weight_decay
-    assert c.implementation == spec.default_implementation
-    assert set(c.optimizer_args) == set(spec.hyperparams)
-    assert c.hyperparams.keys() == spec.all_hyperparams.keys()
+    assert c.optimizer.lr == spec.default_lr and c.optimizer.weight_decay == spec.default_weight_decay
+    assert c.optimizer.implementation == spec.default_implementation
+    assert set(c.optimizer.args) == set(spec.hyperparams)
+    assert c.optimizer.hyperparams.keys() == spec.all_hyperparams.keys()
 
 
 def test_yaml_exponent_strings_are_numbers(tmp_path):
     """YAML 1.1 reads 1e-8 (no dot) as a string; inside the block too."""
     c = config(tmp_path, "optimizer: {name: adamw, eps: 1e-8, lr: 3e-5}\n")
-    assert c.optimizer_args["eps"] == 1e-8 and c.lr == 3e-5
+    assert c.optimizer.args["eps"] == 1e-8 and c.optimizer.lr == 3e-5
 
 
 def test_warmup_ratio_becomes_schedule_free_warmup_steps(tmp_path):
     c = config(tmp_path, "optimizer: adamw_schedule_free\nmax_steps: 200\nwarmup_ratio: 0.1\n")
-    assert c.optimizer_args["warmup_steps"] == 20
+    assert c.optimizer.args["warmup_steps"] == 20
     with pytest.raises(ConfigError, match="give warmup_ratio or optimizer.warmup_steps, not both"):
         config(tmp_path, "optimizer: {name: adamw_schedule_free, warmup_steps: 5}\nwarmup_ratio: 0.1\n")
 

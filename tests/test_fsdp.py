@@ -90,9 +90,9 @@ def test_whole_matrix_optimizers_are_refused_on_deepspeed_shards(name, monkeypat
     env = {"ACCELERATE_USE_DEEPSPEED": "true", "WORLD_SIZE": "8"}
     if REGISTRY[name].needs_whole_tensors:
         with pytest.raises(ConfigError, match=f"^optimizer {name} updates whole matrices and cannot step DeepSpeed"):
-            distributed.check_runs_here(cfg, REGISTRY[name], env)
+            distributed.check_runs_here(cfg.sharded_modes(), REGISTRY[name], env)
     else:
-        assert distributed.check_runs_here(cfg, REGISTRY[name], env) == "deepspeed"
+        assert distributed.check_runs_here(cfg.sharded_modes(), REGISTRY[name], env) == "deepspeed"
 
 
 # --- every recipe: train, checkpoint, SIGKILL, resume, export --------------------------------------
@@ -179,7 +179,7 @@ def test_glue_fsdp2_from_pretrained_matches_one_process_with_twice_the_batch(tmp
     _run([sys.executable, *common, "batch_size=8", f"output_dir={tmp_path / 'one'}"])
     _run(fsdp2_launch(*common, "batch_size=4", f"output_dir={tmp_path / 'two'}"))
     one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
-    assert one["config"]["last_layer_cls_only"] is two["config"]["last_layer_cls_only"] is True
+    assert one["config"]["precision"]["last_layer_cls_only"] is two["config"]["precision"]["last_layer_cls_only"] is True
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
     assert two["metrics"]["eval_loss"] == pytest.approx(one["metrics"]["eval_loss"], abs=1e-5)

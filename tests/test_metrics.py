@@ -170,7 +170,7 @@ def test_a_local_metric_module_through_the_recipe(tmp_path, recipe):
     m = r["metrics"]
     assert list(m) == ["eval_loss", "hits", "hit_rate", "matthews_correlation", "accuracy", "eval_examples"]
     assert m["eval_examples"] == 24 and m["hit_rate"] == m["accuracy"] and m["hits"] == 24 * m["accuracy"]
-    assert r["config"]["metric"] == [f"{tmp_path}/hits", "matthews_correlation"]
+    assert r["config"]["data"]["metric"] == [f"{tmp_path}/hits", "matthews_correlation"]
 
 
 def test_metrics_that_cannot_score_the_run_are_one_line(tmp_path):

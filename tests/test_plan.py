@@ -168,7 +168,7 @@ CAPPED = textwrap.dedent("""
         AcceleratorState._reset_state(True)
         GradientState._reset_state()
         cfg = plan_check.run_config(case, out)
-        cfg.memory_breakdown = False
+        cfg.measure.memory_breakdown = False
         accelerator = make_accelerator(cfg)
         model = load_model(None, head="causal-lm", model_config=case["model_config"])
         vocab = case["model_config"]["vocab_size"]

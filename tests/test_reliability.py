@@ -194,7 +194,7 @@ def test_resume_in_a_new_process_gives_the_same_losses(tmp_path):
     recipe([sys.executable], model, "eval_examples=8", f"resume={tmp_path / 'full/checkpoints/step-0000003'}",
            f"output_dir={tmp_path / 'resumed'}")
     full, resumed = (load_results(str(tmp_path / d)) for d in ("full", "resumed"))
-    assert full.config["group_by_length"] is True  # 48 examples, batch 32: step 3 resumes mid-epoch
+    assert full.config["precision"]["group_by_length"] is True  # 48 examples, batch 32: step 3 resumes mid-epoch
     assert sorted(os.listdir(tmp_path / "full/checkpoints")) == ["step-0000003", "step-0000006"]
     assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in full.history], abs=1e-6)
     assert resumed.metrics["eval_loss"] == pytest.approx(full.metrics["eval_loss"], abs=1e-6)
@@ -211,7 +211,7 @@ def test_two_gloo_processes_match_one_process_with_double_batch(tmp_path):
     one, two = (load_file(tmp_path / d / "model/model.safetensors") for d in ("one", "two"))
     assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-6
     r1, r2 = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
-    assert r1["config"]["group_by_length"] is r2["config"]["group_by_length"] is True  # the default, on
+    assert r1["config"]["precision"]["group_by_length"] is r2["config"]["precision"]["group_by_length"] is True  # the default, on
     assert r2["device"]["processes"] == 2 and [r["rank"] for r in r2["per_rank"]] == [0, 1]
     assert r1["metrics"]["eval_examples"] == r2["metrics"]["eval_examples"] == 17  # no duplicated samples
     assert r2["metrics"]["eval_loss"] == pytest.approx(r1["metrics"]["eval_loss"], abs=1e-5)

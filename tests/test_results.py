@@ -8,7 +8,8 @@ import pytest
 from finetune_opt.errors import ConfigError
 from finetune_opt.measure.results import RESULTS_FILE, SCHEMA_VERSION, Results, format_table, load_results
 
-RUN = Results(task="sst2", config={"output_dir": "runs/a", "seed": 1}, device={"type": "cpu", "name": "x", "processes": 1},
+RUN = Results(task="sst2", config={"output": {"output_dir": "runs/a"}, "loop": {"seed": 1}},
+              device={"type": "cpu", "name": "x", "processes": 1},
               versions={"torch": "2"}, date="2026-11-25", optimizer={"name": "adamw", "implementation": "foreach"},
               metrics={"accuracy": 0.75}, history=[], timing={"step_ms": {"median": 10.0, "p90": 12.0},
                                                              "optimizer_step_ms": {"median": 1.0}},

@@ -111,7 +111,7 @@ def test_chat_template_masks_the_user_turn_and_trains_the_end_of_turn(tokenizer,
     tok = AutoTokenizer.from_pretrained(str(tokenizer.name_or_path))
     tok.chat_template = CHAT_TEMPLATE
     cfg = RunConfig(task="gsm8k")
-    fmt = make_prompt_format(tok, cfg)
+    fmt = make_prompt_format(tok, cfg.task, cfg.sft)
     assert fmt.use_chat_template
     row = gsm8k_rows[0]
     ex = encode_example(fmt, row["question"], row["answer"], max_length=512)
@@ -122,7 +122,7 @@ def test_chat_template_masks_the_user_turn_and_trains_the_end_of_turn(tokenizer,
     response = tok.decode(ex["input_ids"][n_prompt:])
     assert response.startswith("natalia sold") and response.endswith("# # # # 72 < | end | >")
     with pytest.raises(ConfigError, match="has no chat template"):
-        make_prompt_format(tokenizer, RunConfig(task="gsm8k", use_chat_template=True))
+        make_prompt_format(tokenizer, "gsm8k", RunConfig(task="gsm8k", use_chat_template=True).sft)
 
 
 def test_truncation_and_dropped_examples_are_counted(tokenizer, gsm8k_rows):
@@ -165,18 +165,19 @@ def test_alpaca_style_file_with_input_column_and_held_out_eval(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = RunConfig(task="instruct", data_dir=str(path), prompt_column="instruction", input_column="input",
                     response_column="output", eval_examples=8)
-    ds = load_instruct(cfg)
+    columns = Columns.from_config(cfg.task, cfg.sft)
+    ds = load_instruct(cfg.task, cfg.data, columns, cfg.loop.seed)
     assert len(ds["train"]) == 32 and len(ds["eval"]) == 8
     assert not set(ds["train"]["instruction"]) & set(ds["eval"]["instruction"])
-    columns = Columns.from_config(cfg)
     assert prompt_text(rows[2], columns) == "Add 2 and 1.\n\ncontext 2"
     assert prompt_text(rows[3], columns) == "Add 3 and 1."
-    fmt = make_prompt_format(load_tokenizer(TOKENIZER), cfg)  # the task's template: Alpaca's
+    fmt = make_prompt_format(load_tokenizer(TOKENIZER), cfg.task, cfg.sft)  # the task's template: Alpaca's
     assert fmt.template == "### Instruction:\n{prompt}\n\n### Response:\n" and not fmt.use_chat_template
     csv = tmp_path / "data.csv"
     csv.write_text("instruction,input,output\nSay hi,,hi\nSay no,,no\n")
-    assert load_instruct(RunConfig(task="instruct", data_dir=str(csv), prompt_column="instruction",
-                                   response_column="output", eval_examples=1))["train"][0]["input"] == ""
+    cfg = RunConfig(task="instruct", data_dir=str(csv), prompt_column="instruction", response_column="output",
+                    eval_examples=1)
+    assert load_instruct(cfg.task, cfg.data, columns, cfg.loop.seed)["train"][0]["input"] == ""
 
 
 # ---- packing ----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import yaml
 
 from finetune_opt import cli
 from finetune_opt.config.run_config import RunConfig
-from finetune_opt.data.loading import load_task
+from tests.conftest import load_task_of
 from finetune_opt.errors import ConfigError
 from finetune_opt.measure.results import Results
 from finetune_opt.study.statistics import least_significant_difference, mean_std_ci, paired_difference
@@ -167,17 +167,17 @@ def test_holdout_is_carved_from_train_and_never_reads_dev(tmp_path):
     rows = (DATA_DIR / "sst2/train.tsv").read_text().splitlines()
     (tmp_path / "train.tsv").write_text("\n".join(rows[:301]) + "\n")  # header + 300; no dev.tsv at all
     cfg = RunConfig(task="sst2", data_dir=str(tmp_path), holdout_examples=50, train_examples=200, seed=3)
-    data = load_task(cfg).splits
+    data = load_task_of(cfg).splits
     assert set(data) == {"train", "eval"} and len(data["eval"]) == 50 and len(data["train"]) == 200
     held, trained = set(data["eval"]["sentence"]), set(data["train"]["sentence"])
     assert not held & trained and held <= {r.split("\t")[0] for r in rows[1:301]}
     # the same examples whatever the run's seed, so every lr and optimizer is scored alike
-    assert set(load_task(RunConfig(task="sst2", data_dir=str(tmp_path), holdout_examples=50, seed=9))
+    assert set(load_task_of(RunConfig(task="sst2", data_dir=str(tmp_path), holdout_examples=50, seed=9))
                .splits["eval"]["sentence"]) == held
     with pytest.raises(ConfigError, match="holdout_examples=300 leaves nothing to train on: the train split has 300 rows"):
-        load_task(RunConfig(task="sst2", data_dir=str(tmp_path), holdout_examples=300))
+        load_task_of(RunConfig(task="sst2", data_dir=str(tmp_path), holdout_examples=300))
     with pytest.raises(ConfigError, match="data dir .* has no dev.tsv"):  # without holdout, dev is read
-        load_task(RunConfig(task="sst2", data_dir=str(tmp_path)))
+        load_task_of(RunConfig(task="sst2", data_dir=str(tmp_path)))
 
 
 def test_report_only_selects_lr_only_for_finished_grids(tmp_path):
@@ -365,7 +365,7 @@ def test_interrupted_study_resumes_only_missing_cells(tmp_path):
                                      "trainer: adamw (foreach) / adamw_fused (fused)"}
     assert [e["optimizer"] for e in sst2["engines"]] == ["adamw", "adamw_fused"]
     # 32 dev examples drawn with seed 42 from SST-2 dev: the majority class share is the trivial baseline
-    dev = load_task(RunConfig(task="sst2", data_dir=str(DATA_DIR / "sst2"), eval_examples=32)).splits["eval"]["label"]
+    dev = load_task_of(RunConfig(task="sst2", data_dir=str(DATA_DIR / "sst2"), eval_examples=32)).splits["eval"]["label"]
     assert sst2["trivial_baseline"] == max(dev.count(0), dev.count(1)) / 32
     report = (tmp_path / "study/report.md").read_text()
     assert "| accelerate | adamw (foreach) | 2 |" in report and "![optimizers.png](optimizers.png)" in report
@@ -384,7 +384,7 @@ def test_tuned_study_selects_on_held_out_data_in_parallel(tmp_path):
     assert len(tuned_runs) == 4 and len(list(cells.glob("*.log"))) == 8  # one log per cell
     for path in tuned_runs:  # scored on 24 held-out training examples, not on dev
         run = json.loads(path.read_text())
-        assert run["config"]["holdout_examples"] == 24 and run["metrics"]["eval_examples"] == 24
+        assert run["config"]["data"]["holdout_examples"] == 24 and run["metrics"]["eval_examples"] == 24
     summary = json.loads((tmp_path / "study/summary.json").read_text())
     tuned = summary["tasks"]["sst2"]["tuning"]
     for opt, s in tuned.items():
@@ -393,7 +393,7 @@ def test_tuned_study_selects_on_held_out_data_in_parallel(tmp_path):
         assert s["curve"] == held and s["lr"] == float(max(held, key=lambda lr: (held[lr], -float(lr))))
         for seed in (1, 2):  # the seeds ran at the selected lr, on dev
             run = json.loads((cells / f"sst2-main-accelerate-{opt}-seed{seed}-lr{s['lr']:g}/results.json").read_text())
-            assert run["config"]["lr"] == s["lr"] and run["config"]["holdout_examples"] is None
+            assert run["config"]["optimizer"]["lr"] == s["lr"] and run["config"]["data"]["holdout_examples"] is None
             assert run["metrics"]["eval_examples"] == 32
     assert (tmp_path / "study/lr_sensitivity.png").is_file()
     assert "Each optimizer's lr was chosen per task on 24 examples held out" in (tmp_path / "study/report.md").read_text()

@@ -14,11 +14,10 @@ from finetune_opt.config.run_config import RunConfig
 from finetune_opt.config.loading import load_config
 
 from finetune_opt.recipes.entry import recipe_main
-from finetune_opt.data.loading import load_task
 from finetune_opt.errors import ConfigError
 from finetune_opt.tasks import CLASSIFICATION, REGRESSION, TASKS, get_task, recipe_module
 from tests.bad_input_cases import data_cases
-from tests.conftest import DATA_DIR, REPO
+from tests.conftest import DATA_DIR, REPO, load_task_of
 from tests.test_recipes import QUICK, TINY_BERT, run_recipe
 
 GLUE = [t for t in TASKS.values() if t.hub and t.hub[0] == "nyu-mll/glue"]
@@ -94,7 +93,7 @@ def test_every_task_has_a_config_with_its_run_command(task):
 @pytest.mark.parametrize("task", [t for t in GLUE if t.name in OFFICIAL_COUNTS], ids=lambda t: t.name)
 def test_real_glue_files_load_with_official_counts(task):
     train, dev, positive = OFFICIAL_COUNTS[task.name]
-    data = load_task(RunConfig(task=task.name, data_dir=str(DATA_DIR / task.name)))
+    data = load_task_of(RunConfig(task=task.name, data_dir=str(DATA_DIR / task.name)))
     assert len(data.splits["train"]) == train and len(data.splits["eval"]) == dev
     assert data.splits["train"].column_names == [*task.text_columns, "label"]
     labels = data.splits["eval"]["label"]
@@ -107,13 +106,13 @@ def test_real_glue_files_load_with_official_counts(task):
 
 
 def test_rte_row_starting_with_a_quote_stays_one_row():
-    train = load_task(RunConfig(task="rte", data_dir=str(DATA_DIR / "rte"))).splits["train"]
+    train = load_task_of(RunConfig(task="rte", data_dir=str(DATA_DIR / "rte"))).splits["train"]
     assert train[2164]["sentence1"].startswith('"') and train[2164]["label"] in (0, 1)
 
 
 @pytest.mark.parametrize("task", [t for t in GLUE if t.name in GLUE_LAYOUTS], ids=lambda t: t.name)
 def test_glue_layout_files_of_tasks_not_offline(task, tmp_path):
-    data = load_task(RunConfig(task=task.name, data_dir=str(write_glue_layout(task.name, tmp_path / task.name))))
+    data = load_task_of(RunConfig(task=task.name, data_dir=str(write_glue_layout(task.name, tmp_path / task.name))))
     assert set(data.splits) == {"train", *task.eval_splits}
     assert all(len(d) == 24 for d in data.splits.values())
     k = len(GLUE_LABELS[task.name])
@@ -138,7 +137,7 @@ def test_hub_layout(task, monkeypatch):
     calls = []
     monkeypatch.delenv("FINETUNE_OPT_DATA", raising=False)  # else data_dir defaults to $FINETUNE_OPT_DATA/<task>
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **kw: calls.append(a) or hub_layout(task))
-    data = load_task(RunConfig(task=task.name, data_dir=None))
+    data = load_task_of(RunConfig(task=task.name, data_dir=None))
     assert calls == [("nyu-mll/glue", task.name)]
     assert set(data.splits) == {"train", *task.eval_splits} and len(data.splits["eval"]) == 10
     assert data.splits["eval"]["label"][:3] == ([0.0, 1.0, 2.0] if task.problem_type == REGRESSION else [0, 1, 2 % task.num_labels])
@@ -206,7 +205,7 @@ def test_text_classification_saves_label_names(tmp_path, fmt, minilm_path):
 def test_text_regression_from_tsv_and_json(tmp_path):
     rows = [(f"sentence number {i}", f"{i / 7:.3f}") for i in range(40)]
     train, dev = write_labelled(tmp_path, "tsv", rows), write_labelled(tmp_path, "json", [(t, float(y)) for t, y in rows[:10]], "dev")
-    data = load_task(RunConfig(task="text_regression", data_files={"train": str(train), "eval": str(dev)},
+    data = load_task_of(RunConfig(task="text_regression", data_files={"train": str(train), "eval": str(dev)},
                                text_columns=["text"], label_column="label"))
     assert data.num_labels == 1 and data.label_names is None
     assert data.splits["train"]["label"][8] == pytest.approx(8 / 7, abs=1e-3) and len(data.splits["eval"]) == 10
@@ -215,7 +214,7 @@ def test_text_regression_from_tsv_and_json(tmp_path):
 def test_integer_labels_from_data_sort_numerically(tmp_path):
     rows = [(f"t{i}", str(y)) for i, y in enumerate([10, 2, 1, 2, 10, 1])]
     f = write_labelled(tmp_path, "csv", rows)
-    data = load_task(RunConfig(task="text_classification", data_files={"train": str(f), "eval": str(f)},
+    data = load_task_of(RunConfig(task="text_classification", data_files={"train": str(f), "eval": str(f)},
                                text_columns=["text"], label_column="label"))
     assert data.label_names == ("1", "2", "10") and data.splits["train"]["label"] == [2, 1, 0, 1, 2, 0]
 
@@ -287,12 +286,12 @@ def test_readme_example_adds_a_task_in_one_entry(tmp_path, monkeypatch):
     header = "sentence1\tsentence2\tgold_label"
     for name in ("train.tsv", "dev.tsv"):
         (tmp_path / name).write_text(f"{header}\nA cell divides.\tCells divide.\tentails\nIt rains.\tThe sun.\tneutral\n")
-    data = load_task(RunConfig(task="scitail", data_dir=str(tmp_path)))
+    data = load_task_of(RunConfig(task="scitail", data_dir=str(tmp_path)))
     assert data.label_names == ("entails", "neutral") and data.splits["eval"]["label"] == [0, 1]
     hub = datasets.Dataset.from_dict({"sentence1": ["a", "b"], "sentence2": ["c", "d"], "gold_label": ["neutral", "entails"]})
     monkeypatch.setattr(datasets, "load_dataset", lambda *a: datasets.DatasetDict(train=hub, validation=hub, test=hub))
     monkeypatch.delenv("FINETUNE_OPT_DATA", raising=False)
-    assert load_task(RunConfig(task="scitail", data_dir=None)).splits["train"]["label"] == [1, 0]
+    assert load_task_of(RunConfig(task="scitail", data_dir=None)).splits["train"]["label"] == [1, 0]
     assert task.recipes["accelerate"] == "finetune_glue.py" and task.headline == "accuracy"
 
 

@@ -68,13 +68,14 @@ def example_lengths(dataset, column: str = "input_ids") -> list[int]:
     return [len(ids) for ids in dataset[column]]
 
 
-def grouped_or_shuffled_loader(dataset, cfg, collate_fn, num_processes: int) -> DataLoader:
-    """The training DataLoader: length-grouped when cfg.group_by_length, otherwise shuffled
-    (Accelerate swaps in its seedable sampler). `num_processes`: the ranks the batches are dealt to.
-    Grouped per accumulated batch, then split into micro-batches (module doc)."""
-    if not cfg.group_by_length:
-        return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate_fn)
-    accumulated = cfg.batch_size * num_processes * cfg.grad_accum
-    sampler = LengthGroupedSampler(example_lengths(dataset), accumulated, cfg.seed)
-    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate_fn)
+def grouped_or_shuffled_loader(dataset, loop, group_by_length: bool, collate_fn, num_processes: int) -> DataLoader:
+    """The training DataLoader: length-grouped when group_by_length, otherwise shuffled (Accelerate
+    swaps in its seedable sampler); `loop` (config.schema.LoopSection) gives batch size, accumulation
+    and seed. `num_processes`: the ranks the batches are dealt to. Grouped per accumulated batch,
+    then split into micro-batches (module doc)."""
+    if not group_by_length:
+        return DataLoader(dataset, batch_size=loop.batch_size, shuffle=True, collate_fn=collate_fn)
+    accumulated = loop.batch_size * num_processes * loop.grad_accum
+    sampler = LengthGroupedSampler(example_lengths(dataset), accumulated, loop.seed)
+    return DataLoader(dataset, batch_size=loop.batch_size, sampler=sampler, collate_fn=collate_fn)
 

@@ -51,13 +51,14 @@ class Columns:
     input: str | None = None
 
     @classmethod
-    def from_config(cls, cfg) -> "Columns":
-        task = INSTRUCT_TASKS[cfg.task]
-        prompt, response = cfg.prompt_column or task.prompt_column, cfg.response_column or task.response_column
+    def from_config(cls, task_name: str, sft) -> "Columns":
+        """The columns the SFT section (config.schema.SftSection) names, else the task's."""
+        task = INSTRUCT_TASKS[task_name]
+        prompt, response = sft.prompt_column or task.prompt_column, sft.response_column or task.response_column
         if not prompt or not response:
-            raise ConfigError(f"task {cfg.task} needs prompt_column and response_column "
+            raise ConfigError(f"task {task_name} needs prompt_column and response_column "
                               f"(e.g. prompt_column=instruction response_column=output)")
-        return cls(prompt, response, cfg.input_column or task.input_column)
+        return cls(prompt, response, sft.input_column or task.input_column)
 
     def required(self) -> list[str]:
         return [c for c in (self.prompt, self.input, self.response) if c]
@@ -112,13 +113,13 @@ def _load_hub(name_and_config: tuple) -> datasets.DatasetDict:
     return datasets.DatasetDict({"train": hub["train"], **({"eval": hub[held_out]} if held_out else {})})
 
 
-def load_instruct(cfg) -> datasets.DatasetDict:
-    """{"train", "eval"} with the raw columns, checked; seeded subsets when sizes are given."""
-    columns = Columns.from_config(cfg)
-    if cfg.data_dir:
-        ds = _load_local(cfg.data_dir)
-    elif cfg.dataset or INSTRUCT_TASKS[cfg.task].hub:
-        ds = _load_hub((cfg.dataset, cfg.dataset_config) if cfg.dataset else INSTRUCT_TASKS[cfg.task].hub)
+def load_instruct(task_name: str, data, columns: Columns, seed: int) -> datasets.DatasetDict:
+    """{"train", "eval"} with the raw columns, checked, from where the data section (config.schema.
+    DataSection) says; subsets seeded with `seed` when sizes are given."""
+    if data.data_dir:
+        ds = _load_local(data.data_dir)
+    elif data.dataset or INSTRUCT_TASKS[task_name].hub:
+        ds = _load_hub((data.dataset, data.dataset_config) if data.dataset else INSTRUCT_TASKS[task_name].hub)
     else:
         raise ConfigError("task instruct needs data_dir=<file or dir> or dataset=<Hub name>")
     for split, d in ds.items():
@@ -126,14 +127,14 @@ def load_instruct(cfg) -> datasets.DatasetDict:
         if missing:
             raise ConfigError(f"{split} data has no column {missing[0]!r}; found: {', '.join(d.column_names)}")
     if "eval" not in ds:  # hold out a seeded slice of train
-        if (cfg.eval_examples or 0) >= len(ds["train"]):
-            raise ConfigError(f"eval_examples={cfg.eval_examples} leaves nothing to train on: the data has "
+        if (data.eval_examples or 0) >= len(ds["train"]):
+            raise ConfigError(f"eval_examples={data.eval_examples} leaves nothing to train on: the data has "
                               f"{len(ds['train'])} examples and no eval split")
-        parts = ds["train"].train_test_split(test_size=cfg.eval_examples or HELD_OUT_FRACTION, seed=cfg.seed)
+        parts = ds["train"].train_test_split(test_size=data.eval_examples or HELD_OUT_FRACTION, seed=seed)
         ds = datasets.DatasetDict({"train": parts["train"], "eval": parts["test"]})
-    for split, n in (("train", cfg.train_examples), ("eval", cfg.eval_examples)):
+    for split, n in (("train", data.train_examples), ("eval", data.eval_examples)):
         if n is not None and n < len(ds[split]):
-            ds[split] = ds[split].shuffle(seed=cfg.seed).select(range(n))
+            ds[split] = ds[split].shuffle(seed=seed).select(range(n))
     return ds
 
 
@@ -183,12 +184,13 @@ class PromptFormat:
         return self.tokenizer(response, add_special_tokens=False)["input_ids"] + end
 
 
-def make_prompt_format(tokenizer, cfg) -> PromptFormat:
+def make_prompt_format(tokenizer, task_name: str, sft) -> PromptFormat:
+    """The prompt format the SFT section (config.schema.SftSection) asks for, else the task's."""
     has_chat = bool(getattr(tokenizer, "chat_template", None))
-    use_chat = has_chat if cfg.use_chat_template is None else cfg.use_chat_template
+    use_chat = has_chat if sft.use_chat_template is None else sft.use_chat_template
     if use_chat and not has_chat:
         raise ConfigError("use_chat_template=true but the tokenizer has no chat template")
-    return PromptFormat(tokenizer, cfg.prompt_template or INSTRUCT_TASKS[cfg.task].template, use_chat)
+    return PromptFormat(tokenizer, sft.prompt_template or INSTRUCT_TASKS[task_name].template, use_chat)
 
 
 def encode_example(fmt: PromptFormat, prompt: str, response: str, max_length: int) -> dict:

@@ -35,22 +35,23 @@ class TaskData:
         return 1 if self.task.problem_type == REGRESSION else len(self.label_names)
 
 
-def load_task(cfg) -> TaskData:
-    """The task's splits for a RunConfig; seeded subsets when train_examples / eval_examples are set.
-    With holdout_examples, "eval" is that many examples held out of train and the dev files are not read."""
-    task = get_task(cfg.task)
+def load_task(task_name: str, data, seed: int) -> TaskData:
+    """The task's splits, from where the data section (config.schema.DataSection) says; subsets seeded
+    with `seed` when train_examples / eval_examples are set. With holdout_examples, "eval" is that
+    many examples held out of train and the dev files are not read."""
+    task = get_task(task_name)
     if task.problem_type == CAUSAL_LM:
-        splits, sources = _load_text(task, cfg.data_dir)
-        data = TaskData(task, splits, task.text_columns, sources=sources)
+        splits, sources = _load_text(task, data.data_dir)
+        loaded = TaskData(task, splits, task.text_columns, sources=sources)
     else:
-        data = _load_labelled(task, cfg)
-    if cfg.holdout_examples:
-        data.splits = _hold_out(data.splits["train"], cfg.holdout_examples)
-    for split in data.splits:
-        n = cfg.train_examples if split == "train" else cfg.eval_examples
-        if n is not None and n < len(data.splits[split]):
-            data.splits[split] = data.splits[split].shuffle(seed=cfg.seed).select(range(n))
-    return data
+        loaded = _load_labelled(task, data)
+    if data.holdout_examples:
+        loaded.splits = _hold_out(loaded.splits["train"], data.holdout_examples)
+    for split in loaded.splits:
+        n = data.train_examples if split == "train" else data.eval_examples
+        if n is not None and n < len(loaded.splits[split]):
+            loaded.splits[split] = loaded.splits[split].shuffle(seed=seed).select(range(n))
+    return loaded
 
 
 def _hold_out(train: datasets.Dataset, n: int) -> datasets.DatasetDict:
@@ -60,9 +61,9 @@ def _hold_out(train: datasets.Dataset, n: int) -> datasets.DatasetDict:
     return datasets.DatasetDict(train=shuffled.select(range(n, len(train))), eval=shuffled.select(range(n)))
 
 
-def _load_labelled(task, cfg) -> TaskData:
-    text_columns = task.text_columns or tuple(cfg.text_columns)
-    tables = _tables(task, cfg, text_columns, train_only=bool(cfg.holdout_examples))
+def _load_labelled(task, data) -> TaskData:
+    text_columns = task.text_columns or tuple(data.text_columns)
+    tables = _tables(task, data, text_columns, train_only=bool(data.holdout_examples))
     for split, table in tables.items():
         if not len(table):
             raise ConfigError(f"{table.source}: the {split} split has no rows")
@@ -76,17 +77,17 @@ def _load_labelled(task, cfg) -> TaskData:
     return TaskData(task, splits, text_columns, names)
 
 
-def _tables(task, cfg, text_columns, train_only=False) -> dict:
+def _tables(task, data, text_columns, train_only=False) -> dict:
     """{split: Table} with our column names, from wherever this task's data is (train_only: the
     eval files and splits are not read)."""
     if task.by_columns:
-        columns = {c: c for c in text_columns} | {cfg.label_column: "label"}
-        if cfg.data_files:
-            return {split: read_table(path, columns) for split, path in cfg.data_files.items()
+        columns = {c: c for c in text_columns} | {data.label_column: "label"}
+        if data.data_files:
+            return {split: read_table(path, columns) for split, path in data.data_files.items()
                     if split == "train" or not train_only}
-        return _hub_tables((cfg.dataset, cfg.dataset_config), {} if train_only else None, columns)
-    if cfg.data_dir:
-        return _local_tables(task, cfg.data_dir, train_only)
+        return _hub_tables((data.dataset, data.dataset_config), {} if train_only else None, columns)
+    if data.data_dir:
+        return _local_tables(task, data.data_dir, train_only)
     columns = dict(task.hub_columns or {})
     columns |= {c: c for c in (*text_columns, "label") if c not in columns.values()}
     return _hub_tables(task.hub, {} if train_only else task.eval_splits, columns)

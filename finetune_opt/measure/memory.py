@@ -379,16 +379,16 @@ def memory_breakdown(run, training_step) -> dict:
     ddp = run.model is not model and isinstance(run.model, torch.nn.parallel.DistributedDataParallel)
 
     def predict(batch_shape):
-        return predicted_breakdown(model, run.optimizer, run.spec, cfg.implementation, batch_shape,
-                                   cfg.mixed_precision, in_backward=cfg.optimizer_in_backward, state_shards=shards,
-                                   ddp=ddp, device_type=run.accelerator.device.type)
+        return predicted_breakdown(model, run.optimizer, run.spec, cfg.optimizer.implementation, batch_shape,
+                                   cfg.precision.mixed_precision, in_backward=cfg.precision.optimizer_in_backward,
+                                   state_shards=shards, ddp=ddp, device_type=run.accelerator.device.type)
 
     predicted = predict(training_step.batch_shape)
     rows, length = training_step.batch_shape
-    longest_shape = (rows, max(length, getattr(cfg, "max_length", length)))
+    longest_shape = (rows, max(length, cfg.data.max_length))
     longest = predict(longest_shape)
     return {"method": probe.method, "batch_shape": list(training_step.batch_shape),
-            "optimizer_in_backward": cfg.optimizer_in_backward, "measured": measured, "predicted": predicted,
+            "optimizer_in_backward": cfg.precision.optimizer_in_backward, "measured": measured, "predicted": predicted,
             "predicted_total": predicted_total(predicted),
             "measured_over_predicted": compare(predicted, measured),
             "longest_batch": {"batch_shape": list(longest_shape), "measured": longest_shape == training_step.batch_shape,

@@ -26,7 +26,7 @@ class Results:
     they are made: timing (measure.StepTimer.summary), memory (measure.peak_memory), optimizer
     (optim.describe_optimizer)."""
     task: str
-    config: dict                     # the RunConfig, every field: enough to reproduce the run
+    config: dict                     # the RunConfig, every field, in sections: enough to reproduce the run
     device: dict                     # type, name, processes, cpu_threads
     versions: dict                   # python, torch, transformers, accelerate, datasets, finetune_opt
     date: str
@@ -86,7 +86,7 @@ def load_results(run_dir: str) -> Results:
 
 def new_results(cfg, accelerator, **measured) -> Results:
     """Results of a run of `cfg` on `accelerator`'s processes: the environment, plus what was measured."""
-    return Results(task=cfg.task, config=dataclasses.asdict(cfg), **environment(accelerator), **measured)
+    return Results(task=cfg.task, config=cfg.model_dump(), **environment(accelerator), **measured)
 
 
 def environment(accelerator) -> dict:
@@ -130,7 +130,7 @@ def save_results(cfg, accelerator, results: Results | None) -> Results | None:
     `results` is None when a signal stopped the run (a checkpoint, not a result): nothing is written."""
     if results is None or not accelerator.is_main_process:
         return None
-    results.save(cfg.output_dir)
+    results.save(cfg.output.output_dir)
     print(format_table([results]))
     return results
 
@@ -152,7 +152,7 @@ def summary_row(r: Results) -> dict:
     mem = r.memory
     peak = peak_bytes(mem)
     return {
-        "run": os.path.basename(os.path.normpath(r.config["output_dir"])),
+        "run": os.path.basename(os.path.normpath(r.config["output"]["output_dir"])),
         "optimizer": f"{r.optimizer['name']} ({r.optimizer['implementation']})",
         "distribution": distributed.label(r.distribution),
         **{k: f"{v:.4f}" for k, v in r.metrics.items() if isinstance(v, float)},

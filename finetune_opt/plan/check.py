@@ -68,8 +68,8 @@ def measure(c: dict, output_dir: str, lora_r: int = 4) -> dict:
     accelerator = make_accelerator(cfg)
     torch.manual_seed(0)
     model = load_model(None, head="causal-lm", model_config=c["model_config"])
-    if cfg.peft:
-        model = apply_peft(model, cfg.peft)
+    if cfg.sft.peft:
+        model = apply_peft(model, cfg.sft.peft)
     g = torch.Generator().manual_seed(0)
     vocab = c["model_config"]["vocab_size"]
     rows = [torch.randint(0, vocab, (c.get("data_length") or c["max_length"],), generator=g)

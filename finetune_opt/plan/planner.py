@@ -163,11 +163,12 @@ def shard_bytes(processes: int):
 
 def refusal(setup: Setup, spec, combo: dict, checkpointing_refusal: str | None) -> str | None:
     """Why this combination cannot run, in the words the run would refuse it with; None if it can."""
-    from finetune_opt.config.sft import SFT_ONLY, _refuse_sft_fields_elsewhere
+    from finetune_opt.config.sft import SFT_ONLY, check_sft_section
+    from finetune_opt.tasks import get_task
     if combo["tuning"] == "lora":
         try:  # LoRA is the SFT recipe's peft block; other recipes refuse it
-            fields = {**SFT_ONLY, "peft": {"method": "lora", "r": setup.lora_r}}
-            _refuse_sft_fields_elsewhere(SimpleNamespace(**fields, task=setup.task, train_eval_examples=None))
+            sft = SimpleNamespace(**{**SFT_ONLY, "peft": {"method": "lora", "r": setup.lora_r}}, generation_examples=0)
+            check_sft_section(get_task(setup.task), sft, SimpleNamespace(train_eval_examples=None))
         except ConfigError as e:
             return str(e)
     if combo["checkpointing"] == "on" and checkpointing_refusal:
@@ -175,9 +176,9 @@ def refusal(setup: Setup, spec, combo: dict, checkpointing_refusal: str | None) 
     in_backward = combo["in_backward"] == "on"
     if combo["distribution"] == distributed.FSDP2:
         env = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "WORLD_SIZE": str(setup.processes)}
-        cfg = SimpleNamespace(optimizer_in_backward=in_backward, compile_model=False, generation_examples=0)
+        modes = {"optimizer_in_backward": in_backward, "compile_model": False, "generation_examples": 0}
         try:
-            distributed.check_runs_here(cfg, spec, env)
+            distributed.check_runs_here(modes, spec, env)
         except ConfigError as e:
             return str(e)
     if in_backward:  # as the run must set it: max_grad_norm=null (clipping needs every gradient)

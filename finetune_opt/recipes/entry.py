@@ -27,7 +27,7 @@ def recipe_main(run, description: str, argv=None):
         run(cfg)
     except ConfigError as e:
         if cfg is not None:
-            release_output_dir(cfg.output_dir)
+            release_output_dir(cfg.output.output_dir)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except TrainingStopped as e:

@@ -31,20 +31,21 @@ def run(cfg):
 
     # Data: tokenized once (main process first, the others read its cache), padded per batch, and
     # (group_by_length) batched by similar length, so that the padding is small.
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
-    data = load_classification(cfg, tokenizer, accelerator.main_process_first)
-    collate = collator(tokenizer, cfg)
-    train_loader = grouped_or_shuffled_loader(data.splits["train"], cfg, collate, accelerator.num_processes)
-    eval_loaders = {split: accelerator.prepare(DataLoader(data.splits[split], batch_size=cfg.eval_batch_size,
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
+    data = load_classification(cfg.task, cfg.data, cfg.loop.seed, tokenizer, accelerator.main_process_first)
+    collate = collator(tokenizer, cfg.precision)
+    train_loader = grouped_or_shuffled_loader(data.splits["train"], cfg.loop, cfg.precision.group_by_length, collate,
+                                              accelerator.num_processes)
+    eval_loaders = {split: accelerator.prepare(DataLoader(data.splits[split], batch_size=cfg.loop.eval_batch_size,
                                                           collate_fn=collate))
                     for split in eval_splits(data)}
 
-    model = classification_model(cfg, data)
+    model = classification_model(cfg.model, data, cfg.precision.last_layer_cls_only)
 
     def evaluate(model):
         return evaluate_splits(model, eval_loaders, accelerator, lambda batch: (model(**batch).logits, batch["labels"]),
                                lambda split, logits, labels: task_metrics(task, logits, labels, metric_prefix(split),
-                                                                          cfg.metric))
+                                                                          cfg.data.metric))
 
     save_results(cfg, accelerator, fit(cfg, accelerator, model, train_loader, evaluate))
 

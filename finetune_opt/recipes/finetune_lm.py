@@ -27,18 +27,20 @@ from finetune_opt.tasks import check_recipe
 def run(cfg):
     check_recipe(cfg.task, "finetune_lm.py")
     accelerator = make_accelerator(cfg)
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
     tokenizer.model_max_length = 10**9  # we cut blocks ourselves; silence the length warning
-    data = lm_blocks(load_task(cfg), tokenizer, cfg.max_length, accelerator.main_process_first)
-    if cfg.train_eval_examples:  # training blocks scored like validation ones: the train-vs-dev gap
-        n = min(cfg.train_eval_examples, len(data["train"]))
-        data["train_eval"] = data["train"].shuffle(seed=cfg.seed + 1).select(range(n))
-    train_loader = DataLoader(data["train"], batch_size=cfg.batch_size, shuffle=True, collate_fn=default_data_collator)
-    eval_loaders = {split: accelerator.prepare(DataLoader(data[split], batch_size=cfg.eval_batch_size,
+    data = lm_blocks(load_task(cfg.task, cfg.data, cfg.loop.seed), tokenizer, cfg.data.max_length,
+                     accelerator.main_process_first)
+    if cfg.data.train_eval_examples:  # training blocks scored like validation ones: the train-vs-dev gap
+        n = min(cfg.data.train_eval_examples, len(data["train"]))
+        data["train_eval"] = data["train"].shuffle(seed=cfg.loop.seed + 1).select(range(n))
+    train_loader = DataLoader(data["train"], batch_size=cfg.loop.batch_size, shuffle=True,
+                              collate_fn=default_data_collator)
+    eval_loaders = {split: accelerator.prepare(DataLoader(data[split], batch_size=cfg.loop.eval_batch_size,
                                                           collate_fn=default_data_collator))
                     for split in ("eval", "train_eval") if split in data}
 
-    model = load_model(cfg.model, head="causal-lm", model_config=with_tokenizer_tokens(cfg.model_config, tokenizer))
+    model = load_model(cfg.model.name, head="causal-lm", model_config=with_tokenizer_tokens(cfg.model.config, tokenizer))
 
     def block_losses(model, batch):
         logits = model(input_ids=batch["input_ids"]).logits[:, :-1].float()

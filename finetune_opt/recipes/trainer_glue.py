@@ -8,6 +8,7 @@ Checkpointing is the Trainer's own business here (resume/save_every belong to th
 
 import math
 import os
+from types import SimpleNamespace
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -35,8 +36,8 @@ class Measure(TrainerCallback):
     Samples and tokens are this rank's (the Trainer's token count is global: divided by the ranks)."""
 
     def __init__(self, cfg, device):
-        self.timer = StepTimer(device, cfg.timing_warmup_steps)
-        self.samples_per_step = cfg.batch_size * cfg.grad_accum
+        self.timer = StepTimer(device, cfg.measure.timing_warmup_steps)
+        self.samples_per_step = cfg.loop.batch_size * cfg.loop.grad_accum
         self.tokens_seen = 0
         self.positions = self.positions_seen = 0  # token positions (real + padding), counted by PositionCounting
         self.world_size = 1
@@ -74,40 +75,48 @@ class PositionCounting(Trainer):
         return super().training_step(model, inputs, *args, **kwargs)
 
 
-def run(cfg):
-    task = check_recipe(cfg.task, "trainer_glue.py")
-    if cfg.resume or cfg.save_every:
+def _refuse_what_the_trainer_does_not_do(cfg):
+    """Settings the engine's recipes honour and the Trainer would silently ignore."""
+    if cfg.checkpoint.resume or cfg.checkpoint.save_every:
         raise ConfigError("the Trainer recipe does not take resume/save_every; use recipes/finetune_glue.py")
-    refuse_unused(cfg, TRAINER_DOES_NOT, "is not done by the Trainer recipe (recipes/finetune_glue.py does it)")
-    if cfg.memory_breakdown:  # (null and false: not measured)
+    refuse_unused(SimpleNamespace(**cfg.flat()), TRAINER_DOES_NOT,
+                  "is not done by the Trainer recipe (recipes/finetune_glue.py does it)")
+    if cfg.measure.memory_breakdown:  # (null and false: not measured)
         raise ConfigError("memory_breakdown is not done by the Trainer recipe (recipes/finetune_glue.py does it): "
                           "set memory_breakdown=null")
-    if cfg.max_nonfinite_steps is not None:  # the Trainer steps on NaN/inf losses; only the engine skips them
+    if cfg.checkpoint.max_nonfinite_steps is not None:  # the Trainer steps on NaN/inf losses; the engine skips them
         raise ConfigError("max_nonfinite_steps is not done by the Trainer recipe (it does not skip non-finite "
                           "steps; recipes/finetune_glue.py does): set max_nonfinite_steps=null")
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
-    report_to, tracker_callbacks = trainer_reporting(cfg.log_with, cfg.output_dir)
+
+
+def run(cfg):
+    task = check_recipe(cfg.task, "trainer_glue.py")
+    _refuse_what_the_trainer_does_not_do(cfg)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
+    report_to, tracker_callbacks = trainer_reporting(cfg.measure.log_with, cfg.output.output_dir)
     args = TrainingArguments(
-        output_dir=os.path.join(cfg.output_dir, "trainer"), per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.eval_batch_size, gradient_accumulation_steps=cfg.grad_accum,
-        max_steps=cfg.max_steps, warmup_steps=math.ceil(cfg.warmup_ratio * cfg.max_steps),
-        max_grad_norm=cfg.max_grad_norm or 0.0, bf16=cfg.mixed_precision == "bf16", fp16=cfg.mixed_precision == "fp16",
-        seed=cfg.seed, logging_steps=cfg.log_every, save_strategy="no", eval_strategy="no", report_to=report_to,
+        output_dir=os.path.join(cfg.output.output_dir, "trainer"), per_device_train_batch_size=cfg.loop.batch_size,
+        per_device_eval_batch_size=cfg.loop.eval_batch_size, gradient_accumulation_steps=cfg.loop.grad_accum,
+        max_steps=cfg.loop.max_steps, warmup_steps=math.ceil(cfg.loop.warmup_ratio * cfg.loop.max_steps),
+        max_grad_norm=cfg.loop.max_grad_norm or 0.0, bf16=cfg.precision.mixed_precision == "bf16",
+        fp16=cfg.precision.mixed_precision == "fp16", seed=cfg.loop.seed, logging_steps=cfg.measure.log_every,
+        save_strategy="no", eval_strategy="no", report_to=report_to,
         use_cpu=not torch.cuda.is_available(), include_num_input_tokens_seen="non_padding",
-        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
-        torch_compile=cfg.compile_model, gradient_checkpointing=cfg.gradient_checkpointing,
+        train_sampling_strategy="group_by_length" if cfg.precision.group_by_length else "random",
+        torch_compile=cfg.precision.compile_model, gradient_checkpointing=cfg.precision.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False},
         # schedule-free optimizers take no LR schedule (their warm-up is their own)
-        lr_scheduler_type="constant" if get_optimizer_spec(cfg.optimizer).owns_lr_schedule else cfg.scheduler,
-        learning_rate=cfg.lr, weight_decay=cfg.weight_decay)  # informational: our factory owns the groups
-    data = load_classification(cfg, tokenizer, args.main_process_first)
-    torch.manual_seed(cfg.seed)
-    model = classification_model(cfg, data)
+        lr_scheduler_type="constant" if get_optimizer_spec(cfg.optimizer.name).owns_lr_schedule else cfg.loop.scheduler,
+        learning_rate=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay)  # informational: our factory owns the groups
+    data = load_classification(cfg.task, cfg.data, cfg.loop.seed, tokenizer, args.main_process_first)
+    torch.manual_seed(cfg.loop.seed)
+    model = classification_model(cfg.model, data, cfg.precision.last_layer_cls_only)
     measure = Measure(cfg, args.device)
     trainer = PositionCounting(model=model, args=args, train_dataset=data.splits["train"],
-                               data_collator=collator(tokenizer, cfg), measure=measure,
+                               data_collator=collator(tokenizer, cfg.precision), measure=measure,
                                optimizer_cls_and_kwargs=trainer_optimizer_cls_and_kwargs(
-                                   cfg.optimizer, implementation=cfg.implementation, **cfg.hyperparams),
+                                   cfg.optimizer.name, implementation=cfg.optimizer.implementation,
+                                   **cfg.optimizer.hyperparams),
                                callbacks=[measure, *tracker_callbacks])
 
     reset_peak_memory(args.device)
@@ -117,7 +126,7 @@ def run(cfg):
     def evaluate(split):
         out = trainer.predict(data.splits[split])
         return task_metrics(task, torch.as_tensor(out.predictions), torch.as_tensor(out.label_ids), metric_prefix(split),
-                            cfg.metric)
+                            cfg.data.metric)
 
     metrics = {k: v for split in eval_splits(data) for k, v in evaluate(split).items()}
     timing = measure.timer.summary()

@@ -29,7 +29,7 @@ def rank_runs(runs: list[Results]) -> list[Results]:
 
 
 def _label(r):
-    return os.path.basename(os.path.normpath(r.config["output_dir"]))
+    return os.path.basename(os.path.normpath(r.config["output"]["output_dir"]))
 
 
 def _bar(ax, runs, values, title, ylabel, errors=None, color="tab:blue"):
@@ -92,7 +92,7 @@ def write_comparison(run_dirs: list[str], out_dir: str) -> str:
         f"Ranked by dev {task.headline} ({'higher' if task.higher_is_better else 'lower'} is better), best first.",
         f"Device: {env.device['type']} ({env.device['name']}), {env.device['processes']} process(es); "
         f"torch {env.versions['torch']}, transformers {env.versions['transformers']}; {env.date}.",
-        f"Step times exclude the first {env.config['timing_warmup_steps']} steps; peak memory "
+        f"Step times exclude the first {env.config['measure']['timing_warmup_steps']} steps; peak memory "
         + ("is torch.cuda.max_memory_allocated." if env.memory["kind"] == "cuda"
            else "is the process's peak RSS (includes loading model and data)."),
         "",

@@ -17,7 +17,7 @@ SHORT = {"parameters": "params", "gradients": "grads", "optimizer_state": "state
 
 
 def _label(run) -> str:
-    return os.path.basename(os.path.normpath(run.config["output_dir"]))
+    return os.path.basename(os.path.normpath(run.config["output"]["output_dir"]))
 
 
 def _mib(x) -> str:

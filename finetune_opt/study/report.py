@@ -46,7 +46,8 @@ def trivial_baseline(config: dict, task) -> float:
     """The headline metric of a constant prediction on the run's eval set: the majority class (its
     accuracy; MCC and F1 of class 1 follow), or for regression the mean target (an undefined
     correlation, counted as 0)."""
-    data = load_task(RunConfig(**config))
+    cfg = RunConfig(**config)
+    data = load_task(cfg.task, cfg.data, cfg.loop.seed)
     labels = np.asarray(data.splits["eval"]["label"])
     constant = labels.mean() if task.problem_type == REGRESSION else np.bincount(labels).argmax()
     value = compute_metrics([task.headline], np.full(len(labels), constant), labels)[task.headline]
@@ -67,7 +68,7 @@ def aggregate_main(cells, results, task):
     rows = []
     for (engine, optimizer, params), runs in groups.items():
         row = {"engine": engine, "optimizer": optimizer, "implementation": runs[0]["optimizer"]["implementation"],
-               "params": json.loads(params), "seeds": [r["config"]["seed"] for r in runs],
+               "params": json.loads(params), "seeds": [r["config"]["loop"]["seed"] for r in runs],
                metric: mean_std_ci([r["metrics"][metric] for r in runs]),
                "step_ms": mean_std_ci([r["timing"]["step_ms"]["median"] for r in runs]),
                "optimizer_step_ms": mean_std_ci([r["timing"]["optimizer_step_ms"]["median"] for r in runs]),

@@ -31,42 +31,42 @@ def check_recipe(name: str, script: str) -> Task:
     return TASKS[name]
 
 
-def check_task_fields(task: Task, cfg) -> None:
+def check_task_fields(task: Task, data) -> None:
     """The by-columns fields are given exactly when the task takes its data by columns; so is `metric`
-    (the other tasks report their official metrics)."""
-    if cfg.metric is not None and not task.by_columns:
+    (the other tasks report their official metrics). `data`: the config's data section."""
+    if data.metric is not None and not task.by_columns:
         raise ConfigError(f"metric is for task=text_classification or text_regression; task {task.name!r} "
                           f"has fixed metrics (set metric=null)")
     if task.problem_type == INSTRUCTION_SFT:  # dataset= is its too; finetune_opt.config.sft checks the rest
         return
-    given = [f for f in ("data_files", "dataset", "text_columns", "label_column") if getattr(cfg, f) is not None]
+    given = [f for f in ("data_files", "dataset", "text_columns", "label_column") if getattr(data, f) is not None]
     if not task.by_columns:
         if given:
             raise ConfigError(f"{given[0]} is for task=text_classification or text_regression; "
                               f"task {task.name!r} has fixed columns (set {given[0]}=null)")
         return
-    if (cfg.data_files is None) == (cfg.dataset is None):
+    if (data.data_files is None) == (data.dataset is None):
         raise ConfigError(f"task {task.name!r} needs exactly one of data_files={{train: FILE, eval: FILE}} "
                           f"or dataset=<Hub name>")
-    if cfg.data_dir is not None:
+    if data.data_dir is not None:
         raise ConfigError(f"task {task.name!r} takes data_files or dataset, not data_dir")
-    if cfg.data_files is not None:
-        _check_data_files(cfg.data_files)
-    if not (isinstance(cfg.text_columns, list) and 1 <= len(cfg.text_columns) <= 2
-            and all(isinstance(c, str) for c in cfg.text_columns)):
-        raise ConfigError(f"text_columns must be a list of one or two column names, got {cfg.text_columns!r}")
-    if not isinstance(cfg.label_column, str):
-        raise ConfigError(f"label_column must be a column name, got {cfg.label_column!r}")
-    if cfg.label_column in cfg.text_columns:  # the text would be the label: a class per sentence
-        raise ConfigError(f"label_column {cfg.label_column!r} is also in text_columns; the label needs a column "
+    if data.data_files is not None:
+        _check_data_files(data.data_files)
+    if not (isinstance(data.text_columns, list) and 1 <= len(data.text_columns) <= 2
+            and all(isinstance(c, str) for c in data.text_columns)):
+        raise ConfigError(f"text_columns must be a list of one or two column names, got {data.text_columns!r}")
+    if not isinstance(data.label_column, str):
+        raise ConfigError(f"label_column must be a column name, got {data.label_column!r}")
+    if data.label_column in data.text_columns:  # the text would be the label: a class per sentence
+        raise ConfigError(f"label_column {data.label_column!r} is also in text_columns; the label needs a column "
                           f"of its own")
-    if "label" in cfg.text_columns:  # inside, the label column goes by that name: the two would be one list
+    if "label" in data.text_columns:  # inside, the label column goes by that name: the two would be one list
         raise ConfigError(f"text_columns cannot hold a column named 'label' while label_column is "
-                          f"{cfg.label_column!r}; rename that column in the data files")
-    if cfg.metric is not None:  # every module loads and scores, now: not after training
+                          f"{data.label_column!r}; rename that column in the data files")
+    if data.metric is not None:  # every module loads and scores, now: not after training
         from finetune_opt.metrics.loading import check_metrics
 
-        check_metrics(cfg.metric, "regression" if task.problem_type == REGRESSION else "classification")
+        check_metrics(data.metric, "regression" if task.problem_type == REGRESSION else "classification")
 
 
 def _check_data_files(data_files):

@@ -12,19 +12,20 @@ from finetune_opt.models.loading import load_model
 from finetune_opt.tasks import REGRESSION
 
 
-def load_classification(cfg, tokenizer, main_process_first) -> TaskData:
-    """Tokenized splits (+ "train_eval": a seeded slice of the training subset, for the train-vs-dev
-    gap, when cfg.train_eval_examples is set); labels in column "labels"."""
-    data = load_task(cfg)
-    if cfg.metric and data.task.problem_type != REGRESSION and data.num_labels != 2:  # validation tried 2 classes
-        check_metrics(cfg.metric, "classification", data.num_labels)
+def load_classification(task_name: str, section, seed: int, tokenizer, main_process_first) -> TaskData:
+    """Tokenized splits of what the config's data section names (+ "train_eval": a slice of the
+    training subset seeded from `seed`, for the train-vs-dev gap, when train_eval_examples is set);
+    labels in column "labels"."""
+    data = load_task(task_name, section, seed)
+    if section.metric and data.task.problem_type != REGRESSION and data.num_labels != 2:  # validation tried 2 classes
+        check_metrics(section.metric, "classification", data.num_labels)
     splits = data.splits
-    if cfg.train_eval_examples:
-        n = min(cfg.train_eval_examples, len(splits["train"]))
-        splits["train_eval"] = splits["train"].shuffle(seed=cfg.seed + 1).select(range(n))
+    if section.train_eval_examples:
+        n = min(section.train_eval_examples, len(splits["train"]))
+        splits["train_eval"] = splits["train"].shuffle(seed=seed + 1).select(range(n))
 
     def tokenize(batch):
-        return tokenizer(*[batch[c] for c in data.text_columns], truncation=True, max_length=cfg.max_length)
+        return tokenizer(*[batch[c] for c in data.text_columns], truncation=True, max_length=section.max_length)
 
     with main_process_first():  # tokenize once; other ranks read the cache
         data.splits = splits.map(tokenize, batched=True, remove_columns=list(data.text_columns)) \
@@ -32,15 +33,16 @@ def load_classification(cfg, tokenizer, main_process_first) -> TaskData:
     return data
 
 
-def classification_model(cfg, data: TaskData):
-    """A sequence-classification model with the task's head: num_labels from the task or the data,
-    MSE loss for regression, and the class names in config.id2label (so a saved model predicts names);
-    its last layer computes [CLS] only when cfg.last_layer_cls_only (null: where the model supports it)."""
+def classification_model(model_section, data: TaskData, last_layer_cls_only: bool | None):
+    """A sequence-classification model with the task's head, from the config's model section: num_labels
+    from the task or the data, MSE loss for regression, and the class names in config.id2label (so a
+    saved model predicts names); its last layer computes [CLS] only when last_layer_cls_only (null:
+    where the model supports it)."""
     names = {} if data.label_names is None else {"id2label": dict(enumerate(data.label_names)),
                                                  "label2id": {n: i for i, n in enumerate(data.label_names)}}
-    model = load_model(cfg.model, head="classification", model_config=cfg.model_config, num_labels=data.num_labels,
-                       problem_type=data.task.problem_type, **names)
-    cls_only = cfg.last_layer_cls_only
+    model = load_model(model_section.name, head="classification", model_config=model_section.config,
+                       num_labels=data.num_labels, problem_type=data.task.problem_type, **names)
+    cls_only = last_layer_cls_only
     if cls_only is None:  # a Hub model, whose type validation could not read (its results.json keeps null)
         cls_only = cls_only_last_layer.model_refusal(model) is None
     if cls_only:
@@ -48,10 +50,11 @@ def classification_model(cfg, data: TaskData):
     return model
 
 
-def collator(tokenizer, cfg):
+def collator(tokenizer, precision):
+    """Padding per batch; `precision`: the config's precision section."""
     # Multiples of 8: few distinct shapes for a compiled model, and tensor-core tiles under mixed precision
     # on a GPU. Not on CPU: SST-2's sentences are 13 tokens on average, so 8s would add a fifth more work.
-    bucket = cfg.compile_model or (cfg.mixed_precision != "no" and torch.cuda.is_available())
+    bucket = precision.compile_model or (precision.mixed_precision != "no" and torch.cuda.is_available())
     return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if bucket else None)
 
 

@@ -9,7 +9,6 @@
 cross-rank non-finite / stop agreement, the optimizer step), so one phase can change alone.
 """
 
-import dataclasses
 import itertools
 import math
 import os
@@ -46,29 +45,29 @@ from finetune_opt.train.tracking import memory_in_use, tracking, trackers
 
 
 def make_accelerator(cfg) -> Accelerator:
-    if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
+    if cfg.precision.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("mixed_precision fp16 needs a CUDA GPU; use bf16 or no on CPU")
-    if cfg.resume:
-        find_checkpoint(cfg.resume)  # a wrong path fails before any work
+    if cfg.checkpoint.resume:
+        find_checkpoint(cfg.checkpoint.resume)  # a wrong path fails before any work
     sharded = distributed.requested() == distributed.FSDP2
     plugin = distributed.fsdp_plugin() if sharded else None
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # also what makes torchrun on a CPU box use gloo
-        mixed_precision=cfg.mixed_precision,
+        mixed_precision=cfg.precision.mixed_precision,
         fsdp_plugin=plugin,
         # Count micro-batches ourselves: the loader is cycled, and an epoch end must not force a sync.
-        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=cfg.grad_accum,
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=cfg.loop.grad_accum,
                                                                 sync_with_dataloader=False),
         # Shuffle order = f(seed, epoch): the same on every rank, and reproducible on resume.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        log_with=trackers(cfg.log_with) or None,  # finetune_opt.train.tracking; TensorBoard under output_dir/logs
-        project_dir=cfg.output_dir,
+        log_with=trackers(cfg.measure.log_with) or None,  # train.tracking; TensorBoard under output_dir/logs
+        project_dir=cfg.output.output_dir,
         # Compiled in prepare(); dynamic shapes, so batches of new lengths do not recompile.
-        dynamo_plugin=TorchDynamoPlugin(backend="inductor", dynamic=True) if cfg.compile_model else None,
+        dynamo_plugin=TorchDynamoPlugin(backend="inductor", dynamic=True) if cfg.precision.compile_model else None,
     )
     if sharded:
         distributed.promote_to_fsdp(accelerator, plugin)  # a CPU box: Accelerate chose DDP (distributed.py)
-    set_seed(cfg.seed)
+    set_seed(cfg.loop.seed)
     return accelerator
 
 
@@ -108,8 +107,9 @@ def averaged_weights(optimizer, spec):
 def _lr_scheduler(cfg, optimizer, spec):
     if spec.owns_lr_schedule:  # schedule-free: no decay schedule; its warm-up is its own
         return get_scheduler("constant", optimizer)
-    return get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * cfg.max_steps),
-                         num_training_steps=cfg.max_steps)
+    loop = cfg.loop
+    return get_scheduler(loop.scheduler, optimizer, num_warmup_steps=math.ceil(loop.warmup_ratio * loop.max_steps),
+                         num_training_steps=loop.max_steps)
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -150,15 +150,15 @@ def step_optimizer(optimizer, scheduler, scaler) -> bool:
 
 
 def fit(cfg, accelerator: Accelerator, model, train_loader, evaluate, on_step=None) -> Results:
-    """Train to cfg.max_steps optimizer updates, then `evaluate(model) -> {metric: value}`;
+    """Train to cfg.loop.max_steps optimizer updates, then `evaluate(model) -> {metric: value}`;
     `on_step()` is called after each update (benchmarks time with it). Returns the run's Results;
     raises Interrupted if SIGINT / SIGTERM stopped the run (after a checkpoint)."""
     run = set_up(cfg, accelerator, model, train_loader)
     state, batches, changes = resume(run)
     resumed_from_step = state.step or None
-    before = evaluate(run.model) if cfg.eval_before_training and not cfg.resume else None
+    before = evaluate(run.model) if cfg.loop.eval_before_training and not cfg.checkpoint.resume else None
     meter = Meter(run, state.step)
-    with _stop_signals() as stop_signal, tracking(accelerator, dataclasses.asdict(cfg)):
+    with _stop_signals() as stop_signal, tracking(accelerator, cfg.model_dump()):
         train(run, state, batches, meter, stop_signal, on_step)  # raises Interrupted on a signal
         # A signal from here on lets the final evaluation finish: its results are the run's.
         return finish(run, state, meter, evaluate, metrics_before_training=before,
@@ -178,28 +178,30 @@ class Training:
 
     def save_checkpoint(self, state: LoopState) -> str:
         with averaged_weights(self.optimizer, self.spec):  # schedule-free checkpoints in eval mode
-            return save_checkpoint(self.accelerator, self.cfg.output_dir, state, dataclasses.asdict(self.cfg))
+            return save_checkpoint(self.accelerator, self.cfg.output.output_dir, state, self.cfg.model_dump())
 
 
 def _check_optimizer_runs_here(cfg, accelerator) -> OptimizerSpec:
-    spec = get_optimizer_spec(cfg.optimizer)
-    if not spec.supports(cfg.implementation, accelerator.device.type):
+    spec = get_optimizer_spec(cfg.optimizer.name)
+    if not spec.supports(cfg.optimizer.implementation, accelerator.device.type):
         here = [i for i in spec.implementations if spec.supports(i, accelerator.device.type)]
-        raise ConfigError(f"{cfg.optimizer} ({cfg.implementation}) does not run on {accelerator.device.type}; "
+        raise ConfigError(f"{cfg.optimizer.name} ({cfg.optimizer.implementation}) does not run on "
+                          f"{accelerator.device.type}; "
                           f"choose implementation one of: {', '.join(here) or 'none (another optimizer)'}")
-    if cfg.optimizer_in_backward and accelerator.num_processes > 1:
-        raise ConfigError(in_backward_refusal(spec, cfg.implementation, grad_accum=1, max_grad_norm=None,
+    if cfg.precision.optimizer_in_backward and accelerator.num_processes > 1:
+        raise ConfigError(in_backward_refusal(spec, cfg.optimizer.implementation, grad_accum=1, max_grad_norm=None,
                                               mixed_precision="no", num_processes=accelerator.num_processes))
     return spec
 
 
 def set_up(cfg, accelerator: Accelerator, model, train_loader) -> Training:
     spec = _check_optimizer_runs_here(cfg, accelerator)
-    if cfg.gradient_checkpointing:
+    if cfg.precision.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     # Optimizer on the model, then both prepared in one call: FSDP2 and DeepSpeed need that, as
     # they replace the optimizer's parameters with the sharded ones.
-    optimizer = create_optimizer(cfg.optimizer, model, implementation=cfg.implementation, **cfg.hyperparams)
+    optimizer = create_optimizer(cfg.optimizer.name, model, implementation=cfg.optimizer.implementation,
+                                 **cfg.optimizer.hyperparams)
     scheduler = _lr_scheduler(cfg, optimizer, spec)
     if accelerator.distributed_type == DistributedType.FSDP:
         distributed.set_wrap_units(accelerator, model)
@@ -207,17 +209,17 @@ def set_up(cfg, accelerator: Accelerator, model, train_loader) -> Training:
     if spec.needs_whole_tensors and accelerator.distributed_type == DistributedType.FSDP:
         step_on_whole_tensors(optimizer.optimizer)  # Muon / Adafactor see whole matrices (optim/whole_tensors.py)
     accelerator.register_for_checkpointing(scheduler)  # stepped by us, once per real update
-    if cfg.optimizer_in_backward:  # every parameter stepped by its gradient's hook (optim/in_backward.py)
+    if cfg.precision.optimizer_in_backward:  # every parameter stepped by its gradient's hook (optim/in_backward.py)
         step_in_backward(optimizer.optimizer)
     return Training(cfg, accelerator, spec, model, optimizer, scheduler, train_loader)
 
 
 def resume(run: Training) -> tuple[LoopState, Iterator, dict]:
     """The loop state, the micro-batch stream and the config changes since the checkpoint
-    (run_dir.resume_changes refuses unsafe ones): fresh, or continuing cfg.resume's checkpoint."""
+    (run_dir.resume_changes refuses unsafe ones): fresh, or continuing cfg.checkpoint.resume's checkpoint."""
     cfg = run.cfg
-    checkpoint = find_checkpoint(cfg.resume) if cfg.resume else None
-    consumed = (read_loop_state(checkpoint).step if checkpoint else 0) * cfg.grad_accum
+    checkpoint = find_checkpoint(cfg.checkpoint.resume) if cfg.checkpoint.resume else None
+    consumed = (read_loop_state(checkpoint).step if checkpoint else 0) * cfg.loop.grad_accum
     batches = _batches(run.train_loader, run.accelerator, consumed)
     if consumed % len(run.train_loader):
         # Starting a DataLoader iterator draws from the global RNG. Mid-epoch, the uninterrupted
@@ -258,7 +260,7 @@ class TrainingStep:
         self.timer.begin_step()
         samples = tokens = positions = 0
         losses = []
-        for _ in range(run.cfg.grad_accum):
+        for _ in range(run.cfg.loop.grad_accum):
             batch = next(batches)
             n, t, p = _batch_size_and_tokens(batch)
             samples, tokens, positions = samples + n, tokens + t, positions + p
@@ -283,7 +285,7 @@ class TrainingStep:
             with self.probe.phase("forward"):
                 loss = self.run.model(**batch).loss
             # With the step in backward, backward *is* the update: a NaN/inf loss must not reach it.
-            if not (self.run.cfg.optimizer_in_backward and not torch.isfinite(loss).item()):
+            if not (self.run.cfg.precision.optimizer_in_backward and not torch.isfinite(loss).item()):
                 with self.probe.phase("backward"):
                     self.run.accelerator.backward(loss)
         return loss.detach()
@@ -291,10 +293,11 @@ class TrainingStep:
     def clip_gradients(self) -> torch.Tensor:
         """The norm of the synchronised (all-reduced, unscaled) gradients; max_grad_norm None: no clipping."""
         accelerator = self.run.accelerator
-        if self.run.cfg.optimizer_in_backward:  # every gradient was applied and freed during backward
+        if self.run.cfg.precision.optimizer_in_backward:  # every gradient was applied and freed during backward
             # (clip_grad_norm_ of no gradients is a CPU zero, which a CUDA run cannot stack with its flags)
             return torch.zeros((), device=accelerator.device)
-        grad_norm = accelerator.clip_grad_norm_(self.run.model.parameters(), self.run.cfg.max_grad_norm or math.inf)
+        grad_norm = accelerator.clip_grad_norm_(self.run.model.parameters(),
+                                                self.run.cfg.loop.max_grad_norm or math.inf)
         if grad_norm is None:  # DeepSpeed clips inside its engine and returns no norm
             return torch.zeros((), device=accelerator.device)
         if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
@@ -311,7 +314,7 @@ class TrainingStep:
         return nonfinite, stop
 
     def update(self) -> bool:
-        if self.run.cfg.optimizer_in_backward:  # the hooks stepped every parameter during backward
+        if self.run.cfg.precision.optimizer_in_backward:  # the hooks stepped every parameter during backward
             self.run.scheduler.step()
             return True
         self.timer.begin_optimizer()
@@ -329,9 +332,9 @@ class Meter:
         self.run = run
         reset_peak_memory(run.accelerator.device)
         self.rss_before = current_rss_bytes()
-        self.timer = StepTimer(run.accelerator.device, run.cfg.timing_warmup_steps)
+        self.timer = StepTimer(run.accelerator.device, run.cfg.measure.timing_warmup_steps)
         self.window, self.grad_norms = [], []
-        self.progress = tqdm(total=run.cfg.max_steps, initial=start, desc="train",
+        self.progress = tqdm(total=run.cfg.loop.max_steps, initial=start, desc="train",
                              disable=not run.accelerator.is_local_main_process)
         self.train_start = time.perf_counter()
         self.memory_breakdown = None  # finetune_opt.measure.memory's, from the step train() probes
@@ -344,7 +347,7 @@ class Meter:
         if outcome.loss is not None:
             self.window.append(outcome.loss)
             self.grad_norms.append(outcome.grad_norm)
-        if (state.step % cfg.log_every == 0 or state.step == cfg.max_steps) and self.window:
+        if (state.step % cfg.measure.log_every == 0 or state.step == cfg.loop.max_steps) and self.window:
             step_seconds = self.timer.flush()
             mean_loss = accelerator.reduce(torch.stack(self.window).mean(), reduction="mean").item()
             lr = float(self.run.scheduler.get_last_lr()[0])
@@ -367,10 +370,11 @@ def _count_skip(run: Training, state: LoopState, outcome: StepOutcome, step: int
     """Skipped steps are counted; too many non-finite ones stop the run with the last good state saved."""
     if outcome.nonfinite:
         state.nonfinite_skipped += 1
-        if state.nonfinite_skipped > run.cfg.nonfinite_limit:
+        if state.nonfinite_skipped > run.cfg.checkpoint.nonfinite_limit:
             path = run.save_checkpoint(state)  # state.step is still step - 1
             raise TrainingStopped(f"{state.nonfinite_skipped} steps had non-finite loss or gradients "
-                                  f"(max_nonfinite_steps={run.cfg.nonfinite_limit}); stopped at step {step}, "
+                                  f"(max_nonfinite_steps={run.cfg.checkpoint.nonfinite_limit}); stopped at step "
+                                  f"{step}, "
                                   f"state of step {step - 1} saved in {path}")
     elif not outcome.updated:
         state.overflow_skipped += 1
@@ -390,11 +394,11 @@ def train(run: Training, state: LoopState, batches: Iterator, meter: Meter, stop
     # activations (a 2-layer Llama, 2 gloo ranks: 1.42x the prediction, 1.00x on step 3). With
     # timing_warmup_steps < 3 that moves the probe onto a timed step.
     first = 3 if isinstance(run.model, torch.nn.parallel.DistributedDataParallel) else 1
-    probe_step = state.step + min(max(first, cfg.timing_warmup_steps), cfg.max_steps - state.step)
+    probe_step = state.step + min(max(first, cfg.measure.timing_warmup_steps), cfg.loop.max_steps - state.step)
     probe_step = max(probe_step, state.step + 1)
     run.model.train()
-    for step in range(state.step + 1, cfg.max_steps + 1):
-        probed = cfg.memory_breakdown is not False and step == probe_step
+    for step in range(state.step + 1, cfg.loop.max_steps + 1):
+        probed = cfg.measure.memory_breakdown is not False and step == probe_step
         training_step.probe = phase_probe(run.accelerator.device) if probed else NO_PROBE
         with training_step.probe.step():
             outcome = training_step(batches, lambda: stop_signal() is not None)
@@ -405,13 +409,14 @@ def train(run: Training, state: LoopState, batches: Iterator, meter: Meter, stop
         if on_step:
             on_step()
         meter.after_step(state, outcome)
-        if outcome.stop or (cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps):
+        every = cfg.checkpoint.save_every
+        if outcome.stop or (every and step % every == 0 and step < cfg.loop.max_steps):
             path = run.save_checkpoint(state)
         if outcome.stop:
             signum = stop_signal() or signal.SIGTERM  # another rank's signal: SIGTERM's exit code
             meter.close()
             raise Interrupted(f"{signal.Signals(signum).name}: stopped after step {step}; checkpoint {path}; "
-                              f"continue with resume={cfg.output_dir}", exit_code=128 + signum)
+                              f"continue with resume={cfg.output.output_dir}", exit_code=128 + signum)
 
 
 def finish(run: Training, state: LoopState, meter: Meter, evaluate, **results) -> Results:
@@ -427,8 +432,8 @@ def finish(run: Training, state: LoopState, meter: Meter, evaluate, **results) -
     memory = peak_memory(accelerator.device)
     memory.update(rss_before_training_bytes=meter.rss_before, optimizer_state_bytes=optimizer_state_bytes(run.optimizer),
                   breakdown=meter.memory_breakdown)
-    if cfg.save_final_model:
-        _save_model(accelerator, run.model, os.path.join(cfg.output_dir, "model"), merge=cfg.merge_adapter)
+    if cfg.checkpoint.save_final_model:
+        _save_model(accelerator, run.model, os.path.join(cfg.output.output_dir, "model"), merge=cfg.sft.merge_adapter)
     return new_results(
         cfg, accelerator, optimizer=describe_optimizer(run.optimizer), metrics=metrics,
         final_train_loss=state.history[-1]["loss"] if state.history else None,

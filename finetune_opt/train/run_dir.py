@@ -15,6 +15,7 @@ import socket
 from finetune_opt.train.checkpoint import (STEP_DIR, checkpoint_dir, checkpoint_problem, data_fingerprint, find_checkpoint,
                                      read_loop_state, read_run_config, saved_data_fingerprint)
 from finetune_opt.errors import ConfigError
+from finetune_opt.measure.config_block import flatten
 from finetune_opt.measure.results import RESULTS_FILE
 from finetune_opt.train.tracking import LOG_DIR
 
@@ -36,7 +37,8 @@ def resume_changes(cfg, checkpoint: str) -> dict:
     before = read_run_config(checkpoint)
     if before is None:
         return {}  # written before checkpoints kept their config: nothing to compare
-    now = {k: v for k, v in vars(cfg).items() if k != "resume"}  # resume: how every resumed run differs
+    before = flatten(before)  # by flat names, whichever schema wrote it: the names messages use
+    now = {k: v for k, v in cfg.flat().items() if k != "resume"}  # resume: how every resumed run differs
     changed = {k: [before.get(k), now[k]] for k in now
                if before.get(k, now[k]) != now[k] and not _same_place(k, before.get(k), now[k], checkpoint)}
     refused = [k for k in changed if k not in RESUME_MAY_CHANGE]
@@ -45,8 +47,8 @@ def resume_changes(cfg, checkpoint: str) -> dict:
         raise ConfigError(f"resume: {checkpoint} was trained with another config: {listed}; only "
                           f"{', '.join(RESUME_MAY_CHANGE[:9])} may change")
     step = read_loop_state(checkpoint).step
-    if cfg.max_steps < step:
-        raise ConfigError(f"resume: max_steps={cfg.max_steps} is below the checkpoint's step {step}")
+    if cfg.loop.max_steps < step:
+        raise ConfigError(f"resume: max_steps={cfg.loop.max_steps} is below the checkpoint's step {step}")
     return changed
 
 
@@ -155,7 +157,7 @@ def release_output_dir(path) -> None:
 
 
 def _resumes_its_own_run(cfg, checkpoint) -> bool:
-    own = os.path.realpath(os.path.join(cfg.output_dir, "checkpoints"))
+    own = os.path.realpath(os.path.join(cfg.output.output_dir, "checkpoints"))
     return checkpoint is not None and os.path.dirname(os.path.realpath(checkpoint)) == own
 
 
@@ -163,42 +165,43 @@ def _refuse_or_clear_previous_run(cfg, checkpoint):
     """A fresh run, or one resuming another run's checkpoint, into a directory holding a run's
     outputs: refused, or with overwrite=true those outputs are removed so nothing of the old run
     mixes into the new one. Only a run resuming its own checkpoints writes into them."""
-    present = [name for name in RUN_OUTPUTS if os.path.exists(os.path.join(cfg.output_dir, name))]
+    present = [name for name in RUN_OUTPUTS if os.path.exists(os.path.join(cfg.output.output_dir, name))]
     if not present or _resumes_its_own_run(cfg, checkpoint):
         return
-    if not cfg.overwrite:
+    if not cfg.output.overwrite:
         what = ("a finished run" if RESULTS_FILE in present else "an unfinished run's checkpoints"
                 if "checkpoints" in present else "an earlier run's outputs")
-        raise ConfigError(f"output_dir {cfg.output_dir!r} holds {what} ({', '.join(present)}); "
-                          f"resume={cfg.output_dir}, choose another output_dir, or overwrite=true")
+        raise ConfigError(f"output_dir {cfg.output.output_dir!r} holds {what} ({', '.join(present)}); "
+                          f"resume={cfg.output.output_dir}, choose another output_dir, or overwrite=true")
     for name in present:
-        target = os.path.join(cfg.output_dir, name)
+        target = os.path.join(cfg.output.output_dir, name)
         shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
 
 
 def _refuse_or_drop_later_steps(cfg, checkpoint: str):
     """Resuming step N into a directory that holds later steps would interleave two timelines
     (and a later resume=<dir> would pick the abandoned one): refused, or dropped with overwrite=true."""
-    own = os.path.join(cfg.output_dir, "checkpoints")
+    own = os.path.join(cfg.output.output_dir, "checkpoints")
     resumed = os.path.basename(checkpoint_dir("", read_loop_state(checkpoint).step))
     later = sorted(d for d in os.listdir(own) if STEP_DIR.fullmatch(d) and d > resumed
                    and not checkpoint_problem(os.path.join(own, d))) if os.path.isdir(own) else []
-    if later and not cfg.overwrite:
-        raise ConfigError(f"resume: output_dir {cfg.output_dir!r} holds checkpoints after {resumed} "
-                          f"({', '.join(later)}); resume={cfg.output_dir} continues the newest, overwrite=true drops them")
+    if later and not cfg.output.overwrite:
+        raise ConfigError(f"resume: output_dir {cfg.output.output_dir!r} holds checkpoints after {resumed} "
+                          f"({', '.join(later)}); resume={cfg.output.output_dir} continues the newest, "
+                          f"overwrite=true drops them")
     for d in later:
         shutil.rmtree(os.path.join(own, d))
 
 
 def claim_output_dir(cfg, is_main_process: bool = True):
     """Everything about output_dir and resume that can fail, checked before any loading."""
-    checkpoint = find_checkpoint(cfg.resume) if cfg.resume else None
+    checkpoint = find_checkpoint(cfg.checkpoint.resume) if cfg.checkpoint.resume else None
     if checkpoint:
         resume_changes(cfg, checkpoint)
         check_weights_finite(checkpoint)
     if not is_main_process:
         return
-    _lock(cfg.output_dir, created=make_writable_dir(cfg.output_dir))
+    _lock(cfg.output.output_dir, created=make_writable_dir(cfg.output.output_dir))
     _refuse_or_clear_previous_run(cfg, checkpoint)
     if checkpoint:
         _refuse_or_drop_later_steps(cfg, checkpoint)

@@ -56,8 +56,11 @@ def trainer_reporting(log_with: str | None, output_dir: str) -> tuple[list, list
 
 
 def _scalar_config(config: dict) -> dict:
-    """TensorBoard's hparams take numbers, strings and bools only: the rest as JSON text."""
-    return {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in config.items()}
+    """TensorBoard's hparams take numbers, strings and bools only: a section's settings by their dotted
+    names (loop.max_steps), so each is its own column; any other value as JSON text."""
+    items = [(f"{k}.{f}", x) if isinstance(v, dict) else (k, v)
+             for k, v in config.items() for f, x in (v.items() if isinstance(v, dict) else [(None, v)])]
+    return {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in items}
 
 
 @contextmanager
