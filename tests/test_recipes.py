@@ -30,7 +30,7 @@ def glue(task, tmp_path, *extra, run="run"):
 
 
 def check_common_schema(r, task, optimizer):
-    assert r["schema_version"] == 1 and r["task"] == task
+    assert r["schema_version"] == 2 and r["task"] == task
     assert r["optimizer"]["name"] == optimizer
     assert r["config"]["loop"]["max_steps"] == 6 and r["config"]["optimizer"]["name"] == optimizer
     assert set(r["versions"]) >= {"torch", "transformers", "accelerate", "datasets", "python"}

@@ -30,7 +30,7 @@ def test_a_run_without_a_logged_loss_formats(tmp_path):
 
 
 @pytest.mark.parametrize("content,message", [
-    ({**RUN.to_dict(), "schema_version": 0}, f"has schema_version 0; this finetune_opt reads {SCHEMA_VERSION}$"),
+    ({**RUN.to_dict(), "schema_version": 0}, f"has schema_version 0; this finetune_opt reads 1 to {SCHEMA_VERSION}$"),
     ({k: v for k, v in RUN.to_dict().items() if k != "schema_version"}, "has schema_version None;"),
     ({**RUN.to_dict(), "extra": 1}, f"does not match schema {SCHEMA_VERSION}: unknown fields extra$"),
     ({k: v for k, v in RUN.to_dict().items() if k not in ("metrics", "date")},

@@ -13,10 +13,11 @@ import torch
 
 from finetune_opt import distributed
 from finetune_opt.errors import ConfigError
+from finetune_opt.measure.config_block import nest
 from finetune_opt.measure.timing import peak_bytes
 from finetune_opt.models.precision import native_bf16_flags
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the `config` block in sections (finetune_opt.measure.config_block); 1 is read too
 RESULTS_FILE = "results.json"
 
 
@@ -56,8 +57,10 @@ class Results:
         if not isinstance(payload, dict):
             raise ConfigError(f"{source} is not a results object (a JSON mapping), got {type(payload).__name__}")
         version = payload.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise ConfigError(f"{source} has schema_version {version!r}; this finetune_opt reads {SCHEMA_VERSION}")
+        if version == 1 and isinstance(payload.get("config"), dict):  # the flat config block of version 1
+            payload = {**payload, "config": nest(payload["config"]), "schema_version": SCHEMA_VERSION}
+        elif version != SCHEMA_VERSION:
+            raise ConfigError(f"{source} has schema_version {version!r}; this finetune_opt reads 1 to {SCHEMA_VERSION}")
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(payload) - set(fields))
         missing = [n for n, f in fields.items() if n not in payload and f.default is dataclasses.MISSING]
