@@ -1,4 +1,4 @@
-"""`finetune-opt` command line: list-optimizers, inspect, compare, study, configs, plan.
+"""`finetune-opt` command line: list-optimizers, inspect, compare, study, configs, config-schema, plan.
 
 Bad input raises ConfigError anywhere below; main() prints it as one line and exits 2, the same
 code argparse uses for usage errors.
@@ -72,6 +72,12 @@ def cmd_configs(args):
     print(configs.copy(args.name, args.dest) if args.action == "cp" else configs.listing())
 
 
+def cmd_config_schema(args):
+    from finetune_opt.config.run_config import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+
+
 def cmd_plan(args):
     from finetune_opt.plan import planner as plan
 
@@ -120,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = actions.add_parser("cp", help="copy one out to edit; an existing file is not overwritten")
     c.add_argument("name", help="a packaged config's name (finetune-opt configs)")
     c.add_argument("dest", help="the file to write, or a folder (then <folder>/<name>.yaml)")
+    p = sub.add_parser("config-schema", help="the run configuration's JSON Schema, for an editor to complete and "
+                                             "check a config file")
+    p.set_defaults(func=cmd_config_schema)
     from finetune_opt.plan.planner import add_parser as add_plan_parser
     add_plan_parser(sub).set_defaults(func=cmd_plan)
     return parser

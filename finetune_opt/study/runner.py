@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from finetune_opt.config import builtin as packaged_configs
 from finetune_opt.config.run_config import FIELDS
+from finetune_opt.config.keys import flat_spellings
 from finetune_opt.config.loading import load_config, parse_override, read_yaml_mapping
 from finetune_opt.errors import ConfigError, one_of
 from finetune_opt.optim import get_optimizer_spec
@@ -88,9 +89,22 @@ def load_study(path: str, overrides: list[str] = ()) -> StudyConfig:
         raise ConfigError(f"study config {path}: {e}") from None
     study.command_line = dict(parse_override(o) for o in overrides)
     check_shapes(study)
+    spell_overrides_flat(study, path)
     resolve_base_configs(study, os.path.dirname(os.path.abspath(path)))
     validate(study)
     return study
+
+
+def spell_overrides_flat(study: StudyConfig, path: str):
+    """Every overrides block (written flat or in sections) by flat names, so that a task's block
+    overrides the study's one setting at a time, not one section for another."""
+    study.overrides = flat_spellings(study.overrides, f"study config {path!r}: overrides")
+    for label, block in study.tasks.items():
+        if block and isinstance(block.get("overrides"), dict):
+            block["overrides"] = flat_spellings(block["overrides"], f"study config {path!r}: task {label!r} overrides")
+    if isinstance((study.tuning or {}).get("overrides"), dict):
+        study.tuning["overrides"] = flat_spellings(study.tuning["overrides"],
+                                                   f"study config {path!r}: tuning overrides")
 
 
 def resolve_base_configs(study: StudyConfig, folder: str):
