@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from finetune_opt.errors import ConfigError, Interrupted
+from finetune_opt.measure.config_block import flatten
 
 LOOP_STATE = "loop_state.json"
 RUN_CONFIG = "run_config.json"  # the RunConfig that wrote it: resume compares against it
@@ -87,7 +88,8 @@ def _save_to(accelerator, final: str, loop_state: LoopState, config: dict | None
         files = {name: os.path.getsize(os.path.join(tmp, name)) for name in names}
         digests = {name: file_sha256(os.path.join(tmp, name)) for name in names}
         _write_json(os.path.join(tmp, LOOP_STATE), {**dataclasses.asdict(loop_state), "files": files,
-                                                    "sha256": digests, DATA: data_fingerprint(config)})
+                                                    "sha256": digests,
+                                                    DATA: data_fingerprint(flatten(config or {}).get("data_dir"))})
         if os.path.isdir(final):  # re-saving a step (a resumed branch): never a moment without a complete one
             os.replace(final, old)
         os.replace(tmp, final)
@@ -102,10 +104,9 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def data_fingerprint(config: dict | None) -> dict:
+def data_fingerprint(data_dir: str | None) -> dict:
     """{file: sha256} of a local data_dir's files: a resume may then name the same data at another
     path (the data moved). Hashed once per process (file_sha256's cache)."""
-    data_dir = (config or {}).get("data_dir")
     if not isinstance(data_dir, str) or not os.path.isdir(data_dir):
         return {}
     return {name: file_sha256(os.path.join(data_dir, name)) for name in sorted(os.listdir(data_dir))

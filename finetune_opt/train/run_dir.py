@@ -59,7 +59,7 @@ def _same_place(key: str, before, now, checkpoint: str) -> bool:
     if os.path.realpath(before) == os.path.realpath(now):
         return True
     saved = saved_data_fingerprint(checkpoint) if key == "data_dir" else {}
-    return bool(saved) and data_fingerprint({"data_dir": now}) == saved
+    return bool(saved) and data_fingerprint(now) == saved
 
 
 def check_weights_finite(checkpoint: str):
