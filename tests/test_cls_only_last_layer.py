@@ -90,9 +90,9 @@ def test_null_resolves_to_what_the_model_supports(model_config, wanted, resolved
 
 
 def test_null_reads_a_local_pretrained_models_type(minilm_path):
-    assert RunConfig(model=minilm_path).last_layer_cls_only is True  # all-MiniLM-L6-v2 is a BERT
-    assert RunConfig(task="wikitext2", model=minilm_path).last_layer_cls_only is False
-    assert RunConfig(model="org/some-hub-model").last_layer_cls_only is None  # decided when loaded
+    assert RunConfig(model=minilm_path).precision.last_layer_cls_only is True  # all-MiniLM-L6-v2 is a BERT
+    assert RunConfig(task="wikitext2", model=minilm_path).precision.last_layer_cls_only is False
+    assert RunConfig(model="org/some-hub-model").precision.last_layer_cls_only is None  # decided when loaded
 
 
 def saved_activation_bytes(model, batch) -> int:
