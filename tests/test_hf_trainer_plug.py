@@ -5,7 +5,7 @@ import torch
 import transformers
 from transformers import Trainer, TrainingArguments
 
-from finetune_opt.optim import REGISTRY, describe_optimizer, trainer_optimizer_cls_and_kwargs, trainer_optimizers
+from finetune_opt.optim import REGISTRY, describe_optimizer, runs_on, trainer_optimizer_cls_and_kwargs, trainer_optimizers
 
 
 class FixedBatches(torch.utils.data.Dataset):
@@ -54,7 +54,7 @@ def test_trainer_trains_with_factory(tmp_path, path):
     assert all(g["fused"] for g in groups.values())
 
 
-@pytest.mark.parametrize("name", list(REGISTRY))
+@pytest.mark.parametrize("name", runs_on("cpu"))  # (paged_adamw_8bit: CUDA only, refused here)
 def test_every_entry_trains_through_the_trainer(tmp_path, name):
     """Through Trainer's own factory path, at 20x the entry's fine-tuning lr (a tiny model from
     scratch): the loss falls, and the groups' decay is ours, not args.weight_decay."""

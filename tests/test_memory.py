@@ -11,7 +11,7 @@ import torch
 from finetune_opt.config.run_config import RunConfig
 from finetune_opt.errors import ConfigError
 from finetune_opt.measure.memory import CpuPhaseProbe
-from finetune_opt.optim import REGISTRY, create_optimizer
+from finetune_opt.optim import REGISTRY, create_optimizer, runs_on
 from finetune_opt.optim.in_backward import refusal, step_in_backward
 from tests.nets import net
 from tests.test_reliability import fresh_accelerate_state, losses, stopped, toy_fit  # noqa: F401 (fixture)
@@ -64,7 +64,7 @@ def test_cpu_probe_sees_each_allocation_and_free():
     assert probe.peak_above_step_start == 12_000_000
 
 
-@pytest.mark.parametrize("name", list(REGISTRY))
+@pytest.mark.parametrize("name", runs_on("cpu"))
 def test_breakdown_in_results_matches_prediction(tmp_path, name):
     result, model = deep_fit(tmp_path, optimizer=name)
     b = result.memory["breakdown"]
@@ -113,7 +113,8 @@ def _train_net(name, implementation, in_backward):
     return [p.detach().clone() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("name,implementation", [(n, i) for n, s in REGISTRY.items() for i in s.implementations])
+@pytest.mark.parametrize("name,implementation", [(n, i) for n, s in REGISTRY.items() for i in s.implementations
+                                                 if s.supports(i, "cpu")])
 def test_in_backward_equals_the_normal_step_bit_for_bit(name, implementation):
     """Every entry and implementation it accepts: identical parameters after 4 steps (tolerance 0:
     the same kernels run on the same tensors, one parameter at a time)."""

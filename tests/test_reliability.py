@@ -18,7 +18,7 @@ from finetune_opt.train.checkpoint import find_checkpoint
 from finetune_opt.config.run_config import RunConfig
 from finetune_opt.train.engine import fit, make_accelerator, step_optimizer
 from finetune_opt.errors import ConfigError, Interrupted, TrainingStopped
-from finetune_opt.optim import REGISTRY, create_optimizer
+from finetune_opt.optim import REGISTRY, create_optimizer, runs_on
 from finetune_opt.measure.results import load_results, write_json_atomic
 from tests.conftest import DATA_DIR, REPO
 
@@ -116,7 +116,7 @@ def test_compiled_checkpoint_resumes_with_foreach(tmp_path):
     assert losses(resumed) == pytest.approx(losses(full), rel=1e-5)
 
 
-@pytest.mark.parametrize("name", list(REGISTRY))
+@pytest.mark.parametrize("name", runs_on("cpu"))
 def test_every_optimizer_resumes_exactly_through_the_engine(tmp_path, name):
     """SIGTERM after step 5, resume: the same losses as the uninterrupted run, for every entry
     (schedule-free checkpoints its averaged weights in eval mode and resumes in train mode;
