@@ -38,7 +38,10 @@ def single_process(name, halves: bool):
     """The whole batch on one process; `halves`: as two accumulated half batches, each loss / 2,
     which adds the gradients in the order FSDP2's reduce-scatter does (g0/2 + g1/2)."""
     reference = model()
-    optimizer = create_optimizer(name, reference, **HYPERPARAMS)
+    # the implementation the sharded run's config resolves (create_optimizer alone would take the CPU
+    # default, which differs for some entries: then the comparison would be of two kernels)
+    implementation = get_optimizer_spec(name).resolve_implementation(None)
+    optimizer = create_optimizer(name, reference, implementation=implementation, **HYPERPARAMS)
     for ids, labels in batches():
         for rows in ((slice(0, BATCH // 2), slice(BATCH // 2, BATCH)) if halves else (slice(None),)):
             (reference(input_ids=ids[rows], labels=labels[rows]).loss / (2 if halves else 1)).backward()
