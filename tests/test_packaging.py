@@ -32,10 +32,28 @@ def _name(requirement: str) -> str:
     return re.split(r"[\s<>=!~\[;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
 
 
-def imports(top_level_only: bool) -> set[str]:
-    """Third-party top-level modules the package imports (at module level, or anywhere)."""
-    found = set()
+def loaded_lazily() -> set[Path]:
+    """The package's modules that the registry names by a "module:Class" path (an implementation's
+    subclass) and no module imports: loaded only when that optimizer is built, after its spec has
+    checked that its extra is installed; they may import that extra at the top."""
+    named = {i.subclass.partition(":")[0] for spec in REGISTRY.values() for i in spec.implementations.values()
+             if i.subclass and i.subclass.startswith("finetune_opt.")}
+    imported = set()
     for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names}
+    return {PACKAGE.parent / (m.replace(".", "/") + ".py") for m in named - imported}
+
+
+def imports(top_level_only: bool) -> set[str]:
+    """Third-party top-level modules the package imports (at module level, or anywhere; a module
+    loaded lazily counts as imported inside a function)."""
+    found = set()
+    lazy = loaded_lazily() if top_level_only else set()
+    for path in set(PACKAGE.rglob("*.py")) - lazy:
         tree = ast.parse(path.read_text())
         nodes = tree.body if top_level_only else ast.walk(tree)
         for node in nodes:
@@ -57,6 +75,7 @@ def test_every_runtime_import_is_declared():
     extras = {_name(r) for reqs in project["optional-dependencies"].values() for r in reqs}
     # imported when a module loads: a core dependency; inside a function (peft, for LoRA): an extra will do
     assert distributions(imports(top_level_only=True)) - core == set()
+    assert PACKAGE / "optim" / "schedule_free.py" in loaded_lazily()  # (the rule above sees such a module)
     assert distributions(imports(top_level_only=False)) - core - extras == set()
     # an optimizer imported by its "module:Class" path comes with the extra its entry names
     lazy = [spec for spec in REGISTRY.values() if isinstance(spec.optimizer_class, str)]
