@@ -65,8 +65,8 @@ class StepTimer:
     and token counts (tensors on the device) are kept as they are and resolved in `flush`, which the
     engine calls on logging steps, and in `summary`."""
 
-    def __init__(self, device: torch.device, warmup_steps: int, clock=None):
-        self.clock = clock or clock_for(device)
+    def __init__(self, device: torch.device, warmup_steps: int):
+        self.clock = clock_for(device)
         self.warmup_steps = warmup_steps
         self.steps_seen = 0
         self.step_s, self.optimizer_s, self.warmup_s = [], [], []
