@@ -26,6 +26,12 @@ SINGLE, DDP, FSDP2, DEEPSPEED = "single", "ddp", "fsdp2", "deepspeed"
 DISTRIBUTIONS = (SINGLE, DDP, FSDP2, DEEPSPEED)
 
 
+def device_type() -> str:
+    """What a run here trains on: the CUDA GPUs where there are any (make_accelerator asks for
+    them), else the CPU. The optimizer's default implementation is chosen for it."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _flag(env, name: str) -> bool:
     return env.get(name, "false").lower() in ("1", "true", "yes")
 
@@ -52,7 +58,7 @@ def requested(env=os.environ) -> str:
 def check_runs_here(modes: dict, spec, env=os.environ) -> str:
     """Refuse, before anything is loaded or written, a distribution this machine cannot run or an
     option that cannot run under it. Returns the distribution. `modes`: the settings sharding
-    cannot run with ({optimizer_in_backward, generation_examples, compile_model}, as configured)."""
+    cannot run with ({implementation, optimizer_in_backward, generation_examples, compile_model}, as configured)."""
     distribution = requested(env)
     cuda = torch.cuda.is_available()
     if distribution == DEEPSPEED and not cuda:
@@ -66,6 +72,10 @@ def check_runs_here(modes: dict, spec, env=os.environ) -> str:
                           f"shards; use FSDP2 (accelerate_configs/fsdp2.yaml) or DDP (multi_gpu.yaml)")
     if distribution == FSDP2 and spec.fsdp2_refusal:
         raise ConfigError(f"optimizer {spec.name} cannot step FSDP2 shards: {spec.fsdp2_refusal}")
+    if distribution == FSDP2 and not spec.implementations[modes["implementation"]].steps_shards:
+        shards = [name for name, how in spec.implementations.items() if how.steps_shards]
+        raise ConfigError(f"{spec.name} ({modes['implementation']}) cannot step FSDP2 shards: torch has no DTensor "
+                          f"rule for its kernel; choose implementation one of: {', '.join(shards)}")
     if distribution in (FSDP2, DEEPSPEED):
         for key, refused, why in _SHARDED_REFUSALS:
             if refused(modes, spec):
@@ -167,3 +177,21 @@ def label(distribution: dict | None) -> str:
         return "-"
     name = {SINGLE: "single", DDP: "DDP", FSDP2: "FSDP2", DEEPSPEED: "DeepSpeed"}[distribution["type"]]
     return name if distribution["type"] == SINGLE else f"{name} x{distribution['processes']}"
+
+
+_HOST_GROUP = {}  # the default process group -> a group on it that reduces host (CPU) tensors
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if `flag` is True on any (a stop signal reaches one rank; all must stop
+    after the same step). Reduced over gloo on host memory: on a GPU, a flag on the device would
+    have to be read back, and that read waits for every kernel queued so far."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return flag
+    world = torch.distributed.group.WORLD
+    if world not in _HOST_GROUP:  # every rank makes its first call at the same step
+        on_host = torch.distributed.get_backend() == "gloo"
+        _HOST_GROUP[world] = None if on_host else torch.distributed.new_group(backend="gloo")
+    total = torch.tensor([int(flag)])
+    torch.distributed.all_reduce(total, group=_HOST_GROUP[world])
+    return bool(total.numpy()[0])

@@ -12,6 +12,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from finetune_opt.config.run_config import RunConfig
 from finetune_opt.train.engine import set_up, make_accelerator
+from finetune_opt.train.skips import step_skipping_on_device
 from finetune_opt.measure.timing import optimizer_state_bytes, tensor_storage_bytes
 from finetune_opt.optim import REGISTRY, create_optimizer, get_optimizer_spec
 
@@ -38,9 +39,9 @@ def single_process(name, halves: bool):
     """The whole batch on one process; `halves`: as two accumulated half batches, each loss / 2,
     which adds the gradients in the order FSDP2's reduce-scatter does (g0/2 + g1/2)."""
     reference = model()
-    # the implementation the sharded run's config resolves (create_optimizer alone would take the CPU
-    # default, which differs for some entries: then the comparison would be of two kernels)
-    implementation = get_optimizer_spec(name).resolve_implementation(None)
+    # the implementation the sharded run's config resolves (this device's default), so that the
+    # comparison is of one kernel
+    implementation = run_config(name, "unused").optimizer.implementation
     optimizer = create_optimizer(name, reference, implementation=implementation, **HYPERPARAMS)
     for ids, labels in batches():
         for rows in ((slice(0, BATCH // 2), slice(BATCH // 2, BATCH)) if halves else (slice(None),)):
@@ -50,9 +51,13 @@ def single_process(name, halves: bool):
     return reference.state_dict(), optimizer
 
 
+def run_config(name, output_dir) -> RunConfig:
+    return RunConfig(optimizer=name, model_config={"model_type": "bert"}, log_with=None, output_dir=output_dir,
+                     max_grad_norm=None, scheduler="constant", warmup_ratio=0.0, **HYPERPARAMS)
+
+
 def sharded(name, accelerator, output_dir):
-    cfg = RunConfig(optimizer=name, model_config={"model_type": "bert"}, log_with=None, output_dir=output_dir,
-                    max_grad_norm=None, scheduler="constant", warmup_ratio=0.0, **HYPERPARAMS)
+    cfg = run_config(name, output_dir)
     loader = torch.utils.data.DataLoader([0])  # set_up prepares a loader; this one is not iterated
     run = set_up(cfg, accelerator, model(), loader)
     rows = slice(accelerator.process_index * BATCH // 2, (accelerator.process_index + 1) * BATCH // 2)
@@ -61,7 +66,25 @@ def sharded(name, accelerator, output_dir):
         run.optimizer.step()
         run.optimizer.zero_grad()
     whole = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in run.model.state_dict().items()}
-    return whole, run.optimizer.optimizer
+    return whole, run.optimizer.optimizer, skipped_on_device(run, *batches()[0])
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    return (t.to_local() if hasattr(t, "to_local") else t).detach().clone()
+
+
+def skipped_on_device(run, ids, labels) -> bool | None:
+    """For an implementation that takes found_inf: whether a step with NaN gradients and the flag
+    set, as the engine skips it (train/skips.py), left every shard and state tensor as it was."""
+    if not run.spec.implementations[run.cfg.optimizer.implementation].takes_found_inf:
+        return None
+    run.accelerator.backward(run.model(input_ids=ids, labels=labels).loss * float("nan"))
+    optimizer = run.optimizer.optimizer
+    tensors = [*optimizer.param_groups[0]["params"], *(t for s in optimizer.state.values() for t in s.values())]
+    before = [local(t) for t in tensors]
+    step_skipping_on_device(run.optimizer, torch.ones((), dtype=torch.bool))
+    run.optimizer.zero_grad()
+    return all(torch.equal(b, local(t)) for b, t in zip(before, tensors))
 
 
 def tensor_state_bytes(optimizer) -> int:
@@ -81,13 +104,15 @@ def main(out_path, output_dir):
     for name in sys.argv[3:] or [n for n, spec in REGISTRY.items() if not spec.fsdp2_refusal]:
         expected, reference_optimizer = single_process(name, halves=False)
         expected_halves, _ = single_process(name, halves=True)
-        got, optimizer = sharded(name, accelerator, output_dir)
+        got, optimizer, skipped = sharded(name, accelerator, output_dir)
         state = torch.tensor([tensor_state_bytes(optimizer)], dtype=torch.float64)
         lines.append({
             "optimizer": name,
+            "implementation": optimizer.finetune_opt["implementation"],
             "distributed_type": accelerator.distributed_type.value,
             "sharded_parameters": sum(hasattr(p, "to_local") for p in optimizer.param_groups[0]["params"]),
             "max_abs_diff": max_abs_diff(got, expected),
+            "found_inf_left_shards_unchanged": skipped,
             "max_abs_diff_to_halves": max_abs_diff(got, expected_halves),
             "halves_to_whole_batch": max_abs_diff(expected_halves, expected),
             "tensor_state_bytes_per_rank": accelerator.gather(state).tolist(),

@@ -15,8 +15,8 @@ SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 after_step = engine.Meter.after_step
 
 
-def after_step_then_signal_rank_1(self, state, outcome):
-    after_step(self, state, outcome)
+def after_step_then_signal_rank_1(self, state, outcome, **kwargs):
+    after_step(self, state, outcome, **kwargs)
     if state.step == 3 and os.environ.get("RANK") == "1":
         os.kill(os.getpid(), signal.SIGTERM)
 

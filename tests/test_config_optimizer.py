@@ -3,6 +3,7 @@ same RunConfig, validated against that optimizer's own schema, with defaults fil
 
 import pytest
 
+from finetune_opt import distributed
 from finetune_opt.config.loading import load_config
 from finetune_opt.errors import ConfigError
 from finetune_opt.optim import REGISTRY
@@ -21,7 +22,7 @@ def test_block_flat_and_overrides_agree(tmp_path):
                     "optimizer.betas=[0.9,0.95]")
     for c in (block, flat, dotted):
         assert (c.optimizer.name, c.optimizer.implementation, c.optimizer.lr, c.optimizer.weight_decay, c.optimizer.args) == \
-            ("lion", "foreach", 1e-5, 0.2, {"betas": [0.9, 0.95]})
+            ("lion", REGISTRY["lion"].default_for(distributed.device_type()), 1e-5, 0.2, {"betas": [0.9, 0.95]})
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))
@@ -29,7 +30,9 @@ def test_unset_hyperparameters_take_the_entrys_defaults(tmp_path, name):
     spec = REGISTRY[name]
     c = config(tmp_path, f"optimizer: {name}\nwarmup_ratio: 0\n")
     assert c.optimizer.lr == spec.default_lr and c.optimizer.weight_decay == spec.default_weight_decay
-    assert c.optimizer.implementation == spec.default_implementation
+    # the fastest measured on this machine's device (config/schema.py)
+    assert c.optimizer.implementation == spec.device_defaults.get(distributed.device_type(),
+                                                                  spec.default_implementation)
     assert set(c.optimizer.args) == set(spec.hyperparams)
     assert c.optimizer.hyperparams.keys() == spec.all_hyperparams.keys()
 
@@ -61,3 +64,18 @@ def test_bad_optimizer_blocks_are_one_line(tmp_path, text, message):
     with pytest.raises(ConfigError) as e:
         config(tmp_path, text)
     assert str(e.value) == message
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_under_fsdp2_the_default_is_one_that_steps_shards(tmp_path, monkeypatch, name):
+    """The device's fastest, unless torch cannot step FSDP2's DTensor shards with it (fused SGD):
+    then the device-independent default, never a run that fails at its first step."""
+    spec = REGISTRY[name]
+    if spec.fsdp2_refusal:
+        return
+    for key, value in {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(key, value)
+    implementation = config(tmp_path, f"optimizer: {name}\n").optimizer.implementation
+    assert spec.implementations[implementation].steps_shards
+    fastest = spec.device_defaults.get(distributed.device_type(), spec.default_implementation)
+    assert implementation == (fastest if spec.implementations[fastest].steps_shards else spec.default_implementation)

@@ -75,6 +75,9 @@ def test_every_entry_steps_fsdp2_shards_like_one_process_or_is_refused(parity, n
     # their own rounding, measured in the same run.
     own_rounding = line["halves_to_whole_batch"]
     assert line["max_abs_diff"] <= max(1e-5, own_rounding + 1e-7)
+    # A found_inf step (the engine's skip of a non-finite step on the device) changes no shard.
+    takes_found_inf = spec.implementations[line["implementation"]].takes_found_inf
+    assert line["found_inf_left_shards_unchanged"] is (True if takes_found_inf else None)
     # Each rank holds half of the predicted state (step counters, scalars kept whole, left out).
     for per_rank in line["tensor_state_bytes_per_rank"]:
         assert per_rank == pytest.approx(line["predicted_state_bytes"] / 2, rel=0.01)
@@ -199,6 +202,9 @@ def test_glue_fsdp2_from_pretrained_matches_one_process_with_twice_the_batch(tmp
      "accelerate_configs/fsdp2.yaml --num_processes 2 ..."),
     (FSDP2_ENV, ["compile_model=true"], "error: compile_model cannot run with fsdp2: not verified with FSDP2 here; "
                                         "set compile_model=false"),
+    (FSDP2_ENV, ["optimizer=sgd", "implementation=fused"],
+     "error: sgd (fused) cannot step FSDP2 shards: torch has no DTensor rule for its kernel; choose implementation "
+     "one of: for-loop, foreach"),
     (FSDP2_ENV, ["optimizer_in_backward=true", "max_grad_norm=null"],
      "error: optimizer_in_backward cannot run with more than one process (DDP reduces gradients after these "
      "hooks have run)"),

@@ -1,10 +1,10 @@
 """What the engine reads back from the device during a step. On a GPU each read (`.item()`,
 `.tolist()`, `bool(tensor)`, ...) waits for every kernel queued so far, so the host cannot run ahead;
 the engine keeps losses, gradient norms, token counts and step-time events on the device and reads
-them on logging steps. One read is left on every step: `TrainingStep.agree`, the non-finite / stop
-decision every rank must take the same way before it updates (skipping on the device needs
-optimizers that take a found-inf flag; not yet). This test counts reads per step on CPU, where
-they are cheap but the same calls, so that no new one creeps in."""
+them on logging steps. The non-finite flag is read too, but where the optimizer skips on the
+device (an implementation that takes `found_inf`: train/skips.py) from a host copy one step later,
+as host memory; every other implementation reads it before its update, one read a step. This test
+counts reads per step on CPU, where they are cheap but the same calls, so that no new one creeps in."""
 
 import os
 import sys
@@ -17,6 +17,7 @@ from accelerate.state import AcceleratorState, GradientState
 
 import finetune_opt
 from finetune_opt.config.run_config import RunConfig
+from finetune_opt.optim import REGISTRY
 from finetune_opt.train import engine
 from finetune_opt.train.engine import fit, make_accelerator
 
@@ -72,7 +73,7 @@ def reads_per_step(monkeypatch, **overrides) -> dict:
         seen["steps"] += 1
         return seen["steps"]
     monkeypatch.setattr(engine.TrainingStep, "__call__", during(engine.TrainingStep.__call__, next_step))
-    monkeypatch.setattr(engine.Meter, "after_step", during(engine.Meter.after_step, lambda _self, state, _o: state.step))
+    monkeypatch.setattr(engine.Meter, "after_step", during(engine.Meter.after_step, lambda _self, state, *_: state.step))
     cfg = RunConfig(**{"max_steps": 9, "log_every": 4, "timing_warmup_steps": 1, "memory_breakdown": False,
                        "warmup_ratio": 0, "output_dir": "unused", **overrides})
     AcceleratorState._reset_state(True)
@@ -81,15 +82,26 @@ def reads_per_step(monkeypatch, **overrides) -> dict:
     return counts
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "adamw_fused"])
-def test_a_step_that_does_not_log_reads_only_the_agreement(monkeypatch, tmp_path, optimizer):
-    counts = reads_per_step(monkeypatch, optimizer=optimizer, output_dir=str(tmp_path))
-    logging = {4, 8, 9}
-    for s in range(1, 10):
-        if s not in logging:
-            assert counts.get(s) == Counter({"tolist": 1}), (s, counts.get(s))
+SKIPS_ON_DEVICE = [(name, impl) for name, spec in REGISTRY.items() for impl, how in spec.implementations.items()
+                   if how.takes_found_inf and spec.supports(impl, "cpu")]
+LOGGING = {4, 8, 9}  # log_every=4, max_steps=9
+
+
+@pytest.mark.parametrize("optimizer,implementation", SKIPS_ON_DEVICE)
+def test_a_step_that_does_not_log_reads_nothing_when_the_optimizer_skips_on_the_device(
+        monkeypatch, tmp_path, optimizer, implementation):
+    counts = reads_per_step(monkeypatch, optimizer=optimizer, implementation=implementation, output_dir=str(tmp_path))
+    assert [s for s in range(1, 10) if s not in LOGGING and counts.get(s)] == []
     # the logging steps read the loss and gradient norm windows, once each, and the token counts
-    assert all(counts[s]["item"] >= 2 for s in logging)
+    assert all(counts[s]["item"] >= 2 for s in LOGGING)
+
+
+def test_a_step_that_does_not_log_reads_only_the_flag_when_the_optimizer_cannot_skip_on_the_device(
+        monkeypatch, tmp_path):
+    assert not REGISTRY["adamw"].implementations["foreach"].takes_found_inf
+    counts = reads_per_step(monkeypatch, optimizer="adamw", implementation="foreach", output_dir=str(tmp_path))
+    assert {s: counts.get(s) for s in range(1, 10) if s not in LOGGING} == {
+        s: Counter({"item": 1}) for s in range(1, 10) if s not in LOGGING}
 
 
 def test_the_timer_reads_token_counts_only_when_flushed():

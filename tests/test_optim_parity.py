@@ -183,3 +183,47 @@ def test_schedule_free_text_cites_the_variant_that_runs():
     assert displacement_error(got, package) < 1e-12 < 1e-3 < displacement_error(got, algorithm_1)
     assert "schedulefree.AdamWScheduleFree" in spec.paper and "default variant" in spec.description
     assert "Algorithm 1" not in spec.paper + spec.description
+
+
+FOUND_INF = [(name, impl) for name, impl in RUNS_HERE if REGISTRY[name].implementations[impl].takes_found_inf]
+
+
+def snapshot(model, opt) -> list[torch.Tensor]:
+    state = [t for s in opt.state_dict()["state"].values() for t in s.values() if isinstance(t, torch.Tensor)]
+    return [t.detach().clone() for t in [*model.parameters(), *state]]
+
+
+@pytest.mark.parametrize("name,impl", FOUND_INF, ids=[f"{n}-{i}" for n, i in FOUND_INF])
+def test_a_set_found_inf_changes_nothing_and_a_clear_one_is_the_plain_step(name, impl):
+    """The engine skips a non-finite step on the device by setting the optimizer's `found_inf`
+    (train/skips.py). Set, NaN gradients must leave every parameter and state tensor, step
+    counters included, as it was; clear, the step must be the step without it, to the bit."""
+    spec = REGISTRY[name]
+    dtype = spec.param_dtypes[0]
+    models = [net(dtype), net(dtype)]
+    with default_dtype(dtype):
+        opts = [create_optimizer(name, m, implementation=impl, **hyperparams(spec)) for m in models]
+        grads = gradients(models[0])
+
+        def step(i, grads, found_inf=None):
+            for n, p in models[i].named_parameters():
+                p.grad = grads[n].to(dtype)
+            if found_inf is not None:
+                opts[i].found_inf = torch.tensor(found_inf, dtype=torch.float32)  # 0-dim, as the engine's
+            opts[i].step()
+            opts[i].__dict__.pop("found_inf", None)
+
+        def same(a, b) -> bool:
+            return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+        for g in grads[:3]:
+            step(0, g, found_inf=0.0)
+            step(1, g)
+        assert same(snapshot(models[0], opts[0]), snapshot(models[1], opts[1]))
+        before = snapshot(models[0], opts[0])
+        step(0, {n: torch.full_like(g, float("nan")) for n, g in grads[3].items()}, found_inf=1.0)
+        assert same(snapshot(models[0], opts[0]), before)
+        step(0, grads[4], found_inf=0.0)
+        step(1, grads[4])
+        assert same(snapshot(models[0], opts[0]), snapshot(models[1], opts[1]))
+        assert not same(snapshot(models[0], opts[0]), before)

@@ -47,7 +47,8 @@ def test_plan_bytes_are_the_runs_prediction_for_every_registry_entry():
             assert {c: row[c] for c in PLANNED} == {c: by_name["adamw_bnb_8bit"][c] for c in PLANNED}
             continue
         optimizer = create_optimizer(spec.name, model)
-        run = predicted_breakdown(model, optimizer, spec, spec.default_implementation, (4, 64), "no")
+        assert row["implementation"] == optimizer.finetune_opt["implementation"] == spec.default_for("cpu")
+        run = predicted_breakdown(model, optimizer, spec, row["implementation"], (4, 64), "no")
         assert {c: row[c] for c in PLANNED} == run, spec.name
         assert row["traffic_bytes"] == spec.traffic_bytes_for(optimizer.param_groups)
         assert row["step_ms"] == pytest.approx(1e3 * row["traffic_bytes"] / 10e9)
@@ -227,5 +228,6 @@ def test_a_pretrained_directory_is_planned_from_its_config_as_the_glue_recipe_bu
     assert next(r for r in rows if r["tuning"] == "lora")["refused"].startswith("peft is for the SFT recipe")
     model = load_model(minilm_path, head="classification", num_labels=2)
     cls_only_last_layer.apply(model)
-    run = predicted_breakdown(model, create_optimizer("adamw", model), REGISTRY["adamw"], "foreach", (4, 64), "no")
+    run = predicted_breakdown(model, create_optimizer("adamw", model), REGISTRY["adamw"], full["implementation"],
+                              (4, 64), "no")
     assert {c: full[c] for c in PLANNED} == run

@@ -2,6 +2,7 @@
 through the real engine on a toy model (fast, in-process) and through the recipes (subprocess)."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ from accelerate.optimizer import AcceleratedOptimizer
 from accelerate.state import AcceleratorState, GradientState
 
 from finetune_opt.data.batching import LengthGroupedSampler
-from finetune_opt.train.checkpoint import find_checkpoint
+from finetune_opt.train.checkpoint import find_checkpoint, read_loop_state
 from finetune_opt.config.run_config import RunConfig
 from finetune_opt.train.engine import fit, make_accelerator, step_optimizer
 from finetune_opt.errors import ConfigError, Interrupted, TrainingStopped
@@ -58,13 +59,13 @@ def toy_loader(group_by_length=False):
     return torch.utils.data.DataLoader(data, batch_size=8, shuffle=True)
 
 
-def toy_fit(tmp_path, toy=None, group_by_length=False, **overrides):
+def toy_fit(tmp_path, toy=None, group_by_length=False, evaluate=lambda m: {"accuracy": 0.5}, **overrides):
     cfg = RunConfig(**{"max_steps": 12, "log_every": 1, "timing_warmup_steps": 0, "lr": 1e-2, "warmup_ratio": 0,
                        "output_dir": str(tmp_path), **overrides})
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     accelerator = make_accelerator(cfg)  # seeds; the model is built after it, as in the recipes
-    return fit(cfg, accelerator, Toy(**(toy or {})), toy_loader(group_by_length), lambda m: {"accuracy": 0.5})
+    return fit(cfg, accelerator, Toy(**(toy or {})), toy_loader(group_by_length), evaluate)
 
 
 def losses(result):
@@ -128,19 +129,56 @@ def test_every_optimizer_resumes_exactly_through_the_engine(tmp_path, name):
     assert resumed.optimizer["name"] == name and resumed.optimizer["lr"] == pytest.approx(1e-2)
 
 
-def test_nonfinite_steps_are_skipped_and_do_not_advance_schedule(tmp_path):
-    result = toy_fit(tmp_path, {"nan_at": {3, 7}}, scheduler="linear")
+# A non-finite step is skipped by the optimizer's kernels where its implementation takes found_inf
+# (fused AdamW here), its flag read back one step later (train/skips.py); "host" forces the other
+# path, the flag read before the update. Logging every step settles each flag at once; every 5th,
+# most are settled by the next step.
+SKIP_PATHS = [("device", 1), ("device", 5), ("host", 1), ("host", 5)]
+
+
+def skip_path(monkeypatch, path):
+    from finetune_opt.train import engine
+    if path == "host":
+        monkeypatch.setattr(engine, "skips_on_device", lambda run: False)
+
+
+@pytest.mark.parametrize("path,log_every", SKIP_PATHS)
+def test_nonfinite_steps_are_skipped_and_do_not_advance_schedule(tmp_path, monkeypatch, path, log_every):
+    skip_path(monkeypatch, path)
+    result = toy_fit(tmp_path, {"nan_at": {3, 7}}, scheduler="linear", optimizer="adamw", implementation="fused",
+                     log_every=log_every)
     assert result.skipped_steps == {"nonfinite": 2, "fp16_overflow": 0}
     # 10 real updates of 12: linear decay from 1e-2 stands at 1e-2 * (1 - 10/12).
     assert result.history[-1]["lr"] == pytest.approx(1e-2 * 2 / 12)
-    assert [h["step"] for h in result.history] == [1, 2, 4, 5, 6, 8, 9, 10, 11, 12]  # no NaN logged
+    logged = [1, 2, 4, 5, 6, 8, 9, 10, 11, 12] if log_every == 1 else [5, 10, 12]  # no NaN logged
+    assert [h["step"] for h in result.history] == logged
+    assert all(math.isfinite(h["loss"]) for h in result.history)
 
 
-def test_too_many_nonfinite_steps_stop_with_saved_state(tmp_path):
+def test_a_skip_on_the_device_trains_exactly_as_a_skip_decided_on_the_host(tmp_path, monkeypatch):
+    """The same losses, learning rates and weights, to the bit: the device path changes when the
+    host learns of a skip, not what the skip does."""
+    runs, weights = {}, {}
+    for path in ("device", "host"):
+        skip_path(monkeypatch, path)
+        runs[path] = toy_fit(tmp_path / path, {"nan_at": {3, 4, 9}}, scheduler="linear", optimizer="adamw",
+                             implementation="fused", log_every=4,
+                             evaluate=lambda m, path=path: weights.update({path: m.lin.weight.detach().clone()}) or {})
+        monkeypatch.undo()
+    assert runs["device"].history == runs["host"].history and [h["step"] for h in runs["host"].history] == [4, 8, 12]
+    assert runs["device"].skipped_steps == runs["host"].skipped_steps == {"nonfinite": 3, "fp16_overflow": 0}
+    assert torch.equal(weights["device"], weights["host"])
+
+
+@pytest.mark.parametrize("path,log_every", SKIP_PATHS)
+def test_too_many_nonfinite_steps_stop_with_saved_state(tmp_path, monkeypatch, path, log_every):
+    skip_path(monkeypatch, path)
     with pytest.raises(TrainingStopped, match=r"^3 steps had non-finite loss or gradients \(max_nonfinite_steps=2\); "
                                               r"stopped at step 5, state of step 4 saved in .*step-0000004$"):
-        toy_fit(tmp_path, {"nan_at": {2, 4, 5}}, max_nonfinite_steps=2)
+        toy_fit(tmp_path, {"nan_at": {2, 4, 5}}, max_nonfinite_steps=2, optimizer="adamw", implementation="fused",
+                log_every=log_every)
     assert os.path.isfile(tmp_path / "checkpoints/step-0000004/model.safetensors")
+    assert read_loop_state(str(tmp_path / "checkpoints/step-0000004")).nonfinite_skipped == 3
 
 
 def test_fp16_overflow_with_fused_adamw_does_not_advance_scheduler():
@@ -201,8 +239,7 @@ def test_resume_in_a_new_process_gives_the_same_losses(tmp_path):
 
 
 def test_two_gloo_processes_match_one_process_with_double_batch(tmp_path):
-    from safetensors.torch import load_file
-
+    
     model = f"model_config={{{BERT}, hidden_dropout_prob: 0, attention_probs_dropout_prob: 0}}"
     common = [model, "eval_examples=17", "save_final_model=true"]  # 17: uneven split across ranks
     recipe([sys.executable], *common, "batch_size=8", f"output_dir={tmp_path / 'one'}")
@@ -347,8 +384,8 @@ def test_clipping_logs_the_norm_and_scales_the_update(tmp_path, monkeypatch, max
 
     norms = []
     after_step = engine.Meter.after_step
-    monkeypatch.setattr(engine.Meter, "after_step", lambda self, state, outcome: (
-        norms.append(outcome.grad_norm.item()), after_step(self, state, outcome))[1])
+    monkeypatch.setattr(engine.Meter, "after_step", lambda self, state, outcome, **kwargs: (
+        norms.append(outcome.grad_norm.item()), after_step(self, state, outcome, **kwargs))[1])
     cfg = RunConfig(optimizer="sgd", optimizer_args={"momentum": 0.0, "nesterov": False}, lr=0.1, weight_decay=0.0,
                     max_steps=1, warmup_ratio=0, max_grad_norm=max_grad_norm, log_every=1, timing_warmup_steps=0,
                     output_dir=str(tmp_path))

@@ -140,7 +140,8 @@ class RunConfig(BaseModel):
 
     def sharded_modes(self) -> dict:
         """The settings distributed.check_runs_here refuses under FSDP2 / DeepSpeed."""
-        return {"optimizer_in_backward": self.precision.optimizer_in_backward,
+        return {"implementation": self.optimizer.implementation,
+                "optimizer_in_backward": self.precision.optimizer_in_backward,
                 "compile_model": self.precision.compile_model, "generation_examples": self.sft.generation_examples}
 
     def flat(self) -> dict:

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from finetune_opt import distributed
 from finetune_opt.errors import ConfigError
 from finetune_opt.models.peft import check_peft_spec
 from finetune_opt.models.precision import resolve_mixed_precision
@@ -88,7 +89,8 @@ class OptimizerSection(Section):
     and the optimizer's own (betas, eps, momentum, ...) as further keys, checked by its spec."""
     model_config = ConfigDict(extra="allow")
     name: str = Field("adamw", description="a registry name")
-    implementation: str | None = Field(None, description="null: the optimizer's default")
+    implementation: str | None = Field(None, description="null: the optimizer's fastest on this machine's device "
+                                       "(`finetune-opt list-optimizers`)")
     lr: Number | None = Field(None, description="null: the optimizer's default fine-tuning lr")
     weight_decay: Number | None = Field(None, description="null: the optimizer's default")
 
@@ -101,7 +103,8 @@ class OptimizerSection(Section):
     def _against_the_spec(self):
         """Defaults filled in, so the config (and the results file that embeds it) says exactly what ran."""
         spec = get_optimizer_spec(self.name)
-        self.implementation = spec.resolve_implementation(self.implementation)
+        self.implementation = spec.resolve_implementation(self.implementation, distributed.device_type(),
+                                                          sharded=distributed.requested() == distributed.FSDP2)
         values = {**self.args, "lr": self.lr, "weight_decay": self.weight_decay}
         hp = spec.validate({k: v for k, v in values.items() if v is not None})
         spec.check_installed()

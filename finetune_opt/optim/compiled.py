@@ -40,6 +40,6 @@ class CompiledUpdate:
         for key, value in scalars.items():
             if key not in holders:
                 holders[key] = torch.zeros((), dtype=dtype, device=like.device)
-            holders[key].fill_(value)
+            holders[key].fill_(value)  # a number, or a 0-dim device tensor (copied on the device: no wait)
         with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True):
             return self.fn(*tensors, **{k: holders[k] for k in scalars})

@@ -46,19 +46,25 @@ class Lion(torch.optim.Optimizer):
 
 class CompiledLion(Lion):
     """The "compiled" implementation: one Inductor kernel per tensor reads p, g, m once and writes
-    p, m once (5 streams, the spec's traffic), where the foreach step makes 9 passes."""
+    p, m once (5 streams, the spec's traffic), where the foreach step makes 9 passes. A `found_inf`
+    tensor set on the optimizer (as GradScaler sets it; the engine's skip of a non-finite step)
+    keeps p and m as they are, decided inside the kernel."""
 
     def _update(self, group, params, grads, moms):
         beta1, beta2 = group["betas"]
+        found_inf = getattr(self, "found_inf", None)
         _COMPILED_LION((params, grads, moms), {"lr": group["lr"], "weight_decay": group["weight_decay"],
-                                               "beta1": beta1, "beta2": beta2}, params[0])
+                                               "beta1": beta1, "beta2": beta2,
+                                               "skip": 0.0 if found_inf is None else found_inf.reshape(())},
+                       params[0])
 
 
-def _lion_update(params, grads, moms, *, lr, weight_decay, beta1, beta2):
+def _lion_update(params, grads, moms, *, lr, weight_decay, beta1, beta2, skip):
+    keep = skip > 0  # where, not arithmetic: a NaN gradient times zero is still NaN
     for p, g, m in zip(params, grads, moms):
         update = (beta1 * m + (1 - beta1) * g).sign()
-        p.copy_(p * (1 - lr * weight_decay) - lr * update)
-        m.copy_(beta2 * m + (1 - beta2) * g)
+        p.copy_(torch.where(keep, p, p * (1 - lr * weight_decay) - lr * update))
+        m.copy_(torch.where(keep, m, beta2 * m + (1 - beta2) * g))
 
 
 _COMPILED_LION = CompiledUpdate(_lion_update)

@@ -11,6 +11,7 @@ tunes each optimizer's lr around its default.
 """
 
 import math
+from dataclasses import replace
 
 import torch
 
@@ -201,7 +202,9 @@ _SPECS = (
          "nesterov": boolean(False)},
         # (no "compiled": dynamo fails on SGD's momentum-buffer init in torch 2.13, a
         # SpeculationLogDivergence; the fused kernel is the fast path anyway)
-        default_lr=1e-2, implementations={k: v for k, v in TORCH_MULTI_TENSOR.items() if k != "compiled"},
+        # (torch 2.13 has no DTensor rule for _fused_sgd_: fused cannot step FSDP2 shards)
+        default_lr=1e-2, implementations={**{k: v for k, v in TORCH_MULTI_TENSOR.items() if k != "compiled"},
+                                          "fused": replace(TORCH_MULTI_TENSOR["fused"], steps_shards=False)},
         default_implementation="foreach", device_defaults=CPU_FUSED,
         state_bytes=_sgd_state, traffic_bytes=_sgd_traffic,
         paper="Sutskever et al. 2013 (momentum as in torch.optim.SGD: first step buf = g)",
@@ -230,7 +233,8 @@ _SPECS = (
     OptimizerSpec(
         "lion", "Lion: sign of an interpolated momentum, one state buffer (Chen et al. 2023)",
         Lion, {"betas": betas((0.9, 0.99))}, default_lr=1.5e-5,
-        implementations={**FOREACH_OR_LOOP, "compiled": compiled_update("finetune_opt.optim.lion:CompiledLion")},
+        implementations={**FOREACH_OR_LOOP,
+                         "compiled": compiled_update("finetune_opt.optim.lion:CompiledLion", takes_found_inf=True)},
         default_implementation="foreach", device_defaults=CPU_COMPILED,
         state_bytes=elementwise(1), traffic_bytes=elementwise(5),  # m; read p g m, write p m
         paper="Chen et al. 2023, Algorithm 2", default_weight_decay=0.1,

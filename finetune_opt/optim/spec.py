@@ -90,6 +90,14 @@ class Implementation:
     # tensor at a time ("tensor", so its largest), a fused kernel none. finetune_opt.measure.memory predicts
     # the step's temporaries from it; measured values sit beside it in every results.json.
     temporaries: tuple = ("tensor", 1.0)
+    # The step takes GradScaler's `found_inf` tensor (an attribute of the optimizer its step reads)
+    # and changes no parameter or state where it is set: the engine skips a non-finite step on the
+    # device instead of reading the flag back first (train/skips.py).
+    takes_found_inf: bool = False
+    # torch has a DTensor rule for the step's kernels, so it can step FSDP2's shards (tested for
+    # every entry's sharded default by tests/fsdp_parity_worker.py); torch 2.13 has none for
+    # _fused_sgd_, for one
+    steps_shards: bool = True
 
 
 def fused_devices() -> tuple:
@@ -104,7 +112,8 @@ TORCH_MULTI_TENSOR = {
     # is still bound to its loop variable: at most 3 tensors' worth (exact for equal tensors)
     "for-loop": Implementation({"foreach": False, "fused": False}, temporaries=("tensor", 3.0)),
     "foreach": Implementation({"foreach": True, "fused": False}, temporaries=("group", 1.0)),
-    "fused": Implementation({"foreach": False, "fused": True}, devices=fused_devices(), temporaries=(None, 0.0)),
+    "fused": Implementation({"foreach": False, "fused": True}, devices=fused_devices(), temporaries=(None, 0.0),
+                            takes_found_inf=True),
     "compiled": Implementation({"foreach": False, "fused": False}, compile_step=True, devices=INDUCTOR_DEVICES,
                                temporaries=(None, 0.0)),  # Inductor fuses the update into one kernel
 }
@@ -114,11 +123,11 @@ FOREACH_OR_LOOP = {  # classes with a foreach flag but no fused one (Adafactor, 
 }
 
 
-def compiled_update(subclass: str) -> Implementation:
+def compiled_update(subclass: str, takes_found_inf: bool = False) -> Implementation:
     """The "compiled" implementation of an entry whose step is one of optim/compiled.py's updates:
     one Inductor kernel per tensor (and reduction), so no step-sized temporaries."""
     return Implementation({"foreach": False}, compile_step=True, subclass=subclass, devices=INDUCTOR_DEVICES,
-                          temporaries=(None, 0.0))
+                          temporaries=(None, 0.0), takes_found_inf=takes_found_inf)
 
 
 IMPLEMENTATION_NAMES = ("for-loop", "foreach", "fused", "compiled")
@@ -197,12 +206,16 @@ class OptimizerSpec:
             raise ConfigError(f"{self.name}: {broken}")
         return out
 
-    def default_for(self, device_type: str | None) -> str:
-        return self.device_defaults.get(device_type, self.default_implementation)
+    def default_for(self, device_type: str | None, sharded: bool = False) -> str:
+        """The fastest implementation measured on `device_type`; on FSDP2 shards, that if it can
+        step them, else the device-independent default."""
+        fastest = self.device_defaults.get(device_type, self.default_implementation)
+        return fastest if not sharded or self.implementations[fastest].steps_shards else self.default_implementation
 
-    def resolve_implementation(self, implementation: str | None, device_type: str | None = None) -> str:
+    def resolve_implementation(self, implementation: str | None, device_type: str | None = None,
+                               sharded: bool = False) -> str:
         """The implementation asked for, or this entry's default on `device_type` (if known)."""
-        implementation = implementation or self.default_for(device_type)
+        implementation = implementation or self.default_for(device_type, sharded)
         if implementation not in IMPLEMENTATION_NAMES:
             raise one_of("implementation", implementation, IMPLEMENTATION_NAMES)
         if implementation not in self.implementations:

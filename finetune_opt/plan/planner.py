@@ -176,13 +176,14 @@ def refusal(setup: Setup, spec, combo: dict, checkpointing_refusal: str | None) 
     in_backward = combo["in_backward"] == "on"
     if combo["distribution"] == distributed.FSDP2:
         env = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "WORLD_SIZE": str(setup.processes)}
-        modes = {"optimizer_in_backward": in_backward, "compile_model": False, "generation_examples": 0}
+        modes = {"implementation": spec.default_for(setup.device, sharded=True), "optimizer_in_backward": in_backward,
+                 "compile_model": False, "generation_examples": 0}
         try:
             distributed.check_runs_here(modes, spec, env)
         except ConfigError as e:
             return str(e)
     if in_backward:  # as the run must set it: max_grad_norm=null (clipping needs every gradient)
-        return in_backward_refusal(spec, spec.default_implementation, grad_accum=1, max_grad_norm=None,
+        return in_backward_refusal(spec, spec.default_for(setup.device), grad_accum=1, max_grad_norm=None,
                                    mixed_precision="bf16" if combo["precision"] == "bf16" else "no",
                                    num_processes=setup.processes)
     return None
@@ -209,11 +210,12 @@ def predict_row(setup: Setup, model, spec, combo: dict) -> dict:
     """Bytes per rank by component, their total, whether it fits, the optimizer step's time."""
     fsdp = combo["distribution"] == distributed.FSDP2
     shards = setup.processes if fsdp else 1
-    groups = planned_param_groups(spec.name, model)
+    implementation = spec.default_for(setup.device, sharded=fsdp)  # what a run there takes (config/schema.py)
+    groups = planned_param_groups(spec.name, model, implementation)
     config = getattr(model, "get_base_model", lambda: model)().config
     cls_only = _cls_only(setup.task, config)
     components = predict_components(
-        unique_parameters(model), groups, spec, spec.default_implementation, config,
+        unique_parameters(model), groups, spec, implementation, config,
         (setup.batch_size, setup.max_length), "bf16" if combo["precision"] == "bf16" else "no", cls_only=cls_only,
         checkpointed=combo["checkpointing"] == "on", lm_vocab=lm_vocab_size(model),
         in_backward=combo["in_backward"] == "on", state_shards=shards,
@@ -221,7 +223,7 @@ def predict_row(setup: Setup, model, spec, combo: dict) -> dict:
         device_type=setup.device)
     total = predicted_total(components)
     traffic = spec.traffic_bytes_for(groups) / shards
-    return {**combo, "implementation": spec.default_implementation, **components, "total": total,
+    return {**combo, "implementation": implementation, **components, "total": total,
             "fits": total + setup.reserve <= setup.memory, "headroom": setup.memory - setup.reserve - total,
             "traffic_bytes": traffic, "step_ms": 1e3 * traffic / (setup.bandwidth_GBps * 1e9), "refused": None}
 

@@ -6,7 +6,8 @@
     finish        final evaluation, saved model, the Results
 
 `TrainingStep` is one optimizer update in phases (micro-batch forward/backward, clipping, the
-cross-rank non-finite / stop agreement, the optimizer step), so one phase can change alone.
+non-finite flag and stop agreement, the optimizer step), so one phase can change alone. A step
+with NaN/inf loss or gradients is skipped, on the device where the optimizer can (train/skips.py).
 """
 
 import itertools
@@ -29,7 +30,7 @@ from transformers import get_scheduler
 from finetune_opt import distributed
 from finetune_opt.train.checkpoint import (LoopState, defer_exit_during_save, find_checkpoint, load_checkpoint,
                                     read_loop_state, save_checkpoint)
-from finetune_opt.errors import ConfigError, Interrupted, TrainingStopped
+from finetune_opt.errors import ConfigError, Interrupted
 from finetune_opt.measure.timing import (StepTimer, current_rss_bytes, global_throughput, optimizer_state_bytes, per_rank,
                                   peak_memory, reset_peak_memory)
 from finetune_opt.measure.memory import NO_PROBE, memory_breakdown, phase_probe
@@ -41,6 +42,7 @@ from finetune_opt.models.loading import enable_gradient_checkpointing
 from finetune_opt.models.peft import model_to_save
 from finetune_opt.measure.results import Results, new_results
 from finetune_opt.train.run_dir import resume_changes
+from finetune_opt.train.skips import SkipLedger, step_skipping_on_device
 from finetune_opt.train.tracking import memory_in_use, tracking, trackers
 
 
@@ -52,7 +54,7 @@ def make_accelerator(cfg) -> Accelerator:
     sharded = distributed.requested() == distributed.FSDP2
     plugin = distributed.fsdp_plugin() if sharded else None
     accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),  # also what makes torchrun on a CPU box use gloo
+        cpu=distributed.device_type() == "cpu",  # also what makes torchrun on a CPU box use gloo
         mixed_precision=cfg.precision.mixed_precision,
         fsdp_plugin=plugin,
         # Count micro-batches ourselves: the loader is cycled, and an epoch end must not force a sync.
@@ -237,24 +239,35 @@ def resume(run: Training) -> tuple[LoopState, Iterator, dict]:
 
 @dataclass
 class StepOutcome:
-    loss: torch.Tensor | None  # mean micro-batch loss; None when the step was skipped as non-finite
-    grad_norm: torch.Tensor    # of the synchronised gradients, before clipping (0 with the step in backward)
-    nonfinite: bool            # NaN/inf loss or gradients on some rank: no update
-    updated: bool              # the parameters changed (False also for an fp16 overflow)
-    stop: bool                 # a stop signal arrived on some rank: every rank stops after this step
+    step: int
+    loss: torch.Tensor       # mean micro-batch loss (left out of the log if the step was skipped)
+    grad_norm: torch.Tensor  # of the synchronised gradients, before clipping (0 with the step in backward)
+    stop: bool               # a stop signal arrived on some rank: every rank stops after this step
+
+
+def skips_on_device(run: Training) -> bool:
+    """Whether a non-finite step can be skipped by the optimizer's kernels (train/skips.py). Not
+    under fp16 (GradScaler passes its own found_inf), with the step in backward (the hooks have
+    stepped already), or under DeepSpeed (its engine steps its own optimizer)."""
+    cfg = run.cfg
+    return (run.spec.implementations[cfg.optimizer.implementation].takes_found_inf
+            and run.accelerator.scaler is None and not cfg.precision.optimizer_in_backward
+            and run.accelerator.distributed_type != DistributedType.DEEPSPEED)
 
 
 class TrainingStep:
     """One optimizer update: `micro_batch` (forward + backward) grad_accum times, `clip_gradients`,
-    `agree` (non-finite / stop, the same answer on every rank), `update` (optimizer step and LR
-    schedule). Each phase is a method, so an option can replace or instrument one alone."""
+    `nonfinite` (NaN/inf on some rank: the same flag on every rank), `update` (optimizer step and
+    LR schedule; skipped for a non-finite step). Each phase is a method, so an option can replace
+    or instrument one alone. The skips are counted by `ledger` (train/skips.py)."""
 
-    def __init__(self, run: Training, timer: StepTimer):
-        self.run, self.timer = run, timer
+    def __init__(self, run: Training, timer: StepTimer, ledger: SkipLedger):
+        self.run, self.timer, self.ledger = run, timer, ledger
+        self.on_device = skips_on_device(run)
         self.probe = NO_PROBE  # train() sets a memory probe for the one step it measures
         self.batch_shape = None
 
-    def __call__(self, batches: Iterator, stop_requested) -> StepOutcome:
+    def __call__(self, step: int, batches: Iterator, stop_requested) -> StepOutcome:
         """`stop_requested()` is asked after the backward passes, so a signal during them stops this step."""
         run = self.run
         self.timer.begin_step()
@@ -268,16 +281,19 @@ class TrainingStep:
         losses = torch.stack(losses)
         self.probe.note_gradients(run.model)  # before they are freed (in backward: none left)
         grad_norm = self.clip_gradients()
-        nonfinite, stop = self.agree(losses, grad_norm, stop_requested())
-        if nonfinite and run.accelerator.scaler is None:  # (fp16: GradScaler's overflow handling in update)
-            run.optimizer.zero_grad(set_to_none=True)
-            outcome = StepOutcome(loss=None, grad_norm=grad_norm, nonfinite=True, updated=False, stop=stop)
+        nonfinite = self.nonfinite(losses, grad_norm)
+        stop = distributed.any_rank(stop_requested())
+        self.ledger.settle()  # the previous step's skip: its schedule advance comes before this update
+        if self.on_device:
+            self.update_unless(nonfinite)
+            self.ledger.defer(step, nonfinite)
+        elif run.accelerator.scaler is None and nonfinite.item():  # (fp16: GradScaler's overflow handling)
+            self.ledger.record(step, nonfinite=True, updated=False)
         else:
-            updated = self.update()
-            run.optimizer.zero_grad(set_to_none=True)
-            outcome = StepOutcome(loss=losses.mean(), grad_norm=grad_norm, nonfinite=False, updated=updated, stop=stop)
+            self.ledger.record(step, nonfinite=False, updated=self.update())
+        run.optimizer.zero_grad(set_to_none=True)
         self.timer.end_step(samples, tokens, positions)
-        return outcome
+        return StepOutcome(step=step, loss=losses.mean(), grad_norm=grad_norm, stop=stop)
 
     def micro_batch(self, batch) -> torch.Tensor:
         self.batch_shape = tuple(batch["input_ids"].shape)
@@ -304,14 +320,12 @@ class TrainingStep:
             return grad_norm.full_tensor()
         return grad_norm
 
-    def agree(self, losses: torch.Tensor, grad_norm: torch.Tensor, stop_requested: bool) -> tuple[bool, bool]:
-        """(non-finite, stop), summed over ranks: every rank must take the same branch."""
-        flags = torch.stack([~torch.isfinite(losses).all() | ~torch.isfinite(grad_norm),
-                             torch.tensor(stop_requested, device=grad_norm.device)]).float()
+    def nonfinite(self, losses: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
+        """A device bool: NaN/inf loss or gradients on some rank (every rank must take the same branch)."""
+        flag = ~torch.isfinite(losses).all() | ~torch.isfinite(grad_norm)
         if self.run.accelerator.num_processes > 1:
-            flags = self.run.accelerator.reduce(flags, reduction="sum")
-        nonfinite, stop = (bool(f) for f in flags.tolist())
-        return nonfinite, stop
+            flag = self.run.accelerator.reduce(flag.float(), reduction="sum") > 0
+        return flag
 
     def update(self) -> bool:
         if self.run.cfg.precision.optimizer_in_backward:  # the hooks stepped every parameter during backward
@@ -323,6 +337,14 @@ class TrainingStep:
         self.timer.end_optimizer()
         return updated
 
+    def update_unless(self, nonfinite: torch.Tensor):
+        """The optimizer step, a no-op on the device where `nonfinite` is set; the LR schedule
+        advances when the ledger reads the flag back."""
+        self.timer.begin_optimizer()
+        with self.probe.phase("optimizer_step"):
+            step_skipping_on_device(self.run.optimizer, nonfinite)
+        self.timer.end_optimizer()
+
 
 class Meter:
     """Step times (StepTimer), peak memory, the window of losses, gradient norms and step times
@@ -333,32 +355,39 @@ class Meter:
         reset_peak_memory(run.accelerator.device)
         self.rss_before = current_rss_bytes()
         self.timer = StepTimer(run.accelerator.device, run.cfg.measure.timing_warmup_steps)
-        self.window, self.grad_norms = [], []
+        self.window = []  # (step, loss, gradient norm) since the last log line, on the device
         self.progress = tqdm(total=run.cfg.loop.max_steps, initial=start, desc="train",
                              disable=not run.accelerator.is_local_main_process)
         self.train_start = time.perf_counter()
         self.memory_breakdown = None  # finetune_opt.measure.memory's, from the step train() probes
 
-    def after_step(self, state: LoopState, outcome: StepOutcome):
-        """Every log_every steps (and the last): the mean loss since the last log line into history;
-        it, the lr, the mean gradient norm and step time, and the memory in use to the trackers. Only
-        then are the loss, gradient norm and step times read back from the device."""
-        cfg, accelerator = self.run.cfg, self.run.accelerator
-        if outcome.loss is not None:
-            self.window.append(outcome.loss)
-            self.grad_norms.append(outcome.grad_norm)
-        if (state.step % cfg.measure.log_every == 0 or state.step == cfg.loop.max_steps) and self.window:
-            step_seconds = self.timer.flush()
-            mean_loss = accelerator.reduce(torch.stack(self.window).mean(), reduction="mean").item()
-            lr = float(self.run.scheduler.get_last_lr()[0])
-            state.history.append({"step": state.step, "loss": mean_loss, "lr": lr})
-            accelerator.log({"train/loss": mean_loss, "train/lr": lr,
-                             "train/grad_norm": torch.stack(self.grad_norms).float().mean().item(),
-                             "train/step_ms": 1e3 * sum(step_seconds) / len(step_seconds),
-                             "train/memory_mib": memory_in_use(accelerator.device) / 2**20}, step=state.step)
-            self.progress.set_postfix(loss=f"{mean_loss:.4f}")
-            self.window, self.grad_norms = [], []
+    def logs_at(self, step: int) -> bool:
+        return step % self.run.cfg.measure.log_every == 0 or step == self.run.cfg.loop.max_steps
+
+    def after_step(self, state: LoopState, outcome: StepOutcome, skipped: set):
+        """Every log_every steps (and the last): the mean loss since the last log line, of the steps
+        not `skipped` as non-finite, into history; it, the lr, the mean gradient norm and step time,
+        and the memory in use to the trackers. Only then are the loss, gradient norm and step times
+        read back from the device (the skips are settled by then: train())."""
+        self.window.append((outcome.step, outcome.loss, outcome.grad_norm))
+        if self.logs_at(state.step):
+            kept = [(loss, norm) for step, loss, norm in self.window if step not in skipped]
+            self.window = []
+            if kept:
+                self.log(state, *zip(*kept))
         self.progress.update(1)
+
+    def log(self, state: LoopState, losses: tuple, grad_norms: tuple):
+        accelerator = self.run.accelerator
+        step_seconds = self.timer.flush()
+        mean_loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
+        lr = float(self.run.scheduler.get_last_lr()[0])
+        state.history.append({"step": state.step, "loss": mean_loss, "lr": lr})
+        accelerator.log({"train/loss": mean_loss, "train/lr": lr,
+                         "train/grad_norm": torch.stack(grad_norms).float().mean().item(),
+                         "train/step_ms": 1e3 * sum(step_seconds) / len(step_seconds),
+                         "train/memory_mib": memory_in_use(accelerator.device) / 2**20}, step=state.step)
+        self.progress.set_postfix(loss=f"{mean_loss:.4f}")
 
     def close(self) -> float:
         """Seconds since training started."""
@@ -366,25 +395,12 @@ class Meter:
         return time.perf_counter() - self.train_start
 
 
-def _count_skip(run: Training, state: LoopState, outcome: StepOutcome, step: int):
-    """Skipped steps are counted; too many non-finite ones stop the run with the last good state saved."""
-    if outcome.nonfinite:
-        state.nonfinite_skipped += 1
-        if state.nonfinite_skipped > run.cfg.checkpoint.nonfinite_limit:
-            path = run.save_checkpoint(state)  # state.step is still step - 1
-            raise TrainingStopped(f"{state.nonfinite_skipped} steps had non-finite loss or gradients "
-                                  f"(max_nonfinite_steps={run.cfg.checkpoint.nonfinite_limit}); stopped at step "
-                                  f"{step}, "
-                                  f"state of step {step - 1} saved in {path}")
-    elif not outcome.updated:
-        state.overflow_skipped += 1
-
-
 def train(run: Training, state: LoopState, batches: Iterator, meter: Meter, stop_signal, on_step=None):
     """Steps state.step + 1 .. max_steps. A stop signal (on any rank) ends it after the step and a
     checkpoint, with Interrupted."""
     cfg = run.cfg
-    training_step = TrainingStep(run, meter.timer)
+    ledger = SkipLedger(run, state)
+    training_step = TrainingStep(run, meter.timer, ledger)
     # Memory is measured on the last warm-up step: the optimizer state exists by then, and the
     # CPU probe's profiler slows that step, which the timings exclude anyway.
     # Under DDP not before this process's third step: the second forward rebuilds the reducer's
@@ -401,16 +417,18 @@ def train(run: Training, state: LoopState, batches: Iterator, meter: Meter, stop
         probed = cfg.measure.memory_breakdown is not False and step == probe_step
         training_step.probe = phase_probe(run.accelerator.device) if probed else NO_PROBE
         with training_step.probe.step():
-            outcome = training_step(batches, lambda: stop_signal() is not None)
+            outcome = training_step(step, batches, lambda: stop_signal() is not None)
         if probed:
             meter.memory_breakdown = memory_breakdown(run, training_step)
-        _count_skip(run, state, outcome, step)
+        every = cfg.checkpoint.save_every
+        save = outcome.stop or (every and step % every == 0 and step < cfg.loop.max_steps)
+        if save or meter.logs_at(step):
+            ledger.settle()  # the log line, checkpoint and results report this step's schedule and counts
         state.step = step
         if on_step:
             on_step()
-        meter.after_step(state, outcome)
-        every = cfg.checkpoint.save_every
-        if outcome.stop or (every and step % every == 0 and step < cfg.loop.max_steps):
+        meter.after_step(state, outcome, skipped=ledger.nonfinite_steps)
+        if save:
             path = run.save_checkpoint(state)
         if outcome.stop:
             signum = stop_signal() or signal.SIGTERM  # another rank's signal: SIGTERM's exit code
