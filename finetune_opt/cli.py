@@ -8,6 +8,7 @@ import argparse
 import json
 import sys
 
+from finetune_opt import distributed
 from finetune_opt.errors import ConfigError
 from finetune_opt.optim import (IMPLEMENTATION_NAMES, REGISTRY, create_optimizer, describe_optimizer,
                                 get_optimizer_spec, list_optimizers)
@@ -23,9 +24,21 @@ def cmd_list_optimizers(args):
         print(f"{row['name']:<20}{row['description']}")
         print(f"{pad}class {row['class']}" + (f"  (pip extra: {row['extra']})" if row["extra"] else ""))
         print(f"{pad}hyperparameters: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in row["hyperparameters"].items()))
-        impls = "; ".join(f"{impl}{'*' if impl == row['default_implementation'] else ''} ({', '.join(devices)})"
-                          for impl, devices in row["implementations"].items())
-        print(f"{pad}implementations (* default) and devices: {impls}")
+        here = distributed.device_type()
+        default = row["device_defaults"].get(here, row["default_implementation"])
+        impls = "; ".join(f"{impl}{'*' if impl == default else ''}{'!' if impl in row['skip_nonfinite_on_device'] else ''}"
+                          f" ({', '.join(devices)})" for impl, devices in row["implementations"].items())
+        print(f"{pad}implementations (* default on {here}; ! skips a NaN/inf step on the device) and devices: {impls}")
+        print(f"{pad}measured step: " + ("; ".join(_step_cost(device, cost) for device, cost in row["measured_step"].items())
+                                         or "not timed"))
+
+
+def _step_cost(device: str, cost: dict) -> str:
+    """'cpu: compiled 343 ms, for-loop 1021 ms = 3.0x fused AdamW (bert-base-110M float32; cpu (2 cores), 2026-12-03)'"""
+    times = ", ".join(f"{impl} {ms:,.0f} ms" if ms >= 100 else f"{impl} {ms:.3g} ms"
+                      for impl, ms in sorted(cost["median_ms"].items(), key=lambda kv: kv[1]))
+    return (f"{device}: {times} = {cost['x_fused_adamw']}x fused AdamW "
+            f"({cost['parameters']} {cost['dtype']}; {cost['machine']}, {cost['date']})")
 
 
 def cmd_inspect(args):

@@ -6,7 +6,9 @@ import sys
 
 import pytest
 
+from finetune_opt import distributed
 from finetune_opt.optim import REGISTRY
+from finetune_opt.optim.registry import measured_step_costs
 from tests.conftest import REPO
 
 
@@ -33,19 +35,31 @@ def list_blocks(stdout: str) -> dict:
 
 
 def test_list_optimizers():
-    """Each entry: its description, its own hyperparameters with defaults, and its
-    implementations with devices."""
+    """Each entry: its description, its own hyperparameters with defaults, its implementations
+    with devices (this machine's default starred, those that skip a non-finite step on the device
+    marked), and its measured step cost per device (step_costs.json)."""
     r = cli("list-optimizers")
     assert r.returncode == 0
     blocks = list_blocks(r.stdout)
     assert list(blocks) == list(REGISTRY)
+    here, costs = distributed.device_type(), measured_step_costs()
     for name, spec in REGISTRY.items():
-        description, _, hyper, impls = blocks[name]
+        description, _, hyper, impls, measured = blocks[name]
         assert description == spec.description
         assert hyper.startswith(f"hyperparameters: lr={spec.default_lr}, weight_decay=")
         assert [h.split("=")[0] for h in hyper.removeprefix("hyperparameters: ").split(", ") if "=" in h] == \
             list(spec.all_hyperparams)
-        assert all(f" {i}" in impls for i in spec.implementations)
+        listed = dict(i.split(" (", 1) for i in impls.split(": ", 1)[1].split("; "))
+        assert [i.rstrip("*!") for i in listed] == list(spec.implementations)
+        assert [i.rstrip("!") for i in listed if "*" in i] == [spec.default_for(here) + "*"]
+        assert [i.strip("*!") for i in listed if "!" in i] == [
+            i for i, how in spec.implementations.items() if how.takes_found_inf]
+        timed = [device for device in costs if name in costs[device]]
+        assert measured == "measured step: not timed" if not timed else all(
+            f"{device}: " in measured and f" = {costs[device][name]['x_fused_adamw']}x fused AdamW (" in measured
+            for device in timed)
+    assert "cpu: compiled 5,702 ms = 50.6x fused AdamW (bert-base-110M float32; cpu (2 cores), 2026-12-03)" in \
+        blocks["adamw_8bit"][4]
 
 
 @pytest.mark.parametrize("args,message", [

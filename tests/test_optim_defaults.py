@@ -3,17 +3,20 @@ that device timed (BERT-base's parameters, fp32; benchmarks/optimizer_step.py). 
 read from the committed results, not rerun: a timing is not a test."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from finetune_opt.optim import REGISTRY
 
-RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
-MEASURED = {  # device type -> the committed runs that time its implementations
-    "cpu": sorted((RESULTS / "cpu_2core").glob("optimizer_step_fast_steps*/optimizer_step.json")),
-    "cuda": sorted((RESULTS / "NVIDIA_H200").glob("optimizer_step*/optimizer_step.json")),
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import step_costs  # noqa: E402
+
+RESULTS = step_costs.RESULTS
+# device type -> the committed runs that time its implementations (the same as list-optimizers' costs)
+MEASURED = {device: sorted(RESULTS.glob(pattern)) for device, pattern in step_costs.MEASURED.items()}
 
 
 def timed(device: str, name: str) -> dict:
@@ -40,3 +43,11 @@ def test_an_entry_timed_on_cpu_has_every_implementation_that_runs_there_timed():
         here = {i for i in spec.implementations if spec.supports(i, "cpu")}
         assert set(timed("cpu", name)) in (here, set()), name
     assert timed("cpu", "lion").keys() == {"for-loop", "foreach", "compiled"}
+
+
+def test_the_shipped_step_costs_are_what_the_committed_results_say():
+    """`list-optimizers` prints finetune_opt/optim/step_costs.json; benchmarks/step_costs.py makes
+    it from the same committed runs this file reads, and must be rerun when they change."""
+    p = subprocess.run([sys.executable, step_costs.__file__, "--check"], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, "finetune_opt/optim/step_costs.json is stale: run python benchmarks/step_costs.py"

@@ -10,8 +10,10 @@ Learning-rate defaults are fine-tuning starting points, not tuned values: `finet
 tunes each optimizer's lr around its default.
 """
 
+import json
 import math
 from dataclasses import replace
+from importlib.resources import files
 
 import torch
 
@@ -311,8 +313,16 @@ def runs_on(device_type: str) -> list[str]:
     return [name for name, s in REGISTRY.items() if s.supports(s.default_for(device_type), device_type)]
 
 
+def measured_step_costs() -> dict:
+    """device type -> entry -> its measured step times and multiple of fused AdamW's step
+    (step_costs.json, made from the committed benchmark results by benchmarks/step_costs.py)."""
+    return json.loads(files("finetune_opt.optim").joinpath("step_costs.json").read_text())
+
+
 def list_optimizers() -> list[dict]:
-    """One row per entry: hyperparameters with defaults, implementations with devices, extra."""
+    """One row per entry: hyperparameters with defaults, implementations with devices and which
+    skip a non-finite step on the device, the defaults by device, measured step costs, extra."""
+    costs = measured_step_costs()
     return [
         {
             "name": s.name,
@@ -322,6 +332,8 @@ def list_optimizers() -> list[dict]:
             "default_implementation": s.default_implementation,
             "device_defaults": dict(s.device_defaults),  # where a device's measurement chose another
             "implementations": {name: list(impl.devices) for name, impl in s.implementations.items()},
+            "skip_nonfinite_on_device": [name for name, impl in s.implementations.items() if impl.takes_found_inf],
+            "measured_step": {device: by_entry[s.name] for device, by_entry in costs.items() if s.name in by_entry},
             "train_eval_modes": s.train_eval_modes,
             "extra": s.extra,
             "paper": s.paper,
