@@ -167,8 +167,9 @@ def _bnb_spec(name: str, description: str, cls: str, hyperparams: dict, devices:
 # Defaults by device: the fastest implementation each device's committed measurement timed
 # (tests/test_optim_defaults.py reads them). CPU: benchmarks/results/cpu_2core/optimizer_step_fast_steps*
 # (BERT-base fp32, one thread, 2026-12-03): fused Adam 103-142 ms and SGD 78 ms, compiled Lion 101,
-# schedule-free 115, Adafactor 343 (their compile on the first step: seconds with Inductor's disk
-# cache warm, 0.5-2.6 minutes cold). Elsewhere `default_implementation` (CUDA: foreach but where timed).
+# schedule-free 115, Adafactor 343 (143 since: optimizer_step_adafactor) (their compile on the first
+# step: seconds with Inductor's disk cache warm, 0.5-2.6 minutes cold). Elsewhere
+# `default_implementation` (CUDA: foreach but where timed).
 CPU_FUSED = {"cpu": "fused"}
 CPU_COMPILED = {"cpu": "compiled"}
 
