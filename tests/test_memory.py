@@ -134,7 +134,7 @@ def test_in_backward_equals_the_normal_step_bit_for_bit(name, implementation):
          "update): set max_grad_norm=null"),
     ({"optimizer": "adamw_schedule_free", "max_grad_norm": None},
      "optimizer_in_backward cannot run with adamw_schedule_free (its step keeps per-group counters that one step "
-     "per parameter would advance many times)"),
+     "per parameter would advance many times)"),  # (its CPU default, compiled, is not taken in backward)
     ({"implementation": "compiled", "max_grad_norm": None},
      "optimizer_in_backward cannot run with implementation compiled (one compiled graph per parameter set would "
      "recompile per parameter)"),
@@ -143,6 +143,21 @@ def test_in_backward_refuses_what_it_cannot_do_at_config(overrides, message):
     with pytest.raises(ConfigError) as e:
         RunConfig(optimizer_in_backward=True, **overrides)
     assert str(e.value) == message
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_in_backward_takes_a_default_implementation_it_can_run(name):
+    """The device's fastest default may be a compiled step (Lion, schedule-free, Adafactor on a
+    CPU), which cannot run in backward: an unset implementation then falls back to one that can,
+    and only an entry with nothing but compiled steps is refused for it."""
+    spec = REGISTRY[name]
+    steppable = [i for i, how in spec.implementations.items() if not how.compile_step]
+    try:
+        cfg = RunConfig(optimizer=name, optimizer_in_backward=True, max_grad_norm=None)
+    except ConfigError as e:
+        assert ("implementation compiled" in str(e)) == (not steppable), str(e)
+        return
+    assert cfg.optimizer.implementation in steppable
 
 
 def test_in_backward_through_the_engine_equals_normal_and_lowers_the_peak(tmp_path, monkeypatch):

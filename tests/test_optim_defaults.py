@@ -16,7 +16,7 @@ import step_costs  # noqa: E402
 
 RESULTS = step_costs.RESULTS
 # device type -> the committed runs that time its implementations (the same as list-optimizers' costs)
-MEASURED = {device: sorted(RESULTS.glob(pattern)) for device, pattern in step_costs.MEASURED.items()}
+MEASURED = {device: step_costs.measured_paths(device) for device in step_costs.MEASURED}
 
 
 def timed(device: str, name: str) -> dict:

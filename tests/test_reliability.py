@@ -13,6 +13,7 @@ import pytest
 import torch
 from accelerate.optimizer import AcceleratedOptimizer
 from accelerate.state import AcceleratorState, GradientState
+from safetensors.torch import load_file
 
 from finetune_opt.data.batching import LengthGroupedSampler
 from finetune_opt.train.checkpoint import find_checkpoint, read_loop_state

@@ -105,7 +105,11 @@ class RunConfig(BaseModel):
     def _check_in_backward(self):
         if not self.precision.optimizer_in_backward:
             return
-        reason = in_backward_refusal(get_optimizer_spec(self.optimizer.name), self.optimizer.implementation,
+        spec = get_optimizer_spec(self.optimizer.name)
+        if self.optimizer._implementation_defaulted:  # not a compiled step: it would compile per parameter
+            self.optimizer.implementation = spec.default_for(distributed.device_type(), in_backward=True,
+                                                             sharded=distributed.requested() == distributed.FSDP2)
+        reason = in_backward_refusal(spec, self.optimizer.implementation,
                                      grad_accum=self.loop.grad_accum, max_grad_norm=self.loop.max_grad_norm,
                                      mixed_precision=self.precision.mixed_precision,
                                      num_processes=distributed.world_size())

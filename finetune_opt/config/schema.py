@@ -9,7 +9,8 @@ exception is YAML 1.1 reading `5e-5` (no dot) as a string: such strings are read
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator,
+                      model_validator)
 
 from finetune_opt import distributed
 from finetune_opt.errors import ConfigError
@@ -93,6 +94,7 @@ class OptimizerSection(Section):
                                        "(`finetune-opt list-optimizers`)")
     lr: Number | None = Field(None, description="null: the optimizer's default fine-tuning lr")
     weight_decay: Number | None = Field(None, description="null: the optimizer's default")
+    _implementation_defaulted: bool = PrivateAttr(False)  # None given: the run may still pick another default
 
     @model_validator(mode="before")
     @classmethod
@@ -103,6 +105,7 @@ class OptimizerSection(Section):
     def _against_the_spec(self):
         """Defaults filled in, so the config (and the results file that embeds it) says exactly what ran."""
         spec = get_optimizer_spec(self.name)
+        self._implementation_defaulted = self.implementation is None
         self.implementation = spec.resolve_implementation(self.implementation, distributed.device_type(),
                                                           sharded=distributed.requested() == distributed.FSDP2)
         values = {**self.args, "lr": self.lr, "weight_decay": self.weight_decay}

@@ -206,11 +206,14 @@ class OptimizerSpec:
             raise ConfigError(f"{self.name}: {broken}")
         return out
 
-    def default_for(self, device_type: str | None, sharded: bool = False) -> str:
-        """The fastest implementation measured on `device_type`; on FSDP2 shards, that if it can
-        step them, else the device-independent default."""
+    def default_for(self, device_type: str | None, sharded: bool = False, in_backward: bool = False) -> str:
+        """The fastest implementation measured on `device_type`, if it can run the run: on FSDP2
+        shards one that steps them, with the step in backward one not compiled (a graph per
+        parameter); else the device-independent default."""
         fastest = self.device_defaults.get(device_type, self.default_implementation)
-        return fastest if not sharded or self.implementations[fastest].steps_shards else self.default_implementation
+        how = self.implementations[fastest]
+        fits = (not sharded or how.steps_shards) and not (in_backward and how.compile_step)
+        return fastest if fits else self.default_implementation
 
     def resolve_implementation(self, implementation: str | None, device_type: str | None = None,
                                sharded: bool = False) -> str:
