@@ -16,7 +16,7 @@ algorithm needs at least six streams (p twice and written once; g three times: t
 clip, the update) where the spec counts five, and here g's row and column sums are two passes:
 Inductor (torch 2.13, CPU) emits a loop nest per reduction and fuses neither these two nor p's
 with g's. BERT-base fp32, one thread, this 2-core AVX2 machine (benchmarks/results/cpu_2core/
-optimizer_step_adafactor): 310 ms (23% of the roofline) as three graphs per matrix, ~190 ms (~40%)
+optimizer_step_adafactor): 310 ms (23% of the roofline) as three graphs per matrix, 143 ms (40%)
 so; reads here stream at ~17-20 GB/s against the in-place add's 30 GB/s, so even six streams each
 at the read speed would be ~2/3 of the roofline.
 """
