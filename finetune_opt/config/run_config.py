@@ -103,10 +103,13 @@ class RunConfig(BaseModel):
                               f"scheduler={scheduler} would be ignored; set scheduler=constant")
 
     def _check_in_backward(self):
+        # read once, then cleared: pydantic compares private attributes, and a config rebuilt from its
+        # own dump (implementation given) must equal it
+        defaulted, self.optimizer._implementation_defaulted = self.optimizer._implementation_defaulted, False
         if not self.precision.optimizer_in_backward:
             return
         spec = get_optimizer_spec(self.optimizer.name)
-        if self.optimizer._implementation_defaulted:  # not a compiled step: it would compile per parameter
+        if defaulted:  # not a compiled step: it would compile per parameter
             self.optimizer.implementation = spec.default_for(distributed.device_type(), in_backward=True,
                                                              sharded=distributed.requested() == distributed.FSDP2)
         reason = in_backward_refusal(spec, self.optimizer.implementation,
