@@ -26,12 +26,17 @@ class HostClock:
         return end - start
 
 
+def event_class(device: torch.device):
+    """The device's stream-event class (CUDA, XPU); None where work runs on the host (CPU)."""
+    return {"cuda": torch.cuda.Event, "xpu": torch.xpu.Event}.get(device.type)
+
+
 class DeviceClock:
     """Timing events recorded on the device's stream; `seconds` waits for the later one only when
     it is read, at a logging step."""
 
     def __init__(self, device: torch.device):
-        self.event_class = torch.cuda.Event if device.type == "cuda" else torch.xpu.Event
+        self.event_class = event_class(device)
 
     def mark(self):
         event = self.event_class(enable_timing=True)
@@ -44,7 +49,7 @@ class DeviceClock:
 
 
 def clock_for(device: torch.device):
-    return DeviceClock(device) if device.type in ("cuda", "xpu") else HostClock()
+    return HostClock() if event_class(device) is None else DeviceClock(device)
 
 
 def percentiles(values) -> dict:

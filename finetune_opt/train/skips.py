@@ -17,16 +17,17 @@ schedule and counts). Every other optimizer reads the flag before its update: on
 import torch
 
 from finetune_opt.errors import TrainingStopped
+from finetune_opt.measure.timing import event_class
 
 
 class HostCopy:
     """A 0-dim device bool copied into host memory without waiting; `read` waits for the copy only."""
 
     def __init__(self, device: torch.device):
-        accelerated = device.type in ("cuda", "xpu")
-        self.tensor = torch.zeros((), dtype=torch.bool, pin_memory=accelerated)
+        events = event_class(device)
+        self.tensor = torch.zeros((), dtype=torch.bool, pin_memory=events is not None)
         self.array = self.tensor.numpy()  # the same host memory, read as memory (no tensor call)
-        self.event = getattr(torch, device.type).Event() if accelerated else None
+        self.event = None if events is None else events()
 
     def copy(self, flag: torch.Tensor):
         self.tensor.copy_(flag, non_blocking=True)
