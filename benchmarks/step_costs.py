@@ -22,7 +22,8 @@ MEASURED = {  # device type -> the committed runs that time its implementations,
     # run's row replaces an earlier one's (tests/test_optim_defaults.py checks each entry's device
     # default is the fastest of them)
     "cpu": ["cpu_2core/optimizer_step_fast_steps*/optimizer_step.json",
-            "cpu_2core/optimizer_step_adafactor/optimizer_step.json"],  # Adafactor's one-graph step
+            "cpu_2core/optimizer_step_adafactor/optimizer_step.json",  # Adafactor's one-graph step
+            "cpu_2core/optimizer_step_adafactor_fused/optimizer_step.json"],  # and its C++ kernel
     "cuda": ["NVIDIA_H200/optimizer_step*/optimizer_step.json"],
 }
 PREFERRED = ("bert-base-110M", "float32")

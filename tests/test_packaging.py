@@ -116,7 +116,10 @@ def test_wheel_runs_outside_the_checkout(tmp_path):
     wheel = next((tmp_path / "dist").glob("finetune_opt-*.whl"))
     packaged = [p.relative_to(REPO).as_posix() for p in (PACKAGE / "config" / "builtin").glob("*.yaml")]
     packaged += [p.relative_to(REPO).as_posix() for p in (PACKAGE / "metrics" / "modules").glob("*/*.py")]
-    assert len(packaged) > 20 and set(packaged) <= set(zipfile.ZipFile(wheel).namelist())  # configs, metric modules
+    packaged += [p.relative_to(REPO).as_posix() for p in (PACKAGE / "optim" / "kernels").glob("*.cpp")]
+    # configs, metric modules, C++ kernel sources
+    assert len(packaged) > 20 and set(packaged) <= set(zipfile.ZipFile(wheel).namelist())
+    assert "finetune_opt/optim/kernels/adafactor.cpp" in packaged
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", venv], tmp_path, env)
     _see_this_environments_packages(venv, env)

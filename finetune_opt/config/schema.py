@@ -110,7 +110,7 @@ class OptimizerSection(Section):
                                                           sharded=distributed.requested() == distributed.FSDP2)
         values = {**self.args, "lr": self.lr, "weight_decay": self.weight_decay}
         hp = spec.validate({k: v for k, v in values.items() if v is not None})
-        spec.check_installed()
+        spec.check_installed(self.implementation)
         self.lr, self.weight_decay = hp.pop("lr"), hp.pop("weight_decay")
         self.__pydantic_extra__ = {k: list(v) if isinstance(v, tuple) else v for k, v in hp.items()}
         return self

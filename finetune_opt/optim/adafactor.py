@@ -27,7 +27,9 @@ from finetune_opt.optim.closure import loss_from_closure
 from finetune_opt.optim.compiled import CompiledUpdate
 
 
-class CompiledAdafactor(torch.optim.Adafactor):
+class AdafactorOwnUpdate(torch.optim.Adafactor):
+    """torch's Adafactor, state layout and all, with each group's update done by `_update` (the
+    compiled step here, the C++ kernel in adafactor_fused.py)."""
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -35,25 +37,33 @@ class CompiledAdafactor(torch.optim.Adafactor):
         for group in self.param_groups:
             params, grads, rows, cols, variances, steps = [], [], [], [], [], []
             self._init_group(group, params, grads, rows, cols, variances, steps)  # torch's state layout
-            if not params:
-                continue
-            eps1, eps2 = group["eps"]
-            scalars = {"lr": group["lr"], "weight_decay": group["weight_decay"], "beta2_decay": group["beta2_decay"],
-                       "d": group["d"], "eps1": torch.finfo(params[0].dtype).eps if eps1 is None else eps1,
-                       "eps2": eps2}
-            # counted outside the graph: Inductor (torch 2.13, CPU) drops an in-place update of a
-            # 0-dim float64 input (the counters are float64 under a float64 default dtype)
-            torch._foreach_add_(steps, 1)
-            matrices = [i for i, p in enumerate(params) if p.dim() > 1]
-            for start in range(0, len(matrices), MATRICES_PER_GRAPH):
-                chunk = matrices[start:start + MATRICES_PER_GRAPH]
-                _COMPILED_MATRICES(tuple([x[i] for i in chunk] for x in (params, grads, steps, rows, cols)),
-                                   scalars, params[chunk[0]])
-            vectors = [i for i, p in enumerate(params) if p.dim() <= 1]
-            if vectors:  # small: one graph for all of them (a call per tensor costs ~0.3 ms)
-                _COMPILED_VECTORS(tuple([x[i] for i in vectors] for x in (params, grads, steps, variances)),
-                                  scalars, params[0])
+            if params:
+                # counted here, not in an update: Inductor (torch 2.13, CPU) drops an in-place update
+                # of a 0-dim float64 input (the counters are float64 under a float64 default dtype)
+                torch._foreach_add_(steps, 1)
+                self._update(group, params, grads, rows, cols, variances, steps)
         return loss
+
+    def _update(self, group, params, grads, rows, cols, variances, steps):
+        raise NotImplementedError
+
+
+class CompiledAdafactor(AdafactorOwnUpdate):
+
+    def _update(self, group, params, grads, rows, cols, variances, steps):
+        eps1, eps2 = group["eps"]
+        scalars = {"lr": group["lr"], "weight_decay": group["weight_decay"], "beta2_decay": group["beta2_decay"],
+                   "d": group["d"], "eps1": torch.finfo(params[0].dtype).eps if eps1 is None else eps1,
+                   "eps2": eps2}
+        matrices = [i for i, p in enumerate(params) if p.dim() > 1]
+        for start in range(0, len(matrices), MATRICES_PER_GRAPH):
+            chunk = matrices[start:start + MATRICES_PER_GRAPH]
+            _COMPILED_MATRICES(tuple([x[i] for i in chunk] for x in (params, grads, steps, rows, cols)),
+                               scalars, params[chunk[0]])
+        vectors = [i for i, p in enumerate(params) if p.dim() <= 1]
+        if vectors:  # small: one graph for all of them (a call per tensor costs ~0.3 ms)
+            _COMPILED_VECTORS(tuple([x[i] for i in vectors] for x in (params, grads, steps, variances)),
+                              scalars, params[0])
 
 
 def _opmath(t: torch.Tensor) -> torch.dtype:

@@ -38,7 +38,7 @@ def create_optimizer(name: str, model_or_params, *, implementation: str | None =
     if not params:
         raise ConfigError("the model has no trainable parameters to optimize")
     implementation = spec.resolve_implementation(implementation, params[0].device.type)
-    spec.check_installed()  # a missing package first: no device or dtype would make it run
+    spec.check_installed(implementation)  # a missing package first: no device or dtype would make it run
     spec.check_parameters(implementation, params)
 
     impl = spec.implementations[implementation]

@@ -167,8 +167,9 @@ def _bnb_spec(name: str, description: str, cls: str, hyperparams: dict, devices:
 # Defaults by device: the fastest implementation each device's committed measurement timed
 # (tests/test_optim_defaults.py reads them). CPU: benchmarks/results/cpu_2core/optimizer_step_fast_steps*
 # (BERT-base fp32, one thread, 2026-12-03): fused Adam 103-142 ms and SGD 78 ms, compiled Lion 101,
-# schedule-free 115, Adafactor 343 (143 since: optimizer_step_adafactor) (their compile on the first
-# step: seconds with Inductor's disk cache warm, 0.5-2.6 minutes cold). Elsewhere
+# schedule-free 115 (their compile on the first step: seconds with Inductor's disk cache warm,
+# 0.5-2.6 minutes cold); Adafactor's C++ kernel 69-71 ms against compiled 105-141
+# (optimizer_step_adafactor_fused, 2026-12-04; built once per machine, ~30 s). Elsewhere
 # `default_implementation` (CUDA: foreach but where timed).
 CPU_FUSED = {"cpu": "fused"}
 CPU_COMPILED = {"cpu": "compiled"}
@@ -223,10 +224,14 @@ _SPECS = (
          "eps": number(0, low_open=True, default=1e-3)},
         default_lr=1e-3,
         # compiled: g^2's column sums in 16-row blocks keep one partial, 1/16 of the matrix stepped
+        # fused: a C++ kernel built on first use (CPU only), two passes per tensor; its buffers are
+        # column-sized vectors, not tensors: no temporaries counted
         implementations={**FOREACH_OR_LOOP,
                          "compiled": replace(compiled_update("finetune_opt.optim.adafactor:CompiledAdafactor"),
-                                             temporaries=("tensor", 1 / 16))},
-        default_implementation="foreach", device_defaults=CPU_COMPILED,
+                                             temporaries=("tensor", 1 / 16)),
+                         "fused": Implementation({"foreach": False}, subclass="finetune_opt.optim.adafactor_fused:FusedAdafactor",
+                                                 devices=("cpu",), temporaries=(None, 0.0), kernel="adafactor")},
+        default_implementation="foreach", device_defaults=CPU_FUSED,
         state_bytes=_adafactor_state, traffic_bytes=_adafactor_traffic,
         # The paper's relative step is min(1e-2, 1/sqrt(t)): it decays from step 10^4 on. torch
         # caps it at lr instead, so at the default lr (1e-3) it is a constant 1e-3, a tenth of the

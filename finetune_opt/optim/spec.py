@@ -18,6 +18,7 @@ import torch
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from finetune_opt.errors import ConfigError, one_of
+from finetune_opt.optim.cpu_kernels import check_tools
 
 # --- hyperparameter schema ---------------------------------------------------------------------
 
@@ -98,6 +99,9 @@ class Implementation:
     # every entry's sharded default by tests/fsdp_parity_worker.py); torch 2.13 has none for
     # _fused_sgd_, for one
     steps_shards: bool = True
+    # optim/kernels/<kernel>.cpp, C++ that optim/cpu_kernels.py builds on first use (a compiler and
+    # ninja): checked for at config validation, built when the optimizer is
+    kernel: str | None = None
 
 
 def fused_devices() -> tuple:
@@ -226,13 +230,21 @@ class OptimizerSpec:
                               f"choose one of: {', '.join(self.implementations)}")
         return implementation
 
-    def check_installed(self):
-        """Fail in one line, naming the pip extra, when the optimizer's package is missing."""
+    def check_installed(self, implementation: str | None = None):
+        """Fail in one line, naming the pip extra, when the optimizer's package is missing, or
+        naming the other implementations when `implementation`'s kernel has no compiler to build it."""
         if isinstance(self.optimizer_class, str):
             module = self.optimizer_class.partition(":")[0]
             if importlib.util.find_spec(module.split(".")[0]) is None:
                 raise ConfigError(f"optimizer {self.name!r} needs the {module.split('.')[0]!r} package: "
                                   f"pip install 'finetune_opt[{self.extra}]'")
+        if implementation and self.implementations[implementation].kernel:
+            check_tools(f"{self.name} ({implementation})", self.instead_of(implementation))
+
+    def instead_of(self, implementation: str) -> str:
+        """The end of a refusal of `implementation`: the others that build no C++ kernel."""
+        others = [name for name, how in self.implementations.items() if name != implementation and not how.kernel]
+        return f"choose {self.name}'s implementation {', '.join(others[:-1])} or {others[-1]}"
 
     def load_class(self) -> type:
         if not isinstance(self.optimizer_class, str):
