@@ -38,19 +38,20 @@ class AdafactorOwnUpdate(torch.optim.Adafactor):
             params, grads, rows, cols, variances, steps = [], [], [], [], [], []
             self._init_group(group, params, grads, rows, cols, variances, steps)  # torch's state layout
             if params:
-                # counted here, not in an update: Inductor (torch 2.13, CPU) drops an in-place update
-                # of a 0-dim float64 input (the counters are float64 under a float64 default dtype)
-                torch._foreach_add_(steps, 1)
                 self._update(group, params, grads, rows, cols, variances, steps)
         return loss
 
     def _update(self, group, params, grads, rows, cols, variances, steps):
+        """Count the step (`steps`: each tensor's 0-dim counter) and update the group's tensors."""
         raise NotImplementedError
 
 
 class CompiledAdafactor(AdafactorOwnUpdate):
 
     def _update(self, group, params, grads, rows, cols, variances, steps):
+        # counted outside the graph: Inductor (torch 2.13, CPU) drops an in-place update of a 0-dim
+        # float64 input (the counters are float64 under a float64 default dtype)
+        torch._foreach_add_(steps, 1)
         eps1, eps2 = group["eps"]
         scalars = {"lr": group["lr"], "weight_decay": group["weight_decay"], "beta2_decay": group["beta2_decay"],
                    "d": group["d"], "eps1": torch.finfo(params[0].dtype).eps if eps1 is None else eps1,

@@ -45,15 +45,17 @@ class FusedAdafactor(AdafactorOwnUpdate):
         load_kernel("adafactor", REGISTRY["adafactor"].instead_of("fused"))
 
     def _update(self, group, params, grads, rows, cols, variances, steps):
-        # the kernel steps contiguous memory: a strided parameter is stepped as a copy, written back
+        # The kernel counts the step, or skips it all where the engine set `found_inf` (train/skips.py).
+        # It steps contiguous memory: a strided parameter is stepped as a copy, written back
         contiguous = [p.contiguous() for p in params]
-        grads = [(-g if group["maximize"] else g).contiguous() for g in grads]
+        grads = [g.contiguous() for g in grads]
         none = torch.empty(0)
         eps1, eps2 = group["eps"]
         torch.ops.finetune_opt_adafactor.step(
             contiguous, grads, [none if r is None else r for r in rows], [none if c is None else c for c in cols],
             [none if v is None else v for v in variances], steps, float(group["lr"]), group["weight_decay"],
-            group["beta2_decay"], group["d"], eps1, eps2)
+            group["beta2_decay"], group["d"], eps1, eps2, group["maximize"],
+            getattr(self, "found_inf", None))
         for p, stepped in zip(params, contiguous):
             if stepped is not p:
                 p.copy_(stepped)

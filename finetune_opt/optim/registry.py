@@ -230,7 +230,8 @@ _SPECS = (
                          "compiled": replace(compiled_update("finetune_opt.optim.adafactor:CompiledAdafactor"),
                                              temporaries=("tensor", 1 / 16)),
                          "fused": Implementation({"foreach": False}, subclass="finetune_opt.optim.adafactor_fused:FusedAdafactor",
-                                                 devices=("cpu",), temporaries=(None, 0.0), kernel="adafactor")},
+                                                 devices=("cpu",), temporaries=(None, 0.0), kernel="adafactor",
+                                                 takes_found_inf=True)},
         default_implementation="foreach", device_defaults=CPU_FUSED,
         state_bytes=_adafactor_state, traffic_bytes=_adafactor_traffic,
         # The paper's relative step is min(1e-2, 1/sqrt(t)): it decays from step 10^4 on. torch

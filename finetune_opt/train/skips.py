@@ -6,11 +6,11 @@ that flag back before the update would wait for every kernel queued so far, on e
 GPU the host stops running ahead, and the device idles while the next step is launched.
 
 So where the optimizer can skip on the device (its implementation takes GradScaler's `found_inf`
-tensor: torch's fused Adam/AdamW/SGD, compiled Lion), the flag goes to the optimizer as a tensor,
-and a copy of it to pinned host memory behind an event. The host reads that copy in the next
-step, just before that step's update: the copy was queued ahead of the whole forward and backward
-the host has launched since, so the read does not drain the queue. Only then does it advance the
-schedule and count. Logging, checkpoint, stop and final steps read at once (they report the
+tensor: torch's fused Adam/AdamW/SGD, compiled Lion, fused Adafactor), the flag goes to the
+optimizer as a tensor, and a copy of it to pinned host memory behind an event. The host reads
+that copy in the next step, just before that step's update: the copy was queued ahead of the whole
+forward and backward the host has launched since, so the read does not drain the queue. Only then
+does it advance the schedule and count. Logging, checkpoint, stop and final steps read at once (they report the
 schedule and counts). Every other optimizer reads the flag before its update: one wait a step.
 """
 

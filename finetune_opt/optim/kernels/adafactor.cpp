@@ -85,7 +85,8 @@ template <typename acc_t> struct ColumnPartials {
 
 template <typename scalar_t>
 void matrix_step(at::Tensor& p_tensor, const at::Tensor& g_tensor, at::Tensor& row_tensor, at::Tensor& col_tensor,
-                 double step, double lr, double weight_decay, double beta2_decay, double d, double eps1, double eps2) {
+                 double step, double lr, double weight_decay, double beta2_decay, double d, double eps1, double eps2,
+                 double direction) {
   using acc_t = typename Opmath<scalar_t>::type;
   const int64_t cols = p_tensor.size(-1), rows = p_tensor.size(-2), numel = p_tensor.numel();
   const int64_t batches = rows * cols == 0 ? 0 : numel / (rows * cols);
@@ -190,7 +191,7 @@ void matrix_step(at::Tensor& p_tensor, const at::Tensor& g_tensor, at::Tensor& r
   const double t = step;
   const double alpha = std::max(eps2, std::sqrt(p_squares / numel)) * std::min(lr, 1.0 / std::sqrt(t));
   const double clip = std::max(1.0, std::sqrt(u_squares / numel) / d);
-  const acc_t size = static_cast<acc_t>(alpha / clip), decay = static_cast<acc_t>(1.0 - lr * weight_decay);
+  const acc_t size = static_cast<acc_t>(direction * alpha / clip), decay = static_cast<acc_t>(1.0 - lr * weight_decay);
   // Pass 2: p <- p * decay - size * g * min(rsqrt(R_i) cs_j, 1/eps1).
   at::parallel_for(0, batches * rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
@@ -209,7 +210,7 @@ void matrix_step(at::Tensor& p_tensor, const at::Tensor& g_tensor, at::Tensor& r
 // A vector (or 0-dim) parameter: a full second moment, as torch steps it.
 template <typename scalar_t>
 void vector_step(at::Tensor& p_tensor, const at::Tensor& g_tensor, at::Tensor& var_tensor, double step, double lr,
-                 double weight_decay, double beta2_decay, double d, double eps1, double eps2) {
+                 double weight_decay, double beta2_decay, double d, double eps1, double eps2, double direction) {
   using acc_t = typename Opmath<scalar_t>::type;
   const int64_t n = p_tensor.numel();
   scalar_t* p = p_tensor.data_ptr<scalar_t>();
@@ -226,7 +227,7 @@ void vector_step(at::Tensor& p_tensor, const at::Tensor& g_tensor, at::Tensor& v
     u_squares += static_cast<double>(u) * u;
   }
   const double alpha = std::max(eps2, std::sqrt(p_squares / n)) * std::min(lr, 1.0 / std::sqrt(step));
-  const acc_t size = static_cast<acc_t>(alpha / std::max(1.0, std::sqrt(u_squares / n) / d));
+  const acc_t size = static_cast<acc_t>(direction * alpha / std::max(1.0, std::sqrt(u_squares / n) / d));
   const acc_t decay = static_cast<acc_t>(1.0 - lr * weight_decay);
   for (int64_t i = 0; i < n; ++i) {
     const acc_t gi = static_cast<acc_t>(g[i]);
@@ -243,10 +244,19 @@ void check(const at::Tensor& p, const at::Tensor& g, std::initializer_list<at::T
     TORCH_CHECK(s.is_contiguous() && s.dtype() == p.dtype(), "adafactor (fused) needs contiguous state in the parameter's dtype");
 }
 
-// The step counters are incremented by the caller; each tensor's own count is read here.
+// A set found_inf (GradScaler's, or the engine's non-finite flag) skips the whole step, counters
+// included, as torch's fused CPU optimizers do: on a CPU reading it waits for nothing.
 void adafactor_step(at::TensorList params, at::TensorList grads, at::TensorList row_vars, at::TensorList col_vars,
                     at::TensorList variances, at::TensorList steps, double lr, double weight_decay,
-                    double beta2_decay, double d, std::optional<double> eps1, double eps2) {
+                    double beta2_decay, double d, std::optional<double> eps1, double eps2, bool maximize,
+                    const std::optional<at::Tensor>& found_inf) {
+  // maximize: u is odd in g (its factors see g^2 only), so stepping -g is stepping g the other way
+  const double direction = maximize ? -1.0 : 1.0;
+  if (found_inf.has_value() && found_inf->item<double>() != 0) return;
+  for (const at::Tensor& count : steps) {  // 0-dim CPU counters: an add through ATen costs microseconds each
+    TORCH_CHECK(count.device().is_cpu() && count.numel() == 1, "adafactor (fused): step counters are 0-dim CPU tensors");
+    AT_DISPATCH_FLOATING_TYPES(count.scalar_type(), "adafactor_count", [&] { *count.data_ptr<scalar_t>() += 1; });
+  }
   for (size_t k = 0; k < params.size(); ++k) {
     at::Tensor p = params[k], g = grads[k];
     if (p.dim() > 1) {
@@ -262,10 +272,10 @@ void adafactor_step(at::TensorList params, at::TensorList grads, at::TensorList 
       const double e1 = eps1.has_value() ? *eps1 : static_cast<double>(std::numeric_limits<scalar_t>::epsilon());
       if (p.dim() > 1) {
         at::Tensor row = row_vars[k], col = col_vars[k];
-        matrix_step<scalar_t>(p, g, row, col, step, lr, weight_decay, beta2_decay, d, e1, eps2);
+        matrix_step<scalar_t>(p, g, row, col, step, lr, weight_decay, beta2_decay, d, e1, eps2, direction);
       } else {
         at::Tensor var = variances[k];
-        vector_step<scalar_t>(p, g, var, step, lr, weight_decay, beta2_decay, d, e1, eps2);
+        vector_step<scalar_t>(p, g, var, step, lr, weight_decay, beta2_decay, d, e1, eps2, direction);
       }
     });
   }
@@ -276,7 +286,7 @@ void adafactor_step(at::TensorList params, at::TensorList grads, at::TensorList 
 TORCH_LIBRARY(finetune_opt_adafactor, m) {
   // row_vars / col_vars hold an empty tensor for vectors, variances one for matrices.
   m.def("step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] row_vars, Tensor(c!)[] col_vars, "
-        "Tensor(d!)[] variances, Tensor[] steps, float lr, float weight_decay, float beta2_decay, float d, "
-        "float? eps1, float eps2) -> ()");
+        "Tensor(d!)[] variances, Tensor(e!)[] steps, float lr, float weight_decay, float beta2_decay, float d, "
+        "float? eps1, float eps2, bool maximize, Tensor? found_inf) -> ()");
   m.impl("step", c10::DispatchKey::CPU, TORCH_FN(adafactor_step));
 }
