@@ -55,6 +55,11 @@ def requested(env=os.environ) -> str:
     return DDP if world_size(env) > 1 else SINGLE
 
 
+def fsdp2_requested(env=os.environ) -> bool:
+    """The launcher asked for FSDP2: each entry's default implementation must step its shards."""
+    return requested(env) == FSDP2
+
+
 def check_runs_here(modes: dict, spec, env=os.environ) -> str:
     """Refuse, before anything is loaded or written, a distribution this machine cannot run or an
     option that cannot run under it. Returns the distribution. `modes`: the settings sharding

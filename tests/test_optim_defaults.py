@@ -2,7 +2,6 @@
 that device timed (BERT-base's parameters, fp32; benchmarks/optimizer_step.py). The measurement is
 read from the committed results, not rerun: a timing is not a test."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,19 +13,15 @@ from finetune_opt.optim import REGISTRY
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import step_costs  # noqa: E402
 
-RESULTS = step_costs.RESULTS
-# device type -> the committed runs that time its implementations (the same as list-optimizers' costs)
-MEASURED = {device: step_costs.measured_paths(device) for device in step_costs.MEASURED}
-
 
 def timed(device: str, name: str) -> dict:
-    """implementation -> median ms of `name` on BERT-base fp32, over the device's committed runs."""
-    rows = [r for path in MEASURED[device] for r in json.loads(path.read_text())["rows"]]
-    return {r["implementation"]: r["median_ms"] for r in rows
-            if r["optimizer"] == name and r["set"] == "bert-base-110M" and r["dtype"] == "float32" and "error" not in r}
+    """implementation -> median ms of `name` on BERT-base fp32 over the device's committed runs, a
+    later run's row replacing an earlier one's: what list-optimizers prints (benchmarks/step_costs.py)."""
+    cost = step_costs.entry_cost(step_costs.measured_runs(device), name)
+    return cost["median_ms"] if cost and (cost["parameters"], cost["dtype"]) == step_costs.PREFERRED else {}
 
 
-@pytest.mark.parametrize("device", list(MEASURED))
+@pytest.mark.parametrize("device", list(step_costs.MEASURED))
 @pytest.mark.parametrize("name", list(REGISTRY))
 def test_default_is_the_fastest_measured_implementation(name, device):
     spec, times = REGISTRY[name], timed(device, name)

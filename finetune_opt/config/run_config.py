@@ -111,7 +111,7 @@ class RunConfig(BaseModel):
         spec = get_optimizer_spec(self.optimizer.name)
         if defaulted:  # not a compiled step: it would compile per parameter
             self.optimizer.implementation = spec.default_for(distributed.device_type(), in_backward=True,
-                                                             sharded=distributed.requested() == distributed.FSDP2)
+                                                             sharded=distributed.fsdp2_requested())
         reason = in_backward_refusal(spec, self.optimizer.implementation,
                                      grad_accum=self.loop.grad_accum, max_grad_norm=self.loop.max_grad_norm,
                                      mixed_precision=self.precision.mixed_precision,

@@ -107,7 +107,7 @@ class OptimizerSection(Section):
         spec = get_optimizer_spec(self.name)
         self._implementation_defaulted = self.implementation is None
         self.implementation = spec.resolve_implementation(self.implementation, distributed.device_type(),
-                                                          sharded=distributed.requested() == distributed.FSDP2)
+                                                          sharded=distributed.fsdp2_requested())
         values = {**self.args, "lr": self.lr, "weight_decay": self.weight_decay}
         hp = spec.validate({k: v for k, v in values.items() if v is not None})
         spec.check_installed(self.implementation)

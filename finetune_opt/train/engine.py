@@ -51,7 +51,7 @@ def make_accelerator(cfg) -> Accelerator:
         raise ConfigError("mixed_precision fp16 needs a CUDA GPU; use bf16 or no on CPU")
     if cfg.checkpoint.resume:
         find_checkpoint(cfg.checkpoint.resume)  # a wrong path fails before any work
-    sharded = distributed.requested() == distributed.FSDP2
+    sharded = distributed.fsdp2_requested()
     plugin = distributed.fsdp_plugin() if sharded else None
     accelerator = Accelerator(
         cpu=distributed.device_type() == "cpu",  # also what makes torchrun on a CPU box use gloo
