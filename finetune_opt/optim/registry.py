@@ -168,7 +168,7 @@ def _bnb_spec(name: str, description: str, cls: str, hyperparams: dict, devices:
 # (tests/test_optim_defaults.py reads them). CPU: benchmarks/results/cpu_2core/optimizer_step_fast_steps*
 # (BERT-base fp32, one thread, 2026-12-03): fused Adam 103-142 ms and SGD 78 ms, compiled Lion 101,
 # schedule-free 115 (their compile on the first step: seconds with Inductor's disk cache warm,
-# 0.5-2.6 minutes cold); Adafactor's C++ kernel 69-71 ms against compiled 105-141
+# 0.5-2.6 minutes cold); Adafactor's C++ kernel 69-75 ms against compiled 105-141
 # (optimizer_step_adafactor_fused, 2026-12-04; built once per machine, ~30 s). Elsewhere
 # `default_implementation` (CUDA: foreach but where timed).
 CPU_FUSED = {"cpu": "fused"}
