@@ -11,6 +11,7 @@ import hashlib
 import os
 import platform
 import shutil
+import threading
 from pathlib import Path
 
 import torch
@@ -40,10 +41,18 @@ def check_tools(what: str, refusal: str) -> None:
                           f"on the PATH: {refusal}")
 
 
+_BUILDING = threading.Lock()  # a study's cells share a process: one build and load at a time
+
+
 @functools.cache
 def load_kernel(name: str, refusal: str) -> None:
     """Build (once per machine and source) and load kernels/<name>.cpp, which registers its ops
     under torch.ops; `refusal` ends the one-line error if it cannot be built."""
+    with _BUILDING:
+        _build_and_load(name, refusal)
+
+
+def _build_and_load(name: str, refusal: str) -> None:
     source = SOURCES / f"{name}.cpp"
     # torch's builder reuses a build of the same name with unchanged sources and flags, even one
     # compiled against another torch: its version is part of the name
