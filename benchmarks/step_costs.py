@@ -57,10 +57,10 @@ def entry_cost(runs: list, name: str) -> dict | None:
     ms = {impl: round(r["median_ms"], 2) for impl, (_, r) in latest.items()}
     fastest_path, fastest = min(latest.values(), key=lambda pr: pr[1]["median_ms"])
     reference_ms = reference.get((fastest_path, *keys[0]), latest_reference[keys[0]])
-    env = chosen[0][1]
+    env = next(run["env"] for path, run in runs if path == fastest_path)  # the run the multiple is from
     return {"parameters": keys[0][0], "dtype": keys[0][1], "median_ms": ms,
             "x_fused_adamw": round(fastest["median_ms"] / reference_ms, 1),
-            "machine": env["device"], "torch": env["torch"], "date": min(e["date"][:10] for _, e, _ in chosen),
+            "machine": env["device"], "torch": env["torch"], "date": env["date"][:10],
             "sources": sorted({str(path.parent.relative_to(REPO)) for path, _, _ in chosen})}
 
 
