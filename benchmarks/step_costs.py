@@ -53,11 +53,11 @@ def entry_cost(runs: list, name: str) -> dict | None:
     if not keys:
         return None
     chosen = [(path, env, r) for path, env, r in rows if (r["set"], r["dtype"]) == keys[0]]
-    latest = {r["implementation"]: (path, r) for path, _, r in chosen}  # a later run's row replaces an earlier one's
-    ms = {impl: round(r["median_ms"], 2) for impl, (_, r) in latest.items()}
-    fastest_path, fastest = min(latest.values(), key=lambda pr: pr[1]["median_ms"])
+    latest = {r["implementation"]: (path, env, r) for path, env, r in chosen}  # a later run's row replaces an earlier one's
+    ms = {impl: round(r["median_ms"], 2) for impl, (_, _, r) in latest.items()}
+    # the run the fastest implementation, and so the multiple, comes from
+    fastest_path, env, fastest = min(latest.values(), key=lambda row: row[2]["median_ms"])
     reference_ms = reference.get((fastest_path, *keys[0]), latest_reference[keys[0]])
-    env = next(run["env"] for path, run in runs if path == fastest_path)  # the run the multiple is from
     return {"parameters": keys[0][0], "dtype": keys[0][1], "median_ms": ms,
             "x_fused_adamw": round(fastest["median_ms"] / reference_ms, 1),
             "machine": env["device"], "torch": env["torch"], "date": env["date"][:10],

@@ -41,7 +41,9 @@ def check_tools(what: str, refusal: str) -> None:
                           f"on the PATH: {refusal}")
 
 
-_BUILDING = threading.Lock()  # a study's cells share a process: one build and load at a time
+# One build and load at a time in a process: functools.cache lets concurrent first calls through
+# (optimizers built on several threads); cpp_extension's own file lock covers other processes.
+_BUILDING = threading.Lock()
 
 
 @functools.cache
